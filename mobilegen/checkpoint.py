@@ -1,0 +1,220 @@
+"""Loading and saving checkpoints, in one place.
+
+Reads what the original MobileGen code wrote (a plain ``state_dict``, possibly
+wrapped in a dict and possibly carrying ``module.``/``_orig_mod.`` prefixes) and
+what we write (a self-describing dict). Never executes pickled code: ``.pt`` files
+are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mobilegen.errors import CheckpointError
+from mobilegen.models import ARCHS, UNet, UNetConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mobilegen-checkpoint"
+FORMAT_VERSION = 1
+SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+# Wrapper keys, most preferred first: an EMA copy samples better than raw weights.
+WRAPPER_KEYS = ("ema", "ema_model", "model_ema", "ema_state_dict", "state_dict", "model", "model_state_dict", "net")
+PREFIXES = ("module.", "_orig_mod.")
+DEFAULT_SEED = 0
+
+
+@dataclass
+class LoadedModel:
+    model: UNet
+    source: str  # a path, or a description of the default model
+    sha256: str | None
+    detail: str  # where in the file the weights came from
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def arch(self) -> str:
+        return self.model.arch
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def expected_shapes(arch: str, config: UNetConfig | None = None) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = UNet(config or UNetConfig(arch=arch))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def default_model() -> LoadedModel:
+    """The clearly labelled stand-in used when no checkpoint is given: untrained v2, seed 0."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DEFAULT_SEED)
+        model = UNet(UNetConfig(arch="student_v2")).eval()
+    return LoadedModel(
+        model=model,
+        source=f"default: untrained student_v2 (seed {DEFAULT_SEED}), NOT a trained model",
+        sha256=None,
+        detail="deterministic random initialisation",
+    )
+
+
+def _read_file(path: Path) -> tuple[Any, dict]:
+    """Raw object from disk, plus safetensors metadata (empty for torch files)."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix not in SUFFIXES:
+        raise CheckpointError(f"{path}: unsupported extension {path.suffix!r}; expected one of {', '.join(SUFFIXES)}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = dict(fh.metadata() or {})
+            return load_file(str(path)), meta
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), {}
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: the file needs code to be executed to unpickle it "
+            f"(weights_only=True rejects it: {first}). Re-save it as a plain state_dict "
+            "(torch.save(model.state_dict(), path)) or as .safetensors"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or not a checkpoint?): {first}") from None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _unwrap(obj: Any) -> tuple[dict[str, torch.Tensor], str]:
+    if _is_state_dict(obj):
+        return obj, "top-level state_dict"
+    if isinstance(obj, dict):
+        for key in WRAPPER_KEYS:
+            if _is_state_dict(obj.get(key)):
+                return obj[key], f"key {key!r}"
+    kind = type(obj).__name__
+    keys = f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else ""
+    raise CheckpointError(
+        f"no UNet weights found (a {kind}{keys}); expected a state_dict of tensors, "
+        f"possibly under one of: {', '.join(WRAPPER_KEYS)}"
+    )
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        while key.startswith(PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+def _match_arch(state: dict[str, torch.Tensor], arch: str | None, config: UNetConfig | None) -> str:
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    candidates = [arch] if arch else list(ARCHS)
+    scores = []
+    for name in candidates:
+        want = expected_shapes(name, config if config and config.arch == name else None)
+        if got == want:
+            return name
+        same = sum(1 for k, s in want.items() if got.get(k) == s)
+        scores.append((same / max(len(want), len(got)), name, want))
+    _, nearest, want = max(scores)
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+
+    def show(keys: list[str]) -> str:
+        return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+    parts = [f"missing {len(missing)}: {show(missing)}" if missing else "",
+             f"unexpected {len(unexpected)}: {show(unexpected)}" if unexpected else "",
+             f"wrong shape {len(wrong)}: {show(wrong)}" if wrong else ""]  # fmt: skip
+    what = f"does not match architecture {arch!r}" if arch else f"matches no architecture; nearest is {nearest!r}"
+    raise CheckpointError(f"weights {what}: " + "; ".join(p for p in parts if p))
+
+
+def load_checkpoint(path: str | Path, arch: str | None = None) -> LoadedModel:
+    """Read a checkpoint safely and return the model in eval mode on the CPU."""
+    if arch is not None and arch not in ARCHS:
+        raise CheckpointError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
+    path = Path(path)
+    obj, st_meta = _read_file(path)
+    config: UNetConfig | None = None
+    meta: dict = {}
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        if obj.get("format_version", 0) > FORMAT_VERSION:
+            raise CheckpointError(f"{path}: written by a newer MobileGen (format {obj['format_version']}); upgrade")
+        config = UNetConfig(**obj["config"])
+        meta = {k: v for k, v in obj.items() if k not in ("weights", "ema", "optimizer")}
+    elif st_meta.get("format") == FORMAT:
+        import json
+
+        config = UNetConfig(**json.loads(st_meta["config"]))
+        meta = dict(st_meta)
+    state, detail = _unwrap(obj if not (isinstance(obj, dict) and obj.get("format") == FORMAT) else
+                            {"ema": obj.get("ema"), "state_dict": obj.get("weights")})  # fmt: skip
+    state = _strip_prefixes(state)
+    if config is not None and arch and arch != config.arch:
+        raise CheckpointError(f"{path}: describes itself as {config.arch!r}, but --arch {arch!r} was given")
+    name = _match_arch(state, arch or (config.arch if config else None), config)
+    model = UNet(config or UNetConfig(arch=name))
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    log.info("loaded %s from %s (%s)", name, path, detail)
+    return LoadedModel(model.eval(), str(path), sha256_file(path), detail, meta)
+
+
+def load_or_default(path: str | Path | None, arch: str | None = None) -> LoadedModel:
+    return default_model() if path is None else load_checkpoint(path, arch)
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call write(tmp_path), then rename into place: a reader never sees a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | Path, model: UNet, ema: UNet | None = None, **extra: Any) -> Path:
+    """Write a self-describing checkpoint: format, version, arch, config, weights (+ EMA)."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": model.arch,
+        "config": model.config.to_dict(),
+        "weights": model.state_dict(),
+        **({"ema": ema.state_dict()} if ema is not None else {}),
+        **extra,
+    }
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))

@@ -1,0 +1,31 @@
+"""One base class for every error a user can cause; the CLI maps them to exit codes."""
+
+
+class MobileGenError(Exception):
+    """A problem with the user's input or environment, with a message that says how to fix it."""
+
+    exit_code = 2
+
+
+class CheckpointError(MobileGenError):
+    """A checkpoint that cannot be read, is unsafe, or does not match any architecture."""
+
+
+class ExportError(MobileGenError):
+    """An export stage failed (converter missing or broken, output folder in the way)."""
+
+
+class GateError(MobileGenError):
+    """A verification gate failed: the artifact is not trustworthy."""
+
+    exit_code = 1
+
+
+class MissingDependencyError(MobileGenError):
+    """An optional dependency is not installed."""
+
+    def __init__(self, package: str, purpose: str):
+        super().__init__(
+            f"{purpose} needs the Python package {package!r}, which is not installed; "
+            "run the install command from the README (it installs every dependency)"
+        )

@@ -1,0 +1,107 @@
+"""manifest.json: everything an app developer or CI needs, and nothing that varies by run
+except the latency section."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from importlib import metadata
+from pathlib import Path
+
+from mobilegen.checkpoint import LoadedModel, atomic_write, sha256_file
+from mobilegen.diffusion import SamplerConfig, Schedule
+from mobilegen.exporter.spec import DenoiserSpec
+from mobilegen.labels import CIFAR10_LABELS
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+LABELS = "labels.txt"
+LIBRARIES = ("mobilegen", "torch", "onnx", "onnxruntime", "onnxsim", "onnx2tf", "ai-edge-litert", "numpy")
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def gzip_size(path: Path) -> int:
+    # mtime=0 keeps the number independent of when it was computed.
+    return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+
+
+def file_entry(path: Path, precision: str, ops: list[str]) -> dict:
+    return {
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "gzip_bytes": gzip_size(path),
+        "precision": precision,
+        "op_types": ops,
+    }
+
+
+def sampler_defaults(schedule: Schedule) -> dict:
+    cfg = SamplerConfig()
+    return {
+        "sampler": cfg.sampler,
+        "steps": cfg.steps,
+        "guidance": cfg.guidance,
+        "eta": cfg.eta,
+        "timesteps": cfg.timesteps(schedule),
+        "guidance_rule": "eps = eps_uncond + guidance * (eps_cond - eps_uncond); y = -1 gives eps_uncond",
+        "image_from_x": "uint8 = floor((clamp(x, -1, 1) + 1) / 2 * 255)",
+    }
+
+
+def build_manifest(
+    loaded: LoadedModel,
+    spec: DenoiserSpec,
+    schedule: Schedule,
+    files: dict[str, dict],
+    compression: dict,
+    parity: dict,
+    status: str,
+) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": status,
+        "model": {"arch": loaded.arch, "config": loaded.model.config.to_dict()},
+        "source": {"checkpoint": loaded.source, "sha256": loaded.sha256, "weights": loaded.detail},
+        "versions": versions(),
+        "compression": compression,
+        "io": spec.to_dict(),
+        "schedule": schedule.to_dict(),
+        "sampler_defaults": sampler_defaults(schedule),
+        "labels": list(CIFAR10_LABELS),
+        "files": files,
+        "parity": parity,
+    }
+
+
+def write_json(path: Path, data: dict) -> Path:
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def read_manifest(directory: Path) -> dict:
+    from mobilegen.errors import MobileGenError
+
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise MobileGenError(f"{directory}: no {MANIFEST}; expected a folder written by mobilegen-export")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MobileGenError(f"{path}: not valid JSON ({exc})") from None
+
+
+def spec_from_manifest(manifest: dict) -> DenoiserSpec:
+    io = manifest["io"]
+    return DenoiserSpec(batch=io["batch"], layout=io["layout"], image_size=io["image_size"],
+                        channels=io["channels"], num_classes=io["num_classes"], opset=io["opset"])  # fmt: skip
+
+

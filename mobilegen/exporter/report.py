@@ -1,0 +1,62 @@
+"""report.md: a short human summary of what the manifest says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mobilegen.checkpoint import atomic_write
+
+UNSTRUCTURED_NOTE = (
+    "Unstructured pruning sets weights to zero but keeps every tensor dense: the kernels do "
+    "the same work, so it shrinks the gzip'd download only and makes nothing faster."
+)
+
+
+def render(manifest: dict) -> str:
+    m = manifest
+    lines = [
+        f"# MobileGen export: {m['model']['arch']} - status: **{m['status'].upper()}**",
+        "",
+        f"Source: `{m['source']['checkpoint']}` (sha256 `{m['source']['sha256']}`, weights from {m['source']['weights']})",
+        "",
+        f"IO contract: x float32 {m['io']['inputs'][0]['shape']} {m['io']['layout']}, t float32 [{m['io']['batch']}], "
+        f"y int32 [{m['io']['batch']}] (-1 = unconditional) -> eps float32, signature `serving_default`.",
+        "",
+        "## Files",
+        "",
+        "| file | bytes | gzip bytes | sha256 |",
+        "|---|---:|---:|---|",
+    ]
+    for name, f in m["files"].items():
+        lines.append(f"| {name} | {f['bytes']:,} | {f['gzip_bytes']:,} | `{f['sha256'][:16]}...` |")
+    lines += ["", "## Parity against the PyTorch fp32 reference", "",
+              "| artifact | result | min PSNR dB | gate dB | max abs error | worst case |", "|---|---|---:|---:|---:|---|"]  # fmt: skip
+    for name, p in m["parity"].items():
+        lines.append(f"| {name} | {'pass' if p['passed'] else 'FAIL'} | {p['min_psnr_db']:.1f} | {p['gate']['min_psnr']:g} "
+                     f"| {p['max_abs_error']:.2e} | {p['worst_case']} |")  # fmt: skip
+    prune = m["compression"]["prune"]
+    lines += ["", "## Compression", ""]
+    if prune["amount"]:
+        lines += [
+            f"L1 unstructured pruning, amount {prune['amount']}: global sparsity {prune['global']:.1%} over "
+            f"{prune['parameters_pruned']:,} conv/linear/attention weights. Pruned vs unpruned model, per-step PSNR: "
+            f"min {prune['pruned_vs_unpruned_psnr_db']['min']} dB, mean {prune['pruned_vs_unpruned_psnr_db']['mean']} dB.",
+            "",
+            "| file | gzip bytes pruned | gzip bytes unpruned |",
+            "|---|---:|---:|",
+        ]
+        for name, size in prune["unpruned_gzip_bytes"].items():
+            lines.append(f"| {name} | {m['files'][name]['gzip_bytes']:,} | {size:,} |")
+        lines += ["", UNSTRUCTURED_NOTE]
+    else:
+        lines.append("No pruning.")
+    if "latency" in m:
+        lat = m["latency"]
+        lines += ["", f"## Latency per step (batch {lat['batch']}, {lat['threads']} threads, {lat['machine']['cpu']})", "",
+                  "```", lat["table"], "```"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_report(directory: Path, manifest: dict) -> Path:
+    text = render(manifest)
+    return atomic_write(directory / "report.md", lambda tmp: tmp.write_text(text))

@@ -1,0 +1,88 @@
+"""The exported denoiser's contract, defined once.
+
+It feeds the ONNX export (names, shapes, opset), the TFLite signature, the parity
+inputs, the runtime backends and the manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Layout = Literal["NCHW", "NHWC"]
+LAYOUTS = ("NCHW", "NHWC")
+# Opset 17: LayerNormalization is a single op, and onnx2tf lowers the Erf-based GELU
+# pattern to the builtin GELU, so the TFLite files need no Flex ops.
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    description: str
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """PSNR = 20 log10(max|ref| / RMSE). max_abs_rel bounds max|out-ref| / max|ref|."""
+
+    min_psnr: float
+    max_abs_rel: float | None = None
+
+
+# Per artifact precision: the gates the issues set.
+TOLERANCES: dict[str, Tolerance] = {
+    "onnx": Tolerance(min_psnr=80.0, max_abs_rel=1e-4),
+    "float32": Tolerance(min_psnr=80.0, max_abs_rel=1e-4),
+    "float16": Tolerance(min_psnr=40.0),
+}
+
+
+@dataclass(frozen=True)
+class DenoiserSpec:
+    batch: int = 1
+    layout: Layout = "NCHW"
+    image_size: int = 64
+    channels: int = 3
+    num_classes: int = 10
+    opset: int = OPSET
+    tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(TOLERANCES))
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int, int]:
+        n, c, s = self.batch, self.channels, self.image_size
+        return (n, c, s, s) if self.layout == "NCHW" else (n, s, s, c)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [
+            TensorSpec("x", "float32", self.image_shape, f"noisy image x_t in {self.layout}, values ~N(0,1)-scaled"),
+            TensorSpec("t", "float32", (self.batch,), "timestep index 0..T-1 as float"),
+            TensorSpec("y", "int32", (self.batch,), f"class index 0..{self.num_classes - 1}, -1 = unconditional"),
+        ]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec("eps", "float32", self.image_shape, f"predicted noise, {self.layout}")]
+
+    def to_layout(self, x_nchw: np.ndarray) -> np.ndarray:
+        return x_nchw if self.layout == "NCHW" else np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))
+
+    def from_layout(self, x: np.ndarray) -> np.ndarray:
+        return x if self.layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["inputs"] = [asdict(s) for s in self.inputs]
+        d["outputs"] = [asdict(s) for s in self.outputs]
+        return d

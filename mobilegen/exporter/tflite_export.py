@@ -1,0 +1,161 @@
+"""ONNX -> TFLite with onnx2tf's flatbuffer_direct backend, plus an fp16-weights pass.
+
+Route (README explains the choice): onnx2tf 2.6 lowers ONNX straight to a TFLite
+flatbuffer without TensorFlow, in seconds, with builtin ops only; its own float16
+file uses float16 activations and IO, which stock LiteRT cannot run, so the fp16
+artifact is made here from the float32 file by storing each constant weight as
+float16 behind a DEQUANTIZE op (the layout TensorFlow's converter produces for
+float16 quantization): inputs, outputs and arithmetic stay float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mobilegen.errors import ExportError, MissingDependencyError
+from mobilegen.exporter.spec import DenoiserSpec
+
+log = logging.getLogger(__name__)
+
+# Constants smaller than this (scalars, epsilons, small shapes) stay float32: they
+# cost nothing in size and would only add rounding error.
+FP16_MIN_ELEMENTS = 16
+
+
+def _schema():
+    try:
+        import flatbuffers
+        from onnx2tf.tflite_builder.schema import schema_generated as tfl
+    except ImportError:
+        raise MissingDependencyError("onnx2tf", "TFLite conversion") from None
+    return flatbuffers, tfl
+
+
+def convert_onnx_to_tflite(onnx_path: Path, spec: DenoiserSpec, out_path: Path) -> Path:
+    """Convert with onnx2tf (flatbuffer_direct) and write the float32 file to out_path."""
+    try:
+        import onnx2tf
+    except ImportError:
+        raise MissingDependencyError("onnx2tf", "TFLite conversion") from None
+    keep = {"keep_nwc_or_nhwc_or_ndhwc_input_names" if spec.layout == "NHWC" else "keep_ncw_or_nchw_or_ncdhw_input_names": ["x"]}
+    with tempfile.TemporaryDirectory(prefix="mobilegen-onnx2tf-") as tmp:
+        log_buffer = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(log_buffer), contextlib.redirect_stderr(log_buffer):
+                onnx2tf.convert(
+                    input_onnx_file_path=str(onnx_path),
+                    output_folder_path=tmp,
+                    tflite_backend="flatbuffer_direct",
+                    copy_onnx_input_output_names_to_tflite=True,
+                    non_verbose=True,
+                    **keep,
+                )
+        except Exception as exc:  # onnx2tf raises bare Exceptions and SystemExit-free errors
+            tail = log_buffer.getvalue()[-2000:]
+            raise ExportError(f"onnx2tf failed to convert {onnx_path.name}: {exc}\n{tail}") from None
+        produced = sorted(Path(tmp).glob("*_float32.tflite"))
+        if not produced:
+            raise ExportError(f"onnx2tf produced no float32 TFLite file; its log ends with:\n{log_buffer.getvalue()[-2000:]}")
+        shutil.move(str(produced[0]), out_path)
+    return out_path
+
+
+def to_fp16_weights(src: Path, dst: Path) -> Path:
+    """Store every float32 constant of >= FP16_MIN_ELEMENTS values as float16 + DEQUANTIZE."""
+    flatbuffers, tfl = _schema()
+    model = tfl.ModelT.InitFromPackedBuf(bytearray(src.read_bytes()), 0)
+    deq = _opcode_index(model, tfl, tfl.BuiltinOperator.DEQUANTIZE)
+    empty = _empty_buffer(model, tfl)
+    for graph in model.subgraphs:
+        dequantize_ops = []
+        for index in range(len(graph.tensors)):
+            tensor = graph.tensors[index]
+            data = model.buffers[tensor.buffer].data if tensor.buffer else None
+            if tensor.type != tfl.TensorType.FLOAT32 or data is None or len(data) < 4 * FP16_MIN_ELEMENTS:
+                continue
+            values = np.frombuffer(bytes(bytearray(data)), dtype=np.float32)
+            if np.abs(values).max(initial=0) > np.finfo(np.float16).max:
+                continue  # would overflow: keep float32
+            half = tfl.BufferT()
+            half.data = np.frombuffer(values.astype(np.float16).tobytes(), dtype=np.uint8)
+            model.buffers.append(half)
+            t16 = tfl.TensorT()
+            t16.shape, t16.type, t16.name = tensor.shape, tfl.TensorType.FLOAT16, f"{_name(tensor)}/fp16"
+            t16.buffer = len(model.buffers) - 1
+            graph.tensors.append(t16)
+            model.buffers[tensor.buffer].data = None
+            tensor.buffer = empty
+            op = tfl.OperatorT()
+            op.opcodeIndex, op.inputs, op.outputs = deq, [len(graph.tensors) - 1], [index]
+            dequantize_ops.append(op)
+        graph.operators = dequantize_ops + list(graph.operators)
+    builder = flatbuffers.Builder(src.stat().st_size)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    dst.write_bytes(builder.Output())
+    return dst
+
+
+def _name(tensor) -> str:
+    return tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+
+
+def _opcode_index(model, tfl, builtin: int) -> int:
+    for i, code in enumerate(model.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            return i
+    code = tfl.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+def _empty_buffer(model, tfl) -> int:
+    """Index of the empty sentinel buffer (0 by convention)."""
+    if model.buffers and not (model.buffers[0].data is not None and len(model.buffers[0].data)):
+        return 0
+    model.buffers.append(tfl.BufferT())
+    return len(model.buffers) - 1
+
+
+def tflite_op_types(path: Path) -> list[str]:
+    """Operator type names of a TFLite file; custom ops as CUSTOM:<name> (Flex ops are custom)."""
+    _, tfl = _schema()
+    model = tfl.Model.GetRootAs(path.read_bytes(), 0)
+    names = {v: k for k, v in vars(tfl.BuiltinOperator).items() if not k.startswith("_")}
+    ops = set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == tfl.BuiltinOperator.CUSTOM:
+            ops.add(f"CUSTOM:{(code.CustomCode() or b'?').decode()}")
+        else:
+            ops.add(names.get(builtin, str(builtin)))
+    return sorted(ops)
+
+
+def check_builtin_only(path: Path) -> list[str]:
+    ops = tflite_op_types(path)
+    custom = [op for op in ops if op.startswith("CUSTOM:")]
+    if custom:
+        raise ExportError(f"{path.name} uses non-builtin ops {', '.join(custom)}; only TFLite builtin ops are allowed")
+    return ops
+
+
+def tflite_tensor_types(path: Path) -> dict[str, int]:
+    """Count of tensors per type name, to show where weights are float16."""
+    _, tfl = _schema()
+    names = {v: k for k, v in vars(tfl.TensorType).items() if not k.startswith("_")}
+    model = tfl.Model.GetRootAs(path.read_bytes(), 0)
+    counts: dict[str, int] = {}
+    graph = model.Subgraphs(0)
+    for i in range(graph.TensorsLength()):
+        name = names.get(graph.Tensors(i).Type(), "?")
+        counts[name] = counts.get(name, 0) + 1
+    return counts

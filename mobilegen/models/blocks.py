@@ -1,0 +1,121 @@
+"""Building blocks of the original MobileGen UNets, written to export cleanly.
+
+Module and parameter names match the original checkpoints (``double_conv``,
+``maxpool_conv``, ``emb_layer``, ``mha``, ``ln``, ``ff_self``), so their
+``state_dict`` files load with ``strict=True``. The arithmetic follows the
+original forward pass; only the formulation is export-friendly: broadcasting
+instead of ``repeat`` by runtime shape, and no op whose output shape depends on
+data.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# "sdpa": fused scaled_dot_product_attention (fastest in PyTorch).
+# "math": explicit matmul/softmax, what the ONNX and TFLite graphs contain.
+# "original": nn.MultiheadAttention as the original computed it, including the
+#             averaged attention weights it returned and then discarded.
+AttentionImpl = Literal["sdpa", "math", "original"]
+ATTENTION_IMPLS: tuple[str, ...] = ("sdpa", "math", "original")
+NUM_HEADS = 4
+
+
+class DoubleConv(nn.Module):
+    """conv3x3 -> GroupNorm(1) -> GELU -> conv3x3 -> GroupNorm(1) [-> residual GELU]."""
+
+    def __init__(self, in_ch: int, out_ch: int, mid_ch: int | None = None, residual: bool = False):
+        super().__init__()
+        mid_ch = mid_ch or out_ch
+        self.residual = residual
+        self.double_conv = nn.Sequential(
+            nn.Conv2d(in_ch, mid_ch, kernel_size=3, padding=1, bias=False),
+            nn.GroupNorm(1, mid_ch),
+            nn.GELU(),
+            nn.Conv2d(mid_ch, out_ch, kernel_size=3, padding=1, bias=False),
+            nn.GroupNorm(1, out_ch),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.residual:
+            return F.gelu(x + self.double_conv(x))
+        return self.double_conv(x)
+
+
+def _conv_stack(in_ch: int, out_ch: int, residual: bool, mid_ch: int | None = None) -> list[nn.Module]:
+    """The teacher puts a residual DoubleConv before the main one; students do not."""
+    main = DoubleConv(in_ch, out_ch, mid_ch)
+    return [DoubleConv(in_ch, in_ch, residual=True), main] if residual else [main]
+
+
+class Down(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, residual: bool):
+        super().__init__()
+        self.maxpool_conv = nn.Sequential(nn.MaxPool2d(2), *_conv_stack(in_ch, out_ch, residual))
+        self.emb_layer = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.maxpool_conv(x) + self.emb_layer(emb)[:, :, None, None]
+
+
+class Up(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, residual: bool):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+        self.conv = nn.Sequential(*_conv_stack(in_ch, out_ch, residual, mid_ch=in_ch // 2))
+        self.emb_layer = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([skip, self.up(x)], dim=1)
+        return self.conv(x) + self.emb_layer(emb)[:, :, None, None]
+
+
+class SelfAttention(nn.Module):
+    """Attention over the H*W positions, then a feed-forward block, both residual."""
+
+    def __init__(self, channels: int, size: int):
+        super().__init__()
+        self.channels, self.size = channels, size
+        self.mha = nn.MultiheadAttention(channels, NUM_HEADS, batch_first=True)
+        self.ln = nn.LayerNorm([channels])
+        self.ff_self = nn.Sequential(
+            nn.LayerNorm([channels]),
+            nn.Linear(channels, channels),
+            nn.GELU(),
+            nn.Linear(channels, channels),
+        )
+        self.impl: AttentionImpl = "sdpa"
+
+    def _attend(self, h: torch.Tensor) -> torch.Tensor:
+        if self.impl == "original":
+            return self.mha(h, h, h)[0]
+        n, seq, c = h.shape
+        d = c // NUM_HEADS
+        qkv = F.linear(h, self.mha.in_proj_weight, self.mha.in_proj_bias)
+        # [N, L, 3, heads, d] -> 3 x [N, heads, L, d]; every shape here is static.
+        q, k, v = qkv.reshape(n, seq, 3, NUM_HEADS, d).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.impl == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            weights = torch.softmax((q * d**-0.5) @ k.transpose(-1, -2), dim=-1)
+            out = weights @ v
+        out = out.permute(0, 2, 1, 3).reshape(n, seq, c)
+        return self.mha.out_proj(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, hgt, wid = x.shape
+        tokens = x.reshape(n, c, hgt * wid).transpose(1, 2)
+        tokens = self._attend(self.ln(tokens)) + tokens
+        tokens = self.ff_self(tokens) + tokens
+        return tokens.transpose(1, 2).reshape(n, c, hgt, wid)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of float timesteps [N] -> [N, dim] (sin half, then cos half)."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=t.device).float() / dim))
+    angles = t.float()[:, None] * inv_freq[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)

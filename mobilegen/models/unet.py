@@ -1,0 +1,119 @@
+"""The three MobileGen UNets: teacher, student v1 and student v2.
+
+All three are built from the same blocks; they differ in whether Down/Up carry a
+residual DoubleConv, in the bottleneck widths, and in which modules the forward
+pass applies. Modules that an architecture never applies are still created,
+because the original checkpoints contain them (strict loading needs them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from mobilegen.models.blocks import (
+    ATTENTION_IMPLS,
+    AttentionImpl,
+    DoubleConv,
+    Down,
+    SelfAttention,
+    Up,
+    timestep_embedding,
+)
+
+ARCHS: tuple[str, ...] = ("teacher", "student_v1", "student_v2")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    arch: str = "student_v2"
+    num_classes: int = 10
+    time_dim: int = 256
+    image_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown architecture {self.arch!r}; expected one of {', '.join(ARCHS)}")
+        if self.image_size != 64:
+            raise ValueError("the MobileGen UNets are defined for 64x64 images only")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class UNet(nn.Module):
+    """eps = UNet(x, t, y): x [N,3,64,64], t [N] timestep index, y [N] class (-1: none)."""
+
+    def __init__(self, config: UNetConfig = UNetConfig()):
+        super().__init__()
+        self.config = config
+        teacher = config.arch == "teacher"
+        bot_mid = 512 if teacher else 256
+        bot3_out = {"teacher": 256, "student_v1": 256, "student_v2": 128}[config.arch]
+        e = config.time_dim
+        self.inc = DoubleConv(3, 64)
+        self.down1 = Down(64, 128, e, teacher)
+        self.sa1 = SelfAttention(128, 32)
+        self.down2 = Down(128, 256, e, teacher)
+        self.sa2 = SelfAttention(256, 16)
+        self.down3 = Down(256, 256, e, teacher)
+        self.sa3 = SelfAttention(256, 8)
+        self.bot1 = DoubleConv(256, bot_mid)
+        if teacher:
+            self.bot2 = DoubleConv(512, 512)
+        self.bot3 = DoubleConv(bot_mid, bot3_out)
+        self.up1 = Up(512, 128, e, teacher)
+        self.sa4 = SelfAttention(128, 16)
+        self.up2 = Up(256, 64, e, teacher)
+        self.sa5 = SelfAttention(64, 32)
+        self.up3 = Up(128, 64, e, teacher)
+        self.sa6 = SelfAttention(64, 64)
+        self.outc = nn.Conv2d(64, 3, kernel_size=1)
+        self.label_emb = nn.Embedding(config.num_classes, e)
+
+    @property
+    def arch(self) -> str:
+        return self.config.arch
+
+    def set_attention(self, impl: AttentionImpl) -> "UNet":
+        """Choose how attention is computed; all three give the same numbers."""
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"unknown attention {impl!r}; expected one of {', '.join(ATTENTION_IMPLS)}")
+        for module in self.modules():
+            if isinstance(module, SelfAttention):
+                module.impl = impl
+        return self
+
+    def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        emb = timestep_embedding(t, self.config.time_dim)
+        if y is None:
+            return emb
+        # y = -1 means "no label" (the unconditional pass of guidance). A gather at a
+        # clamped index times a 0/1 mask keeps the graph free of data-dependent shapes.
+        y = y.long()
+        has_label = (y >= 0).to(emb.dtype)[:, None]
+        return emb + self.label_emb(y.clamp(min=0)) * has_label
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.embed(t, y)
+        x1 = self.inc(x)
+        x2 = self.sa1(self.down1(x1, emb))
+        x3 = self.sa2(self.down2(x2, emb))
+        if self.arch == "student_v2":
+            h = self.bot3(self.bot1(x3))
+            h = self.sa5(self.up2(h, x2, emb))
+        else:
+            x4 = self.sa3(self.down3(x3, emb))
+            h = self.bot1(x4)
+            if self.arch == "teacher":
+                h = self.bot3(self.bot2(h))
+            h = self.sa4(self.up1(h, x3, emb))
+            h = self.sa5(self.up2(h, x2, emb))
+        h = self.sa6(self.up3(h, x1, emb))
+        return self.outc(h)
+
+
+def build_unet(arch: str, **overrides) -> UNet:
+    return UNet(UNetConfig(arch=arch, **overrides))

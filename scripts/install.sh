@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The README's install command: a virtual environment in .venv with everything MobileGen needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# torch first and exactly pinned, so nothing later can pull a CUDA build.
+"${pip[@]}" torch==2.13.0
+"${pip[@]}" -e '.[dev]'
+# onnx2tf 2.6.9 declares Python >= 3.12 but runs on 3.11 (its 3.12-only syntax is not
+# on our code path; the test suite converts with it). --ignore-requires-python would
+# apply to every dependency, so it is installed alone, without dependencies; the
+# modules it needs are pinned in pyproject.toml.
+"${pip[@]}" --no-deps --ignore-requires-python onnx2tf==2.6.9
+.venv/bin/mobilegen-export --help > /dev/null
+echo "installed: $(.venv/bin/python -c 'import mobilegen, torch, onnx2tf; print("torch", torch.__version__, "onnx2tf", onnx2tf.__version__)')"
