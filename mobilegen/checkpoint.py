@@ -12,8 +12,8 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,17 +61,23 @@ def expected_shapes(arch: str, config: UNetConfig | None = None) -> dict[str, tu
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def default_model() -> LoadedModel:
-    """The clearly labelled stand-in used when no checkpoint is given: untrained v2, seed 0."""
+def seeded_model(arch: str = "student_v2", seed: int = DEFAULT_SEED) -> LoadedModel:
+    """Deterministic untrained weights (PyTorch's default init from a fixed seed)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(DEFAULT_SEED)
-        model = UNet(UNetConfig(arch="student_v2")).eval()
+        torch.manual_seed(seed)
+        model = UNet(UNetConfig(arch=arch)).eval()
     return LoadedModel(
         model=model,
-        source=f"default: untrained student_v2 (seed {DEFAULT_SEED}), NOT a trained model",
+        source=f"default: untrained {arch} (seed {seed}), NOT a trained model",
         sha256=None,
         detail="deterministic random initialisation",
+        meta={"seed": seed},
     )
+
+
+def default_model() -> LoadedModel:
+    """The clearly labelled stand-in used when no checkpoint is given: untrained v2, seed 0."""
+    return seeded_model("student_v2", DEFAULT_SEED)
 
 
 def _read_file(path: Path) -> tuple[Any, dict]:
@@ -93,13 +99,15 @@ def _read_file(path: Path) -> tuple[Any, dict]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True), {}
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        needed = re.search(r"GLOBAL (\S+)", str(exc))
+        if needed is None:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt pickle data)") from None
         raise CheckpointError(
-            f"{path}: refused to load: the file needs code to be executed to unpickle it "
-            f"(weights_only=True rejects it: {first}). Re-save it as a plain state_dict "
+            f"{path}: refused to load: unpickling it would execute code ({needed.group(1)}), which "
+            "weights_only loading never does. Re-save it as a plain state_dict "
             "(torch.save(model.state_dict(), path)) or as .safetensors"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # a truncated or foreign file fails in many ways inside torch.load
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or not a checkpoint?): {first}") from None
 

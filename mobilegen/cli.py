@@ -142,6 +142,7 @@ def bench_command(directory, checkpoint, threads, repeats) -> None:
 
 
 def sample_command(fn):
+    fn = handle_errors(fn)
     fn = click.option("--label", default="cat", show_default=True, help="Class name, index, alias ('auto') or 'none'.")(fn)
     fn = click.option("--n", "n", type=click.IntRange(1, 64), default=1, show_default=True, help="Images (a grid when > 1).")(fn)
     fn = click.option("--seed", type=int, default=0, show_default=True)(fn)
@@ -153,7 +154,7 @@ def sample_command(fn):
     fn = click.option("--arch", type=ARCH_CHOICES)(fn)
     fn = click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("sample.png"), show_default=True)(fn)
     fn = click.argument("model_path", required=False, type=click.Path(path_type=Path, dir_okay=False))(fn)
-    return handle_errors(fn)
+    return click.command("sample")(fn)
 
 
 @sample_command
@@ -168,13 +169,14 @@ def sample(model_path, label, n, seed, steps, sampler, guidance, eta, device, ar
     total = len(config.timesteps(linear_schedule()))
     with tqdm(total=total, desc="denoising", unit="step", file=sys.stderr, leave=False) as bar:
         result = generate(model_path, label, n, config, device, arch, out, on_step=lambda *_: bar.update())
+    click.echo(f"model: {result.model}", err=True)
     click.echo(f"{result.backend}: {result.label_name} x{n}, {config.sampler} {total} steps, guidance {guidance:g}, "
                f"seed {seed}: {result.seconds:.2f} s total, {result.seconds / n:.2f} s/image, "
                f"{1000 * result.seconds / total:.1f} ms/step -> {out}")  # fmt: skip
 
 
-export_cli.command("sample")(sample)
-main_cli.command("sample")(sample)
+export_cli.add_command(sample)
+main_cli.add_command(sample)
 
 
 if __name__ == "__main__":

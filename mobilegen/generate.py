@@ -28,19 +28,22 @@ ARTIFACT_SUFFIXES = (".onnx", ".tflite")
 class Generated:
     images: torch.Tensor  # uint8 [N,3,64,64]
     backend: str
+    model: str  # what produced the images, e.g. "student_v2 from ckpt.pt"
     label_name: str
     seconds: float
 
 
 def open_backend(model_path: Path | None, device: str, arch: str | None):
-    """-> (backend, schedule, labels)."""
+    """-> (backend, description, schedule, labels)."""
     if model_path is not None and model_path.suffix in ARTIFACT_SUFFIXES:
         manifest = read_manifest(model_path.parent)
         spec = spec_from_manifest(manifest)
         schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
-        return open_artifact(model_path, spec), schedule, tuple(manifest["labels"])
-    backend = TorchBackend(load_or_default(model_path, arch).model, device)
-    return backend, linear_schedule(), CIFAR10_LABELS
+        described = f"{manifest['model']['arch']} exported from {manifest['source']['checkpoint']}"
+        return open_artifact(model_path, spec), described, schedule, tuple(manifest["labels"])
+    loaded = load_or_default(model_path, arch)
+    backend = TorchBackend(loaded.model, device)
+    return backend, f"{loaded.arch} from {loaded.source}", linear_schedule(), CIFAR10_LABELS
 
 
 def generate(
@@ -53,7 +56,7 @@ def generate(
     out: Path | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> Generated:
-    backend, schedule, labels = open_backend(model_path, device, arch)
+    backend, described, schedule, labels = open_backend(model_path, device, arch)
     y = parse_label(label, labels)
     start = time.perf_counter()
     x = run_sampler(backend.torch_denoise, torch.full((n,), y), schedule, config,
@@ -63,4 +66,4 @@ def generate(
     if out is not None:
         save_png(images, out)
     name = "unconditional" if y < 0 else labels[y]
-    return Generated(images, backend.name, name, seconds)
+    return Generated(images, backend.name, described, name, seconds)

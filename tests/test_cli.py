@@ -1,0 +1,98 @@
+"""The command line as a user meets it: help, samples, and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from mobilegen.cli import export_cli, main_cli
+from probe import probe_state_dict
+
+
+def run(cli, *args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_lists_commands_without_heavy_imports():
+    res = run(export_cli, "--help")
+    assert res.exit_code == 0
+    for command in ("onnx", "tflite", "verify", "bench", "sample"):
+        assert command in res.output
+    code = "import sys, mobilegen.cli; print(sorted(m for m in ('torch', 'onnx', 'onnx2tf', 'ai_edge_litert') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", "--help must not import heavy libraries"
+
+
+def test_sample_default_model_writes_png(tmp_path):
+    out = tmp_path / "cat.png"
+    res = run(main_cli, "sample", "--label", "cat", "--steps", "2", "--seed", "0", "-o", out)
+    assert res.exit_code == 0, res.output
+    assert "untrained" in res.stderr and "ms/step" in res.output
+    assert Image.open(out).size == (64, 64)
+
+
+def test_sample_grid_from_checkpoint_with_alias_label(tmp_path, v2_checkpoint):
+    out = tmp_path / "grid.png"
+    res = run(export_cli, "sample", v2_checkpoint, "--label", "auto", "--n", "4", "--steps", "2", "--device", "cpu", "-o", out)
+    assert res.exit_code == 0, res.output
+    assert "automobile x4" in res.output
+    assert Image.open(out).size == (2 * 64 + 3 * 2, 2 * 64 + 3 * 2)
+
+
+def test_sample_is_reproducible(tmp_path, v2_checkpoint):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for out in (a, b):
+        assert run(main_cli, "sample", v2_checkpoint, "--steps", "3", "--seed", "5", "-o", out).exit_code == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_unknown_label_lists_allowed_values(tmp_path):
+    res = run(main_cli, "sample", "--label", "unicorn", "--steps", "1", "-o", tmp_path / "x.png")
+    assert res.exit_code == 2
+    assert "unknown label 'unicorn'" in res.stderr and "airplane" in res.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def write_evil(path: Path) -> Path:
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"state_dict": {}, "x": Evil()}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b"\x80\x02not a checkpoint at all"), "not a readable PyTorch checkpoint"),
+        (lambda p: torch.save(probe_state_dict("student_v2"), p) or p.write_bytes(p.read_bytes()[:5000]), "not a readable"),
+        (lambda p: torch.save({"conv.weight": torch.zeros(3, 3)}, p), "matches no architecture"),
+        (write_evil, "would execute code (posix.system)"),
+    ],
+    ids=["non-checkpoint", "truncated", "wrong-architecture", "code-running-pickle"],
+)
+def test_bad_checkpoints_give_one_line_and_nonzero_exit(tmp_path, make, message):
+    path = tmp_path / "bad.pt"
+    make(path)
+    out = tmp_path / "out"
+    res = run(export_cli, "onnx", path, "-o", out)
+    assert res.exit_code == 2
+    assert res.stderr.count("\n") == 1 and message in res.stderr
+    assert "Traceback" not in res.output + res.stderr
+    assert not out.exists()
+
+
+def test_wrong_arguments_are_rejected():
+    res = CliRunner().invoke(export_cli, ["tflite", "--prune", "1.5"])
+    assert res.exit_code == 2 and "1.5" in res.output
+    res = CliRunner().invoke(export_cli, ["onnx", "--arch", "student_v9"])
+    assert res.exit_code == 2 and "student_v9" in res.output
