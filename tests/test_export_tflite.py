@@ -1,0 +1,185 @@
+"""`mobilegen-export tflite`: real conversions, run in the stock LiteRT interpreter."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mobilegen.backends import TFLiteBackend
+from mobilegen.checkpoint import load_checkpoint, seeded_model, sha256_file
+from mobilegen.cli import export_cli
+from mobilegen.errors import ExportError
+from mobilegen.exporter.manifest import spec_from_manifest
+from mobilegen.exporter.tflite_export import check_builtin_only, tflite_op_types, tflite_tensor_types
+
+FILES = {"denoiser_float32.tflite", "denoiser_float16.tflite", "denoiser.onnx", "manifest.json", "labels.txt", "report.md"}
+TFLITE = ("denoiser_float32.tflite", "denoiser_float16.tflite")
+
+
+def run(*args):
+    return CliRunner().invoke(export_cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def manifest_of(directory: Path) -> dict:
+    return json.loads((directory / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def real_v2_export(tmp_path_factory, real_v2):
+    out = tmp_path_factory.mktemp("tflite") / "v2"
+    res = run("tflite", real_v2, "--fp16", "--prune", "0.3", "--no-bench", "-o", out)
+    assert res.exit_code == 0, res.output + res.stderr
+    return out
+
+
+def test_writes_every_file_and_a_passing_manifest(real_v2_export):
+    assert {p.name for p in real_v2_export.iterdir()} == FILES
+    m = manifest_of(real_v2_export)
+    assert m["status"] == "passed" and m["model"]["arch"] == "student_v2"
+    assert all(p["passed"] for p in m["parity"].values())
+    assert m["parity"]["denoiser_float32.tflite"]["min_psnr_db"] >= 80
+    assert m["parity"]["denoiser_float16.tflite"]["min_psnr_db"] >= 40
+    assert len(m["schedule"]["alphas_cumprod"]) == 1000 and m["labels"][1] == "automobile"
+    assert (real_v2_export / "labels.txt").read_text().split() == m["labels"]
+
+
+def test_manifest_hashes_match(real_v2_export):
+    for name, entry in manifest_of(real_v2_export)["files"].items():
+        assert sha256_file(real_v2_export / name) == entry["sha256"]
+        assert (real_v2_export / name).stat().st_size == entry["bytes"]
+
+
+@pytest.mark.parametrize("name", TFLITE)
+def test_builtin_ops_only_and_stock_litert_signature(real_v2_export, name):
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = real_v2_export / name
+    ops = check_builtin_only(path)
+    assert "CONV_2D" in ops and "GELU" in ops and not any(op.startswith("CUSTOM") for op in ops)
+    interp = Interpreter(model_path=str(path))
+    sig = interp.get_signature_list()["serving_default"]
+    assert sorted(sig["inputs"]) == ["t", "x", "y"] and sig["outputs"] == ["eps"]
+    runner = interp.get_signature_runner()
+    details = runner.get_input_details()
+    assert {k: v["dtype"] for k, v in details.items()} == {"x": np.float32, "t": np.float32, "y": np.int32}
+    assert list(details["x"]["shape"]) == [1, 64, 64, 3]
+    assert runner.get_output_details()["eps"]["dtype"] == np.float32
+
+
+def test_fp16_file_stores_half_weights_behind_dequantize(real_v2_export):
+    f32, f16 = (real_v2_export / n for n in TFLITE)
+    assert f16.stat().st_size <= 0.52 * f32.stat().st_size
+    assert "DEQUANTIZE" in tflite_op_types(f16) and "DEQUANTIZE" not in tflite_op_types(f32)
+    assert tflite_tensor_types(f16).get("FLOAT16", 0) > 50 and "FLOAT16" not in tflite_tensor_types(f32)
+
+
+@pytest.mark.parametrize("name", TFLITE)
+def test_unconditional_label_works_in_tflite(real_v2_export, real_v2, name):
+    from mobilegen.exporter.prune import prune_l1
+
+    spec = spec_from_manifest(manifest_of(real_v2_export))
+    model = prune_l1(load_checkpoint(real_v2).model, 0.3)
+    x = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    t, y = np.array([60.0], np.float32), np.array([-1], np.int32)
+    got = TFLiteBackend(real_v2_export / name, spec)(x, t, y)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x), torch.from_numpy(t), None).numpy()
+    rmse = np.sqrt(np.mean((got - ref) ** 2))
+    assert 20 * np.log10(np.abs(ref).max() / rmse) > 40
+
+
+def test_pruning_is_reported_honestly(real_v2_export):
+    m = manifest_of(real_v2_export)
+    prune = m["compression"]["prune"]
+    assert prune["amount"] == 0.3 and prune["global"] >= 0.3
+    assert all(v >= 0.3 - 1e-3 for v in prune["layers"].values())
+    assert 20 < prune["pruned_vs_unpruned_psnr_db"]["min"] < 80
+    for name, size in prune["unpruned_gzip_bytes"].items():
+        assert m["files"][name]["gzip_bytes"] < size
+    assert "makes nothing faster" in (real_v2_export / "report.md").read_text()
+
+
+def test_verify_passes_then_catches_a_tampered_byte(real_v2_export, tmp_path):
+    res = run("verify", real_v2_export, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["passed"]
+    copy = tmp_path / "v2"
+    shutil.copytree(real_v2_export, copy)
+    data = bytearray((copy / "denoiser_float16.tflite").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "denoiser_float16.tflite").write_bytes(bytes(data))
+    res = run("verify", copy)
+    assert res.exit_code == 1
+    assert "denoiser_float16.tflite: sha256 mismatch" in res.output
+
+
+def test_non_builtin_op_is_refused(real_v2_export, tmp_path):
+    """Rewrite one opcode as the FlexErf custom op the original file had: the check must fail."""
+    import flatbuffers
+    from onnx2tf.tflite_builder.schema import schema_generated as tfl
+
+    model = tfl.ModelT.InitFromPackedBuf(bytearray((real_v2_export / TFLITE[0]).read_bytes()), 0)
+    code = model.operatorCodes[0]
+    code.builtinCode, code.deprecatedBuiltinCode, code.customCode = tfl.BuiltinOperator.CUSTOM, 32, "FlexErf"
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    bad = tmp_path / "flex.tflite"
+    bad.write_bytes(builder.Output())
+    with pytest.raises(ExportError, match="CUSTOM:FlexErf"):
+        check_builtin_only(bad)
+
+
+def test_readme_main_command_on_a_fresh_machine(tmp_path, monkeypatch):
+    """`mobilegen-export tflite --fp16` with no checkpoint: the labelled default model, with the benchmark."""
+    monkeypatch.chdir(tmp_path)
+    res = run("tflite", "--fp16")
+    assert res.exit_code == 0, res.output + res.stderr
+    out = tmp_path / "artifacts" / "default"
+    assert {p.name for p in out.iterdir()} == FILES
+    m = manifest_of(out)
+    assert "NOT a trained model" in m["source"]["checkpoint"] and "untrained" in res.stderr
+    lat = m["latency"]
+    names = [t["name"] for t in lat["timings"]]
+    assert names[:2] == ["pytorch fp32 (original attention)", "pytorch fp32 (fused sdpa)"]
+    assert set(names[2:]) == {"denoiser.onnx", *TFLITE}
+    assert all(t["median_ms"] > 0 and t["p90_ms"] >= t["median_ms"] for t in lat["timings"])
+    assert lat["threads"] >= 1 and lat["machine"]["cores"] and "median ms" in res.output
+    assert "Latency per step" in (out / "report.md").read_text()
+
+
+def test_bench_command_updates_the_manifest(real_v2_export, tmp_path):
+    copy = tmp_path / "v2"
+    shutil.copytree(real_v2_export, copy)
+    res = run("bench", copy, "--repeats", "3", "--threads", "1")
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "denoiser_float16.tflite" in res.output and "p90 ms" in res.output
+    m = manifest_of(copy)
+    assert m["latency"]["threads"] == 1 and m["latency"]["repeats"] == 3
+    assert run("verify", copy).exit_code == 0, "benchmarking changes no hashed file"
+
+
+def test_exports_are_deterministic(tmp_path, v2_checkpoint):
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        assert run("tflite", v2_checkpoint, "--fp16", "--no-bench", "-o", out).exit_code == 0
+    for name in ("denoiser.onnx", *TFLITE, "labels.txt"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+    assert (outs[0] / "manifest.json").read_text() == (outs[1] / "manifest.json").read_text()
+
+
+@pytest.mark.parametrize("arch", ["teacher", "student_v1"])
+def test_teacher_and_v1_export(tmp_path, arch):
+    path = tmp_path / f"{arch}.pt"
+    torch.save(seeded_model(arch, seed=0).model.state_dict(), path)
+    res = run("tflite", path, "--fp16", "--no-bench", "-o", tmp_path / arch)
+    assert res.exit_code == 0, res.output + res.stderr
+    m = manifest_of(tmp_path / arch)
+    assert m["model"]["arch"] == arch and m["status"] == "passed"
+    for name in TFLITE:
+        check_builtin_only(tmp_path / arch / name)
