@@ -199,6 +199,12 @@ def load_or_default(path: str | Path | None, arch: str | None = None) -> LoadedM
     return default_model() if path is None else load_checkpoint(path, arch)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write) -> Path:
     """Call write(tmp_path), then rename into place: a reader never sees a half file."""
     path = Path(path)
@@ -207,6 +213,7 @@ def atomic_write(path: str | Path, write) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; published files get normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -112,18 +112,56 @@ def tflite_command(checkpoint, arch, out, overwrite, batch, threads, fp16, prune
     _export(checkpoint, arch, out, overwrite, batch, threads, tflite=True, fp16=fp16, prune=prune, layout="NHWC", bench=not no_bench)
 
 
+def parse_classes(value: str) -> tuple[int, ...]:
+    from mobilegen.labels import parse_label
+
+    return tuple(parse_label(v) for v in value.split(",") if v.strip()) if value.strip() else ()
+
+
+def trajectory_options(fn):
+    fn = click.option("--classes", default="cat,ship", show_default=True,
+                      help="Comma-separated labels for the trajectory check ('' skips it).")(fn)  # fmt: skip
+    fn = click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True,
+                      help="ddpm runs the original 999-step sampler (slow).")(fn)  # fmt: skip
+    fn = click.option("--steps", type=click.IntRange(1, 999), default=50, show_default=True)(fn)
+    fn = click.option("--guidance", type=click.FloatRange(0, 50), default=3.0, show_default=True)(fn)
+    fn = click.option("--seed", type=int, default=0, show_default=True)(fn)
+    fn = click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
+                      help="PyTorch reference checkpoint [the manifest's source].")(fn)  # fmt: skip
+    fn = click.option("--threads", type=click.IntRange(1, 256), default=None)(fn)
+    return fn
+
+
 @export_cli.command("verify")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
-@click.option("--threads", type=click.IntRange(1, 256), default=None)
+@trajectory_options
 @handle_errors
-def verify_command(directory, as_json, threads) -> None:
-    """Recheck an export folder: every sha256, and per-step parity of every artifact. Exit 0/1."""
+def verify_command(directory, as_json, classes, sampler, steps, guidance, seed, checkpoint, threads) -> None:
+    """Recheck an export folder: every sha256, per-step parity, trajectory parity. Exit 0 only if all hold."""
+    from mobilegen.diffusion import SamplerConfig
     from mobilegen.verify import verify_directory
 
-    result = verify_directory(directory, threads)
+    config = SamplerConfig(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+    result = verify_directory(directory, threads, checkpoint, parse_classes(classes), config)
     click.echo(json.dumps(result, indent=2) if as_json else result["summary"])
     sys.exit(0 if result["passed"] else 1)
+
+
+@export_cli.command("report")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@trajectory_options
+@handle_errors
+def report_command(directory, classes, sampler, steps, guidance, seed, checkpoint, threads) -> None:
+    """Write DIR/report.html: sample grids per backend, per-step error curves, latency, sizes, sparsity."""
+    from mobilegen.diffusion import SamplerConfig
+    from mobilegen.htmlreport import write_html_report
+
+    config = SamplerConfig(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+    labels = parse_classes(classes) or (3, 8)
+    path, summary = write_html_report(directory, labels, config, checkpoint, threads)
+    click.echo(summary)
+    click.echo(f"wrote {path}")
 
 
 @export_cli.command("bench")

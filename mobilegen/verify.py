@@ -1,17 +1,23 @@
-"""Recheck a published export folder: hashes, then per-step parity against PyTorch."""
+"""Recheck a published export folder: hashes, per-step parity and trajectory parity."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from mobilegen.backends import TorchBackend
+from mobilegen.backends import TorchBackend, open_artifact
 from mobilegen.calibration import forward_process_cases
 from mobilegen.checkpoint import LoadedModel, default_model, load_checkpoint, sha256_file
-from mobilegen.diffusion import linear_schedule
+from mobilegen.diffusion import SamplerConfig
+from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
 from mobilegen.errors import MobileGenError
 from mobilegen.exporter import manifest as mf
 from mobilegen.exporter.pipeline import PRECISION, run_parity
 from mobilegen.exporter.prune import prune_l1
+from mobilegen.trajectory import TRAJECTORY_GATES, Run, TrajectoryResult, compare_runs, record
+
+REFERENCE = "pytorch fp32"
+DEFAULT_CLASSES = (3, 8)  # cat, ship: a CI-sized trajectory check
 
 
 def reference_model(manifest: dict, checkpoint: Path | None = None) -> LoadedModel:
@@ -41,29 +47,66 @@ def check_hashes(directory: Path, manifest: dict) -> list[str]:
     return problems
 
 
-def verify_directory(directory: Path, threads: int | None = None, checkpoint: Path | None = None) -> dict:
+def artifacts(directory: Path, manifest: dict) -> dict[str, Path]:
+    return {n: directory / n for n in manifest["files"] if n in PRECISION}
+
+
+@dataclass
+class Trajectories:
+    config: SamplerConfig
+    labels: list[int]
+    label_names: list[str]
+    runs: dict[str, Run]  # REFERENCE first, then each artifact
+    results: dict[str, TrajectoryResult]
+
+
+def run_trajectories(directory: Path, manifest: dict, model, labels: list[int], config: SamplerConfig,
+                     threads: int | None = None) -> Trajectories:  # fmt: skip
+    """The same sampling run (same noise) on PyTorch fp32 and every artifact, compared."""
+    spec = mf.spec_from_manifest(manifest)
+    schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
+    names = [manifest["labels"][y] if y >= 0 else "unconditional" for y in labels]
+    runs = {REFERENCE: record(TorchBackend(model, "cpu").torch_denoise, labels, schedule, config)}
+    results = {}
+    for name, path in artifacts(directory, manifest).items():
+        backend = open_artifact(path, spec, threads)
+        runs[name] = record(backend.torch_denoise, labels, schedule, config)
+        results[name] = compare_runs(name, runs[REFERENCE], runs[name], names, TRAJECTORY_GATES[PRECISION[name]])
+    return Trajectories(config, labels, names, runs, results)
+
+
+def verify_directory(directory: Path, threads: int | None = None, checkpoint: Path | None = None,
+                     classes: tuple[int, ...] = DEFAULT_CLASSES, config: SamplerConfig = SamplerConfig()) -> dict:  # fmt: skip
     manifest = mf.read_manifest(directory)
     problems = check_hashes(directory, manifest)
     if manifest.get("status") != "passed":
         problems.append(f"manifest status is {manifest.get('status')!r}, not 'passed'")
-    parity = {}
-    artifacts = {n: directory / n for n in manifest["files"] if n in PRECISION and (directory / n).is_file()}
+    parity, trajectories = {}, None
     if not problems:
         spec = mf.spec_from_manifest(manifest)
         model = reference_model(manifest, checkpoint).model
-        cases = forward_process_cases(linear_schedule())
+        cases = forward_process_cases(schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"]))
         ref = TorchBackend(model, "cpu")(cases.x, cases.t, cases.y)
-        parity = run_parity(artifacts, spec, cases, ref, threads)
+        parity = run_parity(artifacts(directory, manifest), spec, cases, ref, threads)
         problems += [f"{name}: {f}" for name, r in parity.items() for f in r.failures[:3]]
+        if classes:
+            trajectories = run_trajectories(directory, manifest, model, list(classes), config, threads)
+            problems += [f"{name}: {f}" for name, r in trajectories.results.items() for f in r.failures]
     lines = [f"verify {directory}: {'PASS' if not problems else 'FAIL'}"]
     lines += [f"  sha256 ok: {name}" for name in manifest["files"] if not any(p.startswith(name + ":") for p in problems)]
     lines += [f"  {r.summary()}" for r in parity.values()]
+    if trajectories:
+        cfg = trajectories.config
+        lines.append(f"  trajectory: {cfg.sampler} {len(trajectories.runs[REFERENCE].timesteps)} steps, guidance {cfg.guidance:g}, "
+                     f"seed {cfg.seed}, classes {', '.join(trajectories.label_names)}")  # fmt: skip
+        lines += [f"  {r.summary()}" for r in trajectories.results.values()]
     lines += [f"  problem: {p}" for p in problems]
     return {
         "passed": not problems,
         "directory": str(directory),
         "problems": problems,
         "parity": {name: r.to_dict() for name, r in parity.items()},
+        "trajectory": {name: r.to_dict() for name, r in trajectories.results.items()} if trajectories else {},
         "summary": "\n".join(lines),
     }
 
@@ -77,8 +120,7 @@ def bench_directory(directory: Path, checkpoint: Path | None, threads: int | Non
     if problems:
         raise MobileGenError(f"{directory}: " + "; ".join(problems))
     model = reference_model(manifest, checkpoint).model
-    files = {n: directory / n for n in manifest["files"] if n in PRECISION}
-    manifest["latency"] = bench_directory_files(model, files, mf.spec_from_manifest(manifest), threads, repeats=repeats)
+    manifest["latency"] = bench_directory_files(model, artifacts(directory, manifest), mf.spec_from_manifest(manifest), threads, repeats=repeats)
     mf.write_json(directory / mf.MANIFEST, manifest)
     write_report(directory, manifest)
     return manifest["latency"]

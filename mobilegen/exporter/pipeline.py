@@ -145,6 +145,11 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
 
 def publish(stage: Path, target: Path, overwrite: bool) -> None:
     """Move the staging folder into place; an existing folder is swapped out only now."""
+    from mobilegen.checkpoint import _umask
+
+    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700
+    for path in stage.iterdir():
+        os.chmod(path, 0o666 & ~_umask())
     if target.exists():
         check_output_dir(target, overwrite)
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
