@@ -13,5 +13,13 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # apply to every dependency, so it is installed alone, without dependencies; the
 # modules it needs are pinned in pyproject.toml.
 "${pip[@]}" --no-deps --ignore-requires-python onnx2tf==2.6.9
+# Debian's Chromium renders report.html in the test suite (headless; the tests download nothing).
+if ! command -v chromium > /dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null
+  else
+    echo "note: chromium is not installed (apt-get install chromium); the report-rendering test will skip" >&2
+  fi
+fi
 .venv/bin/mobilegen-export --help > /dev/null
 echo "installed: $(.venv/bin/python -c 'import mobilegen, torch, onnx2tf; print("torch", torch.__version__, "onnx2tf", onnx2tf.__version__)')"
