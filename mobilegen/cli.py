@@ -217,5 +217,104 @@ export_cli.add_command(sample)
 main_cli.add_command(sample)
 
 
+def train_options(fn):
+    opts = [
+        click.option("--data", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True,
+                     help="CIFAR-10 layout folder: DATA/train/<class>/*.png (+ DATA/test/ for validation)."),
+        click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Run folder."),
+        click.option("--epochs", type=click.IntRange(1), default=100, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=3e-4, show_default=True, help="One-cycle peak LR (AdamW)."),
+        click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop at this global step (schedule unchanged)."),
+        click.option("--qat-every", type=click.IntRange(0), default=0, show_default=True,
+                     help="fp16 QAT: round weights to float16 every K steps (0 = off)."),
+        click.option("--label-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True),
+        click.option("--ema-beta", type=click.FloatRange(0, 1), default=0.995, show_default=True),
+        click.option("--ema-start", type=click.IntRange(0), default=2000, show_default=True, help="EMA copies the weights until this step."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--sample-every", type=click.IntRange(0), default=0, help="Save a DDIM sample grid every N steps (0 = off)."),
+        click.option("--val-every", type=click.IntRange(0), default=0, help="Validation eps-MSE every N steps (0 = at the end)."),
+        click.option("--checkpoint-every", type=click.IntRange(0), default=500, show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader worker processes."),
+        click.option("--on-bad-image", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
+                     help="Unreadable images: skip and count them, or stop."),
+        click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped."),
+    ]  # fmt: skip
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _train(arch, teacher=None, noise_weight=1.0, teacher_weight=1.0, **kw) -> None:
+    from tqdm import tqdm
+
+    from mobilegen.train import TrainConfig, train
+
+    config = TrainConfig(
+        data=kw["data"], out=kw["out"], arch=arch, epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"],
+        max_steps=kw["max_steps"], qat_every=kw["qat_every"], label_dropout=kw["label_dropout"], ema_beta=kw["ema_beta"],
+        ema_start=kw["ema_start"], seed=kw["seed"], sample_every=kw["sample_every"], val_every=kw["val_every"],
+        checkpoint_every=kw["checkpoint_every"], device=kw["device"], num_workers=kw["workers"],
+        on_bad_image=kw["on_bad_image"], resume=kw["resume"], teacher=teacher, noise_weight=noise_weight,
+        teacher_weight=teacher_weight,
+    )  # fmt: skip
+    bar = tqdm(desc=f"{'distill' if teacher else 'train'} {arch}", unit="step", file=sys.stderr)
+
+    def on_step(step: int, end: int, loss: float, ips: float) -> None:
+        bar.total = end
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}", refresh=False)
+        bar.refresh()
+
+    try:
+        result = train(config, on_step)
+    except KeyboardInterrupt:
+        bar.close()
+        fail(f"interrupted; the last finished step is saved in {config.out}/last.pt: continue with --resume", 130)
+    bar.close()
+    val = ", ".join(f"step {k}: {v:.4f}" for k, v in result.val_losses.items()) or "no test/ split"
+    skipped = f", {result.skipped_images} unreadable images skipped" if result.skipped_images else ""
+    click.echo(f"{arch}: step {result.step}, last loss {result.losses[-1] if result.losses else float('nan'):.4f}, "
+               f"validation eps-MSE {val}, {result.images_per_second:.1f} images/s{skipped}")  # fmt: skip
+    click.echo(f"wrote {config.out}/ema.pt (export it with: mobilegen-export tflite {config.out}/ema.pt --fp16) and {config.out}/last.pt")
+
+
+@main_cli.command("train")
+@click.option("--arch", type=ARCH_CHOICES, default="teacher", show_default=True)
+@train_options
+@handle_errors
+def train_command(arch, **kw) -> None:
+    """Train a UNet from scratch on a CIFAR-10-layout image folder."""
+    _train(arch, **kw)
+
+
+@main_cli.command("distill")
+@click.option("--teacher", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True, help="Teacher checkpoint.")
+@click.option("--arch", type=ARCH_CHOICES, default="student_v2", show_default=True, help="Student architecture.")
+@click.option("--noise-weight", type=click.FloatRange(0), default=1.0, show_default=True, help="Weight of MSE(noise, student).")
+@click.option("--teacher-weight", type=click.FloatRange(0), default=1.0, show_default=True, help="Weight of MSE(teacher, student).")
+@train_options
+@handle_errors
+def distill_command(teacher, arch, noise_weight, teacher_weight, **kw) -> None:
+    """Distil a teacher checkpoint into a student: loss = w_n MSE(noise, s) + w_t MSE(teacher, s)."""
+    _train(arch, teacher=teacher, noise_weight=noise_weight, teacher_weight=teacher_weight, **kw)
+
+
+@main_cli.command("demo-data")
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--per-class", type=click.IntRange(1, 10000), default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@handle_errors
+def demo_data_command(out, per_class, seed) -> None:
+    """Write a small CIFAR-10-layout folder of coloured shapes (for trying train/distill)."""
+    from mobilegen.train import write_demo_folder
+
+    if out.exists() and any(out.iterdir()):
+        fail(f"{out} exists and is not empty; choose a new folder", 2)
+    write_demo_folder(out, per_class, seed)
+    click.echo(f"wrote {out}/train and {out}/test with the ten CIFAR-10 class folders")
+
+
 if __name__ == "__main__":
     export_cli()

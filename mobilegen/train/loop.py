@@ -1,0 +1,285 @@
+"""Training and distillation at the source, in one loop.
+
+Loss (eps-prediction DDPM, Ho et al. 2020): with t ~ U{1..T-1}, eps ~ N(0, I),
+x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps:
+    loss = w_noise * MSE(model(x_t, t, y), eps) [+ w_teacher * MSE(model(x_t, t, y), teacher(x_t, t, y))]
+The second term is the original project's knowledge distillation (1:1 by default).
+Labels are dropped to -1 (unconditional) per sample with probability label_dropout,
+so the model learns the unconditional pass guidance needs.
+
+fp16 quantization-aware training (QAT), precisely: every `qat_every` optimizer
+steps the trained weights are rounded to the nearest float16 value and training
+continues from the rounded values (the original's "intermittent shifts to the
+float16 weight space"); the optimizer's moments are kept. The EMA weights written
+to ema.pt are rounded the same way, so the weights the exporter sees are exactly
+representable in float16 and the fp16 artifact (float16 weights, float32 compute)
+computes the same function as the fp32 one.
+
+Every random draw of step k (batch order, augmentation, t, eps, label dropout)
+comes from generators seeded with (seed, k), so `--resume` continues exactly where
+an uninterrupted run would be.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from mobilegen.backends import resolve_device
+from mobilegen.checkpoint import load_checkpoint, save_checkpoint, seeded_model
+from mobilegen.diffusion import SamplerConfig, linear_schedule, run_sampler, to_uint8
+from mobilegen.errors import MobileGenError
+from mobilegen.images import save_png
+from mobilegen.models import UNet
+from mobilegen.train.data import ImageFolder, OnBadImage, StepSampler, steps_per_epoch
+
+log = logging.getLogger(__name__)
+
+LAST = "last.pt"  # everything needed to resume
+EMA = "ema.pt"  # the EMA weights alone: what mobilegen-export takes
+VAL_TIMESTEPS = (50, 250, 500, 750, 950)
+SAMPLE_CLASSES = (0, 3, 8)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: Path
+    out: Path
+    arch: str = "student_v2"
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    ema_beta: float = 0.995
+    ema_start: int = 2000  # EMA copies the weights until this step (warm start), then averages
+    label_dropout: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    qat_every: int = 0  # K; 0 = off
+    max_steps: int | None = None  # stop at this global step; the LR schedule still spans all epochs
+    sample_every: int = 0
+    val_every: int = 0
+    checkpoint_every: int = 500
+    device: str = "auto"
+    amp: bool = True  # float16 autocast, CUDA only
+    num_workers: int = 0
+    on_bad_image: OnBadImage = "skip"
+    resume: bool = False
+    teacher: Path | None = None
+    noise_weight: float = 1.0
+    teacher_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError("label_dropout must be in [0, 1)")
+        if self.qat_every < 0:
+            raise ValueError("qat_every must be >= 0 (0 = off)")
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+# The settings a resumed run must share with the run it continues.
+RESUME_KEYS = ("arch", "epochs", "batch_size", "lr", "weight_decay", "ema_beta", "ema_start", "label_dropout",
+               "grad_clip", "seed", "qat_every", "noise_weight", "teacher_weight")  # fmt: skip
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    step: int
+    losses: list[float] = field(default_factory=list)
+    val_losses: dict[int, float] = field(default_factory=dict)
+    images_per_second: float = 0.0
+    skipped_images: int = 0
+
+
+@torch.no_grad()
+def round_to_fp16_(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        p.copy_(p.half().float())
+
+
+@torch.no_grad()
+def ema_update_(ema: UNet, model: UNet, step: int, beta: float, start: int) -> None:
+    if step < start:
+        ema.load_state_dict(model.state_dict())
+        return
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1 - beta)
+
+
+def diffusion_batch(x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator, label_dropout: float):
+    """(x_t, t, eps, y with dropout) for one step, all drawn from gen."""
+    schedule = linear_schedule()
+    n = x0.shape[0]
+    t = torch.randint(1, schedule.T, (n,), generator=gen)
+    eps = torch.randn(x0.shape, generator=gen)
+    drop = torch.rand(n, generator=gen) < label_dropout
+    y = torch.where(drop, torch.full_like(y, -1), y)
+    return schedule.q_sample(x0, t, eps), t.float(), eps, y
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 7919 + step)
+
+
+@dataclass
+class Trainer:
+    """Model, EMA, optimizer, schedule and (optional) teacher: one training step at a time."""
+
+    config: TrainConfig
+    total_steps: int
+    device: torch.device
+    model: UNet = field(init=False)
+    ema: UNet = field(init=False)
+    teacher: UNet | None = field(init=False, default=None)
+    step: int = 0
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.model = seeded_model(cfg.arch, cfg.seed).model.to(self.device).train()
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=cfg.lr, total_steps=self.total_steps)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        if cfg.teacher is not None:
+            # Loaded once, in eval mode, without gradients.
+            self.teacher = load_checkpoint(cfg.teacher).model.to(self.device).eval().requires_grad_(False)
+
+    def train_step(self, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> float:
+        cfg = self.config
+        x_t, t, eps, y = (a.to(self.device) for a in diffusion_batch(x0, y, gen, cfg.label_dropout))
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+            pred = self.model(x_t, t, y)
+            loss = cfg.noise_weight * F.mse_loss(pred.float(), eps)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    target = self.teacher(x_t, t, y).float()
+                loss = loss + cfg.teacher_weight * F.mse_loss(pred.float(), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        if cfg.qat_every and self.step % cfg.qat_every == 0:
+            round_to_fp16_(self.model)
+        ema_update_(self.ema, self.model, self.step, cfg.ema_beta, cfg.ema_start)
+        return loss.item()
+
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "train_config": self.config.to_dict(),
+        }
+
+    def save(self) -> None:
+        out = self.config.out
+        save_checkpoint(out / LAST, self.model, ema=self.ema, **self.state())
+        ema = copy.deepcopy(self.ema)
+        if self.config.qat_every:
+            round_to_fp16_(ema)
+        save_checkpoint(out / EMA, ema, step=self.step, train_config=self.config.to_dict())
+
+    def restore(self) -> None:
+        path = self.config.out / LAST
+        if not path.is_file():
+            raise MobileGenError(f"--resume: {path} not found; nothing to resume")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = state["train_config"]
+        changed = [k for k in RESUME_KEYS if saved.get(k) != self.config.to_dict()[k]]
+        if changed:
+            raise MobileGenError(f"--resume: settings differ from the run in {path}: {', '.join(changed)}")
+        self.model.load_state_dict(state["weights"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
+
+
+@torch.no_grad()
+def validation_loss(model: UNet, data: ImageFolder, device: torch.device, limit: int = 64) -> float:
+    """eps MSE on held-out images at fixed timesteps with fixed noise."""
+    schedule = linear_schedule()
+    gen = torch.Generator().manual_seed(1234)
+    n = min(limit, len(data))
+    x0 = torch.stack([data.load(i, 0)[0] for i in range(n)])
+    y = torch.tensor([data.items[i][1] for i in range(n)])
+    total = 0.0
+    for t_val in VAL_TIMESTEPS:
+        t = torch.full((n,), t_val)
+        eps = torch.randn(x0.shape, generator=gen)
+        x_t = schedule.q_sample(x0, t, eps)
+        total += float(F.mse_loss(model(x_t.to(device), t.float().to(device), y.to(device)).float().cpu(), eps))
+    return total / len(VAL_TIMESTEPS)
+
+
+@torch.no_grad()
+def sample_grid(model: UNet, path: Path, device: torch.device, steps: int = 20) -> Path:
+    labels = torch.tensor(SAMPLE_CLASSES)
+    x = run_sampler(lambda x, t, y: model(x, t, y), labels, linear_schedule(), SamplerConfig(steps=steps), device)
+    return save_png(to_uint8(x), path)
+
+
+def train(config: TrainConfig, on_step: Callable[[int, int, float, float], None] | None = None) -> TrainResult:
+    """Run (or resume) training; on_step(step, end, loss, images_per_second) drives a progress bar."""
+    device = resolve_device(config.device)
+    data = ImageFolder(config.data / "train", on_bad_image=config.on_bad_image)
+    val = ImageFolder(config.data / "test", augment=False, on_bad_image=config.on_bad_image) if (config.data / "test").is_dir() else None
+    total = config.epochs * steps_per_epoch(len(data), config.batch_size)
+    end = min(total, config.max_steps or total)
+    if (config.out / LAST).exists() and not config.resume:
+        raise MobileGenError(f"{config.out} already holds a run ({LAST}); pass --resume to continue it or choose another -o")
+    trainer = Trainer(config, total, device)
+    if config.resume:
+        trainer.restore()
+    config.out.mkdir(parents=True, exist_ok=True)
+    result = TrainResult(config.out, trainer.step, skipped_images=len(data.skipped))
+    loader = torch.utils.data.DataLoader(
+        data, batch_sampler=StepSampler(len(data), config.batch_size, config.seed, trainer.step, end),
+        num_workers=config.num_workers,
+    )  # fmt: skip
+    busy, seen = 0.0, 0
+    try:
+        for x0, y in loader:
+            start = time.perf_counter()
+            loss = trainer.train_step(x0, y, step_generator(config.seed, trainer.step))
+            busy += time.perf_counter() - start
+            result.losses.append(loss)
+            seen += len(y)
+            result.images_per_second = seen / busy  # training steps only: not loading, sampling or validation
+            if on_step:
+                on_step(trainer.step, end, loss, result.images_per_second)
+            if config.val_every and val and trainer.step % config.val_every == 0:
+                result.val_losses[trainer.step] = validation_loss(trainer.ema, val, device)
+                log.info("step %d: validation eps-MSE %.4f", trainer.step, result.val_losses[trainer.step])
+            if config.sample_every and trainer.step % config.sample_every == 0:
+                sample_grid(trainer.ema, config.out / "samples" / f"step_{trainer.step:07d}.png", device)
+            if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:
+                trainer.save()
+    except KeyboardInterrupt:
+        trainer.save()  # atomic: an interrupted run resumes from the last finished step
+        raise
+    trainer.save()
+    if val is not None and trainer.step not in result.val_losses:
+        result.val_losses[trainer.step] = validation_loss(trainer.ema, val, device)
+    result.step = trainer.step
+    return result
