@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mobilegen.diffusion import SamplerConfig, Schedule, run_sampler, to_uint8
-from mobilegen.exporter.parity import psnr
+from mobilegen.exporter.parity import PSNR_IDENTICAL, psnr
 
 # Final-image gates for DDIM-50 with guidance 3 (issue: fp32 >= 40 dB; fp16 >= 30 dB and SSIM >= 0.95).
 TRAJECTORY_GATES: dict[str, tuple[float, float | None]] = {
@@ -102,14 +102,14 @@ class TrajectoryResult:
 
 def compare_runs(name: str, reference: Run, run: Run, label_names: list[str], gate: tuple[float, float | None]) -> TrajectoryResult:
     per_step = [
-        {"t": t, "max_abs": float(np.abs(a - b).max()), "psnr": round(psnr(a, b), 3)}
+        {"t": t, "max_abs": float(np.abs(a - b).max()), "psnr": round(min(psnr(a, b), PSNR_IDENTICAL), 3)}
         for t, a, b in zip(reference.timesteps, reference.states, run.states)
     ]
     per_class, failures = {}, []
     ref_img, img = reference.images, run.images
     for i, label in enumerate(label_names):
         p, s = image_psnr(ref_img[i], img[i]), image_ssim(ref_img[i], img[i])
-        per_class[label] = {"psnr": round(min(p, 999.0), 3), "ssim": round(s, 5)}
+        per_class[label] = {"psnr": round(min(p, PSNR_IDENTICAL), 3), "ssim": round(s, 5)}
         if not np.isfinite(run.states[-1][i]).all():
             failures.append(f"{label}: NaN/Inf in the final state")
         elif p < gate[0]:

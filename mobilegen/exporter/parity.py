@@ -16,6 +16,9 @@ from mobilegen.calibration import Cases
 from mobilegen.exporter.spec import Tolerance
 
 
+PSNR_IDENTICAL = 999.0  # what JSON gets for identical outputs (infinite PSNR)
+
+
 @dataclass(frozen=True)
 class CaseError:
     case: str
@@ -61,7 +64,7 @@ class ParityResult:
             "passed": self.passed,
             "gate": asdict(self.tolerance),
             "cases": len(self.cases),
-            "min_psnr_db": round(self.min_psnr, 3),
+            "min_psnr_db": round(min(self.min_psnr, PSNR_IDENTICAL), 3),
             "max_abs_error": self.max_abs,
             "worst_case": self.worst.case,
             "failures": self.failures,

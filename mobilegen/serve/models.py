@@ -1,0 +1,196 @@
+"""The models a server holds: loaded once, each behind its own micro-batcher.
+
+Batch invariance. Micro-batching must not change a request's image: the same seed
+gives the same PNG bytes whether the request ran alone or shared model calls. Plain
+PyTorch on the CPU does not give that bit for bit; three kernels pick their
+arithmetic by batch size (measured on torch 2.13 CPU, student_v2):
+  * the time-embedding Linear layers (M = batch rows): one GEMM kernel below 4 rows,
+    another from 4 up;
+  * GroupNorm on a channels-last input (what oneDNN convs return for batch >= 2)
+    splits the batch*H*W range across threads, so with an odd batch one sample's
+    sum is split between two threads;
+  * a batch of exactly 1 takes other conv and GroupNorm paths.
+``make_batch_invariant`` fixes all three without touching the weights: the
+embedding Linear runs in fixed blocks of 4 rows, GroupNorm gets a contiguous input
+(its NCHW kernel reduces each sample in one thread), and a single row is padded to 2.
+tests/test_serve.py checks PNG bytes batched against unbatched. The cost is a few
+percent of a model call. Artifact backends (ONNX/TFLite) always run their fixed
+batch, one call per ``spec.batch`` rows, so they need no fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mobilegen.diffusion import Schedule
+from mobilegen.errors import MobileGenError
+from mobilegen.serve.batcher import MicroBatcher, OnBatch
+from mobilegen.serve.config import ModelSource, ServeConfig
+
+log = logging.getLogger(__name__)
+
+LINEAR_BLOCK = 4
+SHORT_NAMES = {"student_v1": "v1", "student_v2": "v2", "teacher": "teacher"}
+
+
+class _BlockedLinear(nn.Module):
+    """Linear evaluated in fixed blocks of rows, so a row's result never depends on the batch."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        pad = -n % LINEAR_BLOCK
+        if pad:
+            x = torch.cat([x, x.new_zeros(pad, *x.shape[1:])])
+        return torch.cat([self.linear(block) for block in x.split(LINEAR_BLOCK)])[:n]
+
+
+class _ContiguousGroupNorm(nn.Module):
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.contiguous())
+
+
+def make_batch_invariant(model: nn.Module) -> nn.Module:
+    """Wrap the batch-size-dependent layers in place (see the module docstring)."""
+    for module in list(model.modules()):
+        emb = getattr(module, "emb_layer", None)  # Down/Up: Sequential(SiLU, Linear) on the [N, E] embedding
+        if isinstance(emb, nn.Sequential) and isinstance(emb[-1], nn.Linear):
+            emb[-1] = _BlockedLinear(emb[-1])
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.GroupNorm):
+                setattr(module, name, _ContiguousGroupNorm(child))
+    return model
+
+
+class TorchRunner:
+    """(x, t, y) -> eps on the model's device; float16 autocast on CUDA, float32 elsewhere."""
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.model = make_batch_invariant(model).to(device).eval()
+        self.device = device
+        self.dtype = "float16" if device.type == "cuda" else "float32"
+
+    def warm_up(self) -> None:
+        """One call at load, so the first request does not pay for kernel selection and JIT."""
+        self(torch.zeros(2, 3, 64, 64), torch.full((2,), 500.0), torch.tensor([0, -1], dtype=torch.int32))
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if n == 1:
+            x, t, y = x.repeat(2, 1, 1, 1), t.repeat(2), y.repeat(2)
+        amp = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else contextlib.nullcontext()
+        with torch.inference_mode(), amp:
+            eps = self.model(x.to(self.device), t.to(self.device), y.to(self.device))
+        return eps.float()[:n]
+
+
+@dataclass
+class ServedModel:
+    name: str
+    arch: str
+    source: str  # file name, or the description of the default model
+    sha256: str | None
+    backend: str
+    device: torch.device
+    dtype: str
+    labels: tuple[str, ...]
+    schedule: Schedule
+    batcher: MicroBatcher
+
+    def describe(self, config: ServeConfig) -> dict:
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "source": self.source,
+            "checkpoint_sha256": self.sha256,
+            "backend": self.backend,
+            "device": self.device.type,
+            "dtype": self.dtype,
+            "labels": list(self.labels),
+            "defaults": {"sampler": config.sampler, "steps": config.steps, "guidance": config.guidance, "eta": config.eta},
+        }
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MobileGenError("device cuda was requested but no CUDA device is available; use auto or cpu")
+    return torch.device(device)
+
+
+def load_model(source: ModelSource, config: ServeConfig, on_batch: OnBatch | None = None) -> ServedModel:
+    """Load one checkpoint (or ONNX/TFLite artifact with its manifest) and start its batcher."""
+    from mobilegen.checkpoint import load_or_default, sha256_file
+    from mobilegen.diffusion import linear_schedule
+    from mobilegen.generate import ARTIFACT_SUFFIXES, open_backend
+    from mobilegen.labels import CIFAR10_LABELS
+
+    wait = config.max_wait_ms / 1000
+    path = source.path
+    if path is not None and path.suffix in ARTIFACT_SUFFIXES:
+        from mobilegen.exporter.manifest import read_manifest
+
+        if not path.is_file():
+            raise MobileGenError(f"model file not found: {path}")
+        backend, _, schedule, labels = open_backend(path, "cpu", None)
+        arch = read_manifest(path.parent)["model"]["arch"]
+        name = source.name or SHORT_NAMES.get(arch, arch)
+        batcher = MicroBatcher(backend.torch_denoise, config.max_batch, wait, name, _tag(on_batch, name))
+        return ServedModel(name, arch, path.name, sha256_file(path), backend.name, torch.device("cpu"), "float32",
+                           labels, schedule, batcher)  # fmt: skip
+    loaded = load_or_default(path, source.arch)
+    device = _resolve_device(config.device)
+    runner = TorchRunner(loaded.model, device)
+    runner.warm_up()
+    name = source.name or SHORT_NAMES.get(loaded.arch, loaded.arch)
+    batcher = MicroBatcher(runner, config.max_batch, wait, name, _tag(on_batch, name))
+    shown = Path(loaded.source).name if path is not None else loaded.source
+    return ServedModel(name, loaded.arch, shown, loaded.sha256, f"pytorch-{device.type}", device, runner.dtype,
+                       CIFAR10_LABELS, linear_schedule(), batcher)  # fmt: skip
+
+
+def _tag(on_batch: OnBatch | None, name: str):
+    if on_batch is None:
+        return None
+    return lambda rows, calls, seconds: on_batch(name, rows, calls, seconds)
+
+
+def load_models(config: ServeConfig, on_batch=None) -> dict[str, ServedModel]:
+    """Every configured model, by name (the untrained default v2 when none is given)."""
+    models: dict[str, ServedModel] = {}
+    try:
+        for source in config.models or (ModelSource(None, "v2"),):
+            served = load_model(source, config, on_batch)
+            if served.name in models:
+                served.batcher.close()
+                raise MobileGenError(f"two models are named {served.name!r}; name them with --model NAME=PATH")
+            models[served.name] = served
+            log.info("serving %s: %s from %s on %s (%s)", served.name, served.arch, served.source, served.device, served.dtype)
+    except BaseException:
+        for served in models.values():
+            served.batcher.close()
+        raise
+    return models
+
+
+def find_model(models: dict[str, ServedModel], version: str) -> ServedModel | None:
+    """The app sends version "2"; models are named "v2": both spellings find it."""
+    text = version.strip()
+    for key in (text, text.lower(), f"v{text}", text[1:] if text[:1] in "vV" else None):
+        if key and key in models:
+            return models[key]
+    return None
