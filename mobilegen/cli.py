@@ -316,5 +316,52 @@ def demo_data_command(out, per_class, seed) -> None:
     click.echo(f"wrote {out}/train and {out}/test with the ten CIFAR-10 class folders")
 
 
+@main_cli.command("serve")
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--model", "models", multiple=True, metavar="NAME=PATH",
+              help="Serve PATH (checkpoint, or .onnx/.tflite beside its manifest.json) as version NAME; repeatable.")
+@click.option("--arch", type=ARCH_CHOICES, help="Override the architecture detected from CHECKPOINT's keys.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA (float16 autocast) when present, else CPU (float32).")
+@click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True,
+              help="Default for requests that do not choose (the app never does).")
+@click.option("--steps", type=click.IntRange(1, 999), default=50, show_default=True, help="Default DDIM steps.")
+@click.option("--guidance", type=click.FloatRange(0, 50), default=3.0, show_default=True, help="Default guidance (0 = off).")
+@click.option("--max-batch", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="Images per model call across requests (guidance doubles a request's); 1 turns batching off.")
+@click.option("--max-wait-ms", type=click.FloatRange(0, 1000), default=5.0, show_default=True,
+              help="How long a waiting denoiser call holds the model for others to join.")
+@click.option("--max-n", type=click.IntRange(1, 1024), default=16, show_default=True, help="Most images per request.")
+@click.option("--max-steps", type=click.IntRange(1, 999), default=250, show_default=True,
+              help="Most steps per request; 999 allows the ddpm sampler.")
+@click.option("--max-guidance", type=click.FloatRange(0, 1000), default=50.0, show_default=True)
+@click.option("--max-body-bytes", type=click.IntRange(256, 1 << 30), default=64 * 1024, show_default=True,
+              help="Larger request bodies get 413.")
+@click.option("--max-pending", type=click.IntRange(1, 1024), default=64, show_default=True,
+              help="Requests generating at once; more get 503.")
+@click.option("--timeout-s", type=click.FloatRange(0.1, 86400), default=120.0, show_default=True,
+              help="Per-request limit, upload included; 504 after it.")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="Allow browsers on ORIGIN (e.g. https://app.example); repeatable; none by default; never with credentials.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True)
+@handle_errors
+def serve_command(checkpoint, models, arch, host, port, device, sampler, steps, guidance, max_batch, max_wait_ms,
+                  max_n, max_steps, max_guidance, max_body_bytes, max_pending, timeout_s, cors_origins, log_level) -> None:
+    """Serve images over HTTP: POST /generate_image (the app), POST /v1/images, GET /v1/models, /healthz, /metrics.
+
+    CHECKPOINT (default: the untrained v2) is served under its architecture's name (v1, v2),
+    which the app's version field (1, 2) selects.
+    """
+    from mobilegen.serve import ModelSource, ServeConfig, parse_model_option, serve
+
+    sources = ([ModelSource(checkpoint, arch=arch)] if checkpoint else []) + [parse_model_option(m) for m in models]
+    serve(ServeConfig(models=tuple(sources), host=host, port=port, device=device, sampler=sampler, steps=steps,
+                      guidance=guidance, max_batch=max_batch, max_wait_ms=max_wait_ms, max_n=max_n, max_steps=max_steps,
+                      max_guidance=max_guidance, max_body_bytes=max_body_bytes, max_pending=max_pending,
+                      timeout_s=timeout_s, cors_origins=tuple(cors_origins), log_level=log_level))  # fmt: skip
+
+
 if __name__ == "__main__":
     export_cli()

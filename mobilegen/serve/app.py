@@ -34,7 +34,6 @@ from mobilegen.diffusion import SamplerConfig, run_sampler, to_uint8
 from mobilegen.diffusion.sampler import SAMPLERS
 from mobilegen.errors import MobileGenError
 from mobilegen.labels import ALIASES, parse_label
-from mobilegen.serve.batcher import Cancelled
 from mobilegen.serve.config import DDPM_STEPS, ServeConfig
 from mobilegen.serve.metrics import Metrics
 from mobilegen.serve.models import ServedModel, find_model, load_models
@@ -78,7 +77,8 @@ def _bounded(problems: list, name: str, value, low, high, kind=int):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        problems.append({"field": name, "message": f"{name} must be {'a number' if kind is float else 'an integer'}, got {value!r}"})
+        what = "a number" if kind is float else "an integer"
+        problems.append({"field": name, "message": f"{name} must be {what}, got {value!r}"})
     elif kind is float and not math.isfinite(value):
         problems.append({"field": name, "message": f"{name} must be finite, got {value!r}"})
     elif not low <= value <= high:
@@ -140,21 +140,39 @@ class Server:
             problems.append({"field": "output", "message": f"unknown output {output!r}", "allowed": ["png", "json"]})
         if problems:
             raise ApiError(422, "; ".join(p["message"] for p in problems), problems=problems)
-        config = SamplerConfig(sampler=sampler, steps=steps, seed=secrets.randbelow(2**31) if seed is None else seed,
-                               guidance=c.guidance if guidance is None else guidance, eta=c.eta if eta is None else eta)  # fmt: skip
+        config = SamplerConfig(
+            sampler=sampler,
+            steps=steps,
+            guidance=c.guidance if guidance is None else guidance,
+            eta=c.eta if eta is None else eta,
+            seed=secrets.randbelow(2**31) if seed is None else seed,  # said back in X-Seed, so it can be repeated
+        )
         return Job(model, label_index, label_name, n or 1, config, output)
 
-    async def run(self, job: Job) -> tuple[Any, float]:
-        """Generate on a pool thread (the sampler), batched with whatever else is running."""
+    async def run(self, job: Job, request) -> tuple[Any, float]:
+        """Generate on a pool thread (the sampler), batched with whatever else is running.
+
+        A client that hangs up, or a request past the timeout, stops its sampling loop
+        at the next step, so abandoned work does not hold the model.
+        """
+        from starlette.requests import ClientDisconnect
+
         if self.pending >= self.config.max_pending:
             raise ApiError(503, f"server busy: {self.pending} requests are already generating; retry shortly",
                            headers={"Retry-After": "1"})  # fmt: skip
         self.pending += 1
         cancelled = threading.Event()
+        generating = asyncio.wrap_future(self.pool.submit(self._generate, job, cancelled))
+        hangup = asyncio.ensure_future(_disconnected(request))
         try:
-            return await asyncio.wrap_future(self.pool.submit(self._generate, job, cancelled))
+            await asyncio.wait({generating, hangup}, return_when=asyncio.FIRST_COMPLETED)
+            if not generating.done():
+                raise ClientDisconnect()
+            return generating.result()
         finally:
-            cancelled.set()  # a timed-out request's loop stops at its next step
+            hangup.cancel()
+            generating.cancel()
+            cancelled.set()
             self.pending -= 1
 
     def _generate(self, job: Job, cancelled: threading.Event) -> tuple[Any, float]:
@@ -169,6 +187,12 @@ class Server:
         if job.output == "png":
             return png_bytes(images), time.perf_counter() - start
         return [base64.b64encode(png_bytes(images[i : i + 1])).decode() for i in range(job.n)], time.perf_counter() - start
+
+
+async def _disconnected(request) -> None:
+    """Returns when the client closes the connection (the body has been read by then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class _BodyTooLarge(Exception):
@@ -267,7 +291,8 @@ def create_app(config: ServeConfig = ServeConfig()):
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
-        message = {404: f"no such endpoint; try {', '.join(ROUTES)}", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+        known = {404: f"no such endpoint; try {', '.join(ROUTES)}", 405: "method not allowed"}
+        message = known.get(exc.status_code, str(exc.detail))
         return json_error(exc.status_code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -309,7 +334,7 @@ def create_app(config: ServeConfig = ServeConfig()):
         if seed is not None:
             seed = int(seed) if seed.strip().isdigit() else seed  # non-digits fail validation below
         job = server.job(fields["text"], fields["version"], seed=seed)
-        return respond(job, *await server.run(job))
+        return respond(job, *await server.run(job, request))
 
     @app.post("/v1/images", response_class=Response)
     async def images(request: Request):
@@ -334,7 +359,7 @@ def create_app(config: ServeConfig = ServeConfig()):
             if key in data and not isinstance(data[key], (str, int) if key == "version" else str):
                 raise ApiError(422, f"{key} must be a string, got {json.dumps(data[key])[:50]}")
         job = server.job(**data)
-        return respond(job, *await server.run(job))
+        return respond(job, *await server.run(job, request))
 
     @app.get("/v1/models")
     async def list_models():
@@ -346,7 +371,8 @@ def create_app(config: ServeConfig = ServeConfig()):
         dead = [name for name, m in server.models.items() if not m.batcher.alive]
         if dead:
             return json_error(503, f"model worker stopped: {', '.join(dead)}")
-        return {"status": "ok", "models": list(server.models), "pending": server.pending}
+        sampling = sum(m.batcher.active for m in server.models.values())  # includes loops of abandoned requests
+        return {"status": "ok", "models": list(server.models), "pending": server.pending, "sampling": sampling}
 
     @app.get("/metrics")
     async def metrics_endpoint():
@@ -368,7 +394,7 @@ def make_server(app, config: ServeConfig):
 
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level, lifespan="on",
                         ws="none", server_header=False, timeout_keep_alive=5, timeout_graceful_shutdown=10,
-                        h11_max_incomplete_event_size=16 * 1024, **config.extra)  # fmt: skip
+                        h11_max_incomplete_event_size=16 * 1024)  # fmt: skip
     return uvicorn.Server(uv)
 
 

@@ -56,6 +56,11 @@ class MicroBatcher:
         self._thread.start()
 
     @property
+    def active(self) -> int:
+        """Sampling loops currently using this batcher."""
+        return self._active
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._closed
 

@@ -7,7 +7,7 @@ Plain data, no web framework: the CLI builds a ``ServeConfig`` and hands it to
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mobilegen.diffusion.sampler import SAMPLERS
@@ -62,8 +62,7 @@ class ServeConfig:
     max_pending: int = 64  # requests generating or queued; more get 503 at once
     timeout_s: float = 120.0  # whole request, body upload included; 504 after it
     cors_origins: tuple[str, ...] = ()  # none by default; credentials are never allowed
-    log_level: str = "info"
-    extra: dict = field(default_factory=dict, compare=False)  # passed to uvicorn.Config as is
+    log_level: str = "info"  # uvicorn's: critical, error, warning, info, debug, trace
 
     def __post_init__(self) -> None:
         problems = []
@@ -76,7 +75,7 @@ class ServeConfig:
             problems.append(f"default steps {self.steps} must be in 1..max_steps ({self.max_steps})")
         if self.sampler == "ddpm" and self.max_steps < DDPM_STEPS:
             problems.append(f"the ddpm sampler runs {DDPM_STEPS} steps; raise max_steps to at least that")
-        if not 0 <= self.guidance <= self.max_guidance:
+        if self.max_guidance < 0 or not 0 <= self.guidance <= self.max_guidance:
             problems.append(f"default guidance {self.guidance} must be in 0..max_guidance ({self.max_guidance})")
         if not 0 <= self.eta <= 1:
             problems.append(f"eta must be in 0..1, got {self.eta}")

@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Load benchmark for `mobilegen serve`: N concurrent clients, batching on vs off.
+
+Starts the server itself (a separate process, on 127.0.0.1, a free port) once per
+mode, runs N clients that each send POST /v1/images back to back for a bounded
+time, and reports requests/s, p50/p95 latency, errors and the mean batch (from the
+server's /metrics) per mode, then the throughput ratio on/off. "off" is the same
+server with --max-batch 1: every denoiser call runs alone.
+
+    .venv/bin/python scripts/bench_serve.py --clients 8 --duration 25 --steps 10
+
+Not a unit test; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    threads = torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {threads} threads; Python {platform.python_version()}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, args, max_batch: int) -> subprocess.Popen:
+    models = [{"path": p} for p in args.checkpoint]
+    code = (
+        "import json, sys; from pathlib import Path\n"
+        "from mobilegen.serve import ModelSource, ServeConfig, serve\n"
+        "a = json.loads(sys.argv[1])\n"
+        "models = tuple(ModelSource(Path(m['path'])) for m in a.pop('models'))\n"
+        "serve(ServeConfig(models=models, **a))\n"
+    )
+    config = {"models": models, "host": "127.0.0.1", "port": port, "steps": args.steps, "guidance": args.guidance,
+              "max_batch": max_batch, "max_wait_ms": args.max_wait_ms, "max_pending": max(64, 2 * args.clients),
+              "max_n": max(16, args.n), "timeout_s": 600, "log_level": "warning"}  # fmt: skip
+    return subprocess.Popen([sys.executable, "-c", code, json.dumps(config)], cwd=ROOT)
+
+
+async def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited with {proc.returncode}")
+            try:
+                if (await client.get(f"{base}/healthz", timeout=2)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("server did not come up")
+            await asyncio.sleep(0.2)
+
+
+async def batch_means(client: httpx.AsyncClient, base: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = (await client.get(f"{base}/metrics")).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name.startswith(("mobilegen_batch_size_", "mobilegen_batch_requests_")) and s.name.endswith(("_sum", "_count")):
+                out[s.name] = out.get(s.name, 0.0) + s.value
+    return out
+
+
+async def load(base: str, args) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=args.clients + 4)) as client:
+        # Warm up: one request alone, so kernel selection is not in the measurement.
+        await client.post(f"{base}/v1/images", json={"label": "cat", "seed": 0, "n": args.n})
+        before = await batch_means(client, base)
+        start = time.perf_counter()
+        stop = start + args.duration
+
+        async def one_client(i: int) -> None:
+            k = 0
+            while time.perf_counter() < stop:
+                body = {"label": (i + k) % 10, "seed": 1000 * i + k, "n": args.n}
+                t0 = time.perf_counter()
+                try:
+                    res = await client.post(f"{base}/v1/images", json=body)
+                    if res.status_code == 200 and res.content[:4] == b"\x89PNG":
+                        latencies.append(time.perf_counter() - t0)
+                    else:
+                        errors.append(f"{res.status_code} {res.text[:100]}")
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+                k += 1
+
+        await asyncio.gather(*(one_client(i) for i in range(args.clients)))
+        elapsed = time.perf_counter() - start  # until the last request started in time has finished
+        after = await batch_means(client, base)
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    rows = d.get("mobilegen_batch_size_sum", 0) / max(d.get("mobilegen_batch_size_count", 0), 1)
+    calls = d.get("mobilegen_batch_requests_sum", 0) / max(d.get("mobilegen_batch_requests_count", 0), 1)
+    q = statistics.quantiles(latencies, n=20) if len(latencies) >= 2 else [float("nan")] * 19
+    return {"requests": len(latencies), "errors": len(errors), "error_examples": errors[:3], "seconds": elapsed,
+            "rps": len(latencies) / elapsed, "images_per_s": len(latencies) * args.n / elapsed,
+            "p50": statistics.median(latencies) if latencies else float("nan"), "p95": q[18],
+            "mean_rows": rows, "mean_requests": calls}  # fmt: skip
+
+
+def run_mode(args, name: str, max_batch: int) -> dict:
+    port = free_port()
+    proc = start_server(port, args, max_batch)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(wait_ready(base, proc))
+        result = asyncio.run(load(base, args))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {"mode": name, "max_batch": max_batch, **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=25, help="seconds of load per mode")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--n", type=int, default=1, help="images per request")
+    parser.add_argument("--max-batch", type=int, default=32, help="images per model call with batching on")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--checkpoint", action="append", default=[], help="model file (default: the untrained v2)")
+    parser.add_argument("--modes", default="on,off", help="comma-separated: on, off")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    print(f"machine: {machine()}")
+    if hasattr(os, "getloadavg"):  # other work on the machine skews every number below
+        print(f"load average before the run (1/5/15 min): {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"load: {args.clients} clients x {args.duration:g} s per mode; ddim {args.steps} steps, guidance "
+          f"{args.guidance:g}, n={args.n}; max wait {args.max_wait_ms:g} ms", flush=True)  # fmt: skip
+    modes = {"on": args.max_batch, "off": 1}  # a mode may repeat (on,off,on,off) to see the spread
+    results = []
+    for name in args.modes.split(","):
+        print(f"running batching {name} (max batch {modes[name]}) ...", flush=True)
+        results.append(run_mode(args, name, modes[name]))
+    print(f"{'batching':<9}{'max batch':>10}{'requests':>9}{'errors':>7}{'req/s':>8}{'p50 s':>8}{'p95 s':>8}"
+          f"{'rows/call':>10}{'reqs/call':>10}")
+    for r in results:
+        print(f"{r['mode']:<9}{r['max_batch']:>10}{r['requests']:>9}{r['errors']:>7}{r['rps']:>8.3f}{r['p50']:>8.2f}"
+              f"{r['p95']:>8.2f}{r['mean_rows']:>10.1f}{r['mean_requests']:>10.2f}")  # fmt: skip
+        for example in r["error_examples"]:
+            print(f"  error: {example}")
+    rps = {m: statistics.mean(r["rps"] for r in results if r["mode"] == m) for m in {r["mode"] for r in results}}
+    if rps.get("off"):
+        print(f"throughput ratio on/off: {rps.get('on', 0) / rps['off']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "args": vars(args) | {"json": str(args.json)},
+                                         "results": results}, indent=2, default=str))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

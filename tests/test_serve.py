@@ -1,0 +1,438 @@
+"""The inference server: the real uvicorn server on 127.0.0.1, spoken to over HTTP.
+
+Every server runs the untrained default v2 (or small seeded checkpoints) with 2-3
+sampling steps, so the file runs in well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from mobilegen.checkpoint import seeded_model
+from mobilegen.errors import MobileGenError
+from mobilegen.serve import ModelSource, ServeConfig, parse_model_option
+from mobilegen.serve.app import create_app, make_server
+from mobilegen.serve.batcher import Cancelled, MicroBatcher
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = dict(steps=2, max_steps=20, max_n=4, timeout_s=30, max_body_bytes=8192, log_level="warning")
+
+
+@contextmanager
+def running(config: ServeConfig):
+    """The real uvicorn server in a thread, on a free loopback port bound here (no race)."""
+    app = create_app(config)
+    server = make_server(app, config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def url():
+    with running(ServeConfig(**FAST, max_wait_ms=20)) as base:
+        yield base
+
+
+def png(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def metrics(base: str) -> dict:
+    """{sample name: {labels tuple: value}} from /metrics, parsed by prometheus_client's own parser."""
+    res = httpx.get(f"{base}/metrics")
+    assert res.status_code == 200 and res.headers["content-type"].startswith("text/plain")
+    out: dict = {}
+    for family in text_string_to_metric_families(res.text):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def total(values: dict, **labels) -> float:
+    return sum(v for k, v in values.items() if all((name, value) in k for name, value in labels.items()))
+
+
+def assert_healthy(base: str) -> None:
+    assert httpx.get(f"{base}/healthz").json()["status"] == "ok"
+    res = httpx.post(f"{base}/v1/images", json={"label": "cat", "seed": 1})
+    assert res.status_code == 200 and png(res.content).size == (64, 64)
+
+
+# --- the original app's call and the JSON API -------------------------------------------
+
+
+def test_original_app_call_returns_a_64x64_png(url):
+    # What `curl -F text=cat -F version=2` sends (multipart), and the urlencoded form.
+    multipart = httpx.post(f"{url}/generate_image", files={"text": (None, "cat"), "version": (None, "2")})
+    assert multipart.status_code == 200, multipart.text
+    assert multipart.headers["content-type"] == "image/png"
+    image = png(multipart.content)
+    assert image.size == (64, 64) and image.mode == "RGB"
+    assert multipart.headers["x-model"] == "v2" and multipart.headers["x-label"] == "cat"
+    assert multipart.headers["x-steps"] == "2" and multipart.headers["x-sampler"] == "ddim"  # server defaults
+    auto = httpx.post(f"{url}/generate_image", data={"text": "auto", "version": "v2"})
+    assert auto.status_code == 200 and auto.headers["x-label"] == "automobile"
+    assert png(auto.content).size == (64, 64)
+
+
+def test_json_api_png_grid_and_base64(url):
+    grid = httpx.post(f"{url}/v1/images", json={"label": "ship", "seed": 3, "steps": 2, "guidance": 3, "n": 4})
+    assert grid.status_code == 200 and grid.headers["x-seed"] == "3"
+    assert png(grid.content).size == (2 * 66 + 2, 2 * 66 + 2)  # 2x2 grid, 2 px padding
+    body = httpx.post(f"{url}/v1/images", json={"label": 8, "seed": 3, "n": 2, "output": "json"}).json()
+    assert body["label"] == "ship" and body["seed"] == 3 and body["n"] == 2 and body["steps"] == 2
+    assert [png(base64.b64decode(b)).size for b in body["images"]] == [(64, 64)] * 2
+    # No seed: the server picks one and says which, so the image can be reproduced.
+    first = httpx.post(f"{url}/v1/images", json={"label": "none"})
+    again = httpx.post(f"{url}/v1/images", json={"label": "none", "seed": int(first.headers["x-seed"])})
+    assert first.content == again.content
+
+
+def test_models_health_and_metrics(url):
+    models = httpx.get(f"{url}/v1/models").json()
+    assert models["default"] == "v2"
+    (v2,) = models["models"]
+    assert v2["arch"] == "student_v2" and v2["checkpoint_sha256"] is None and "NOT a trained" in v2["source"]
+    assert len(v2["labels"]) == 10 and v2["defaults"] == {"sampler": "ddim", "steps": 2, "guidance": 3.0, "eta": 0.0}
+    assert models["limits"]["max_n"] == 4
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "models": ["v2"], "pending": 0, "sampling": 0}
+    httpx.post(f"{url}/v1/images", json={"label": "cat"})
+    m = metrics(url)
+    assert total(m["mobilegen_http_requests_total"], route="/v1/images", status="200") >= 1
+    assert m["mobilegen_batch_size_count"][(("model", "v2"),)] >= 2
+    assert total(m["mobilegen_http_request_duration_seconds_count"], route="/v1/images") >= 1
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+BAD_JSON = [
+    ({"label": "unicorn"}, "label"),
+    ({"label": "cat", "version": "7"}, "version"),
+    ({"label": "cat", "steps": 0}, "steps"),
+    ({"label": "cat", "steps": 21}, "steps"),
+    ({"label": "cat", "n": 5}, "n"),
+    ({"label": "cat", "n": 10**30}, "n"),
+    ({"label": "cat", "guidance": 51}, "guidance"),
+    ({"label": "cat", "guidance": -0.5}, "guidance"),
+    ({"label": "cat", "sampler": "euler"}, "sampler"),
+    ({"label": "cat", "sampler": "ddpm"}, "sampler"),  # 999 steps > max_steps 20
+    ({"label": "cat", "steps": "5"}, "steps"),
+    ({"label": "cat", "steps": 2.5}, "steps"),
+    ({"label": "cat", "n": True}, "n"),
+    ({"label": "cat", "seed": -1}, "seed"),
+    ({"label": "cat", "output": "gif"}, "output"),
+]
+
+
+@pytest.mark.parametrize("payload,field", BAD_JSON)
+def test_bad_json_request_gets_422_naming_the_field(url, payload, field):
+    res = httpx.post(f"{url}/v1/images", json=payload)
+    assert res.status_code == 422, res.text
+    body = res.json()
+    assert body["status"] == 422 and body["error"]
+    assert [p["field"] for p in body["problems"]] == [field]
+
+
+def test_422_lists_allowed_values_and_server_still_answers(url):
+    label = httpx.post(f"{url}/v1/images", json={"label": "unicorn"}).json()["problems"][0]
+    assert label["allowed"][:10] == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert "auto" in label["allowed"]
+    version = httpx.post(f"{url}/generate_image", data={"text": "cat", "version": "1"})
+    assert version.status_code == 422 and version.json()["problems"][0]["allowed"] == ["v2"]
+    assert httpx.post(f"{url}/generate_image", data={"text": "unicorn", "version": "2"}).status_code == 422
+    assert httpx.post(f"{url}/generate_image", data={"version": "2"}).status_code == 422
+    assert_healthy(url)
+
+
+def raw_http(base: str, data: bytes) -> bytes:
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_malformed_request_storm_leaves_the_server_healthy(url):
+    post = lambda path, **kw: lambda: httpx.post(f"{url}{path}", **kw).status_code  # noqa: E731
+    big = b'{"label": "cat", "pad": "' + b"x" * 20000 + b'"}'
+    calls = [
+        post("/v1/images", content=b"{not json"),
+        post("/v1/images", content=b""),
+        post("/v1/images", content=b"\xff\xfe\x00garbage"),
+        post("/v1/images", content=b"[" * 5000 + b"]" * 5000),  # deep nesting, under the size limit
+        post("/v1/images", json=[1, 2, 3]),
+        post("/v1/images", json="cat"),
+        post("/v1/images", json={"label": None}),
+        post("/v1/images", json={"label": {"$gt": ""}}),
+        post("/v1/images", json={"label": "cat", "n": 10**6, "steps": 10**6}),
+        post("/v1/images", content=b'{"label": "cat", "guidance": NaN}'),
+        post("/v1/images", content=b'{"label": "cat", "guidance": Infinity}'),
+        post("/v1/images", json={"label": "cat", "version": ["2"]}),
+        post("/v1/images", json={"label": "cat", "evil": 1}),
+        post("/v1/images", content=big),  # 413
+        post("/v1/images", content=iter([b"x" * 4096] * 4)),  # chunked, no Content-Length: 413
+        post("/generate_image", data={"text": "x" * 5000}),
+        post("/generate_image", files={"text": ("cat.txt", b"cat")}),
+        post("/generate_image", content=b"--nope\r\n\r\n", headers={"content-type": "multipart/form-data; boundary=zz"}),
+        post("/generate_image", json={"text": "cat"}),
+        post("/generate_image", data={"text": "cat", "seed": "abc"}),
+        lambda: httpx.get(f"{url}/generate_image").status_code,
+        lambda: httpx.delete(f"{url}/v1/images").status_code,
+        lambda: httpx.get(f"{url}/../../etc/passwd").status_code,
+    ]
+    raw = [
+        b"GARBAGE\r\n\r\n",
+        b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n" + b'{"label": "ca',  # truncated body
+        b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n{}",
+        b"POST /generate_image HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 40\r\n\r\n--b\r\nContent-Disposition: form-data; na",  # truncated multipart
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda f: f(), calls * 2))
+        list(pool.map(lambda d: raw_http(url, d), raw * 2))
+    assert all(400 <= s < 500 for s in statuses), statuses
+    assert 413 in statuses and 404 in statuses and 405 in statuses
+    assert statuses.count(422) >= 30
+    assert_healthy(url)
+    m = metrics(url)
+    assert total(m["mobilegen_http_errors_total"], kind="validation") >= 30
+    assert total(m["mobilegen_http_errors_total"], kind="too_large") >= 2
+    assert total(m["mobilegen_http_requests_total"], status="500") == 0
+
+
+def wait_idle(base: str, seconds: float) -> float:
+    start = time.monotonic()
+    while (health := httpx.get(f"{base}/healthz").json())["pending"] or health["sampling"]:
+        assert time.monotonic() - start < seconds, "a request is still generating"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_a_client_that_hangs_up_stops_its_generation(url):
+    body = json.dumps({"label": "cat", "steps": 20, "n": 4}).encode()  # ~10 s of work on 2 cores
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+        time.sleep(0.5)
+    wait_idle(url, 5)  # stopped at the next step, not after 20
+    assert total(metrics(url)["mobilegen_http_errors_total"], kind="client_closed") >= 1
+    assert_healthy(url)
+
+
+# --- throughput and determinism -----------------------------------------------------------
+
+
+def test_16_concurrent_requests_all_succeed_and_share_model_calls(url):
+    before = metrics(url)
+
+    def one(i: int):
+        return httpx.post(f"{url}/v1/images", json={"label": i % 10, "seed": i}, timeout=60)
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(16)))
+    assert [r.status_code for r in results] == [200] * 16
+    assert all(png(r.content).size == (64, 64) for r in results)
+    after = metrics(url)
+    v2 = (("model", "v2"),)
+    calls = after["mobilegen_batch_requests_sum"][v2] - before["mobilegen_batch_requests_sum"][v2]
+    runs = after["mobilegen_batch_requests_count"][v2] - before["mobilegen_batch_requests_count"][v2]
+    assert calls == 16 * 2  # every request made 2 denoiser calls (2 steps)
+    assert runs < calls / 2, f"{calls} denoiser calls ran as {runs} model calls: not batched"
+
+
+REQUESTS = [
+    {"label": "cat", "seed": 11, "steps": 3},
+    {"label": "ship", "seed": 12, "steps": 2, "n": 2},
+    {"label": "auto", "seed": 13, "steps": 3, "guidance": 0},  # a single row: the padded path
+    {"label": "none", "seed": 14, "steps": 2, "eta": 1.0},
+    {"label": "frog", "seed": 15, "steps": 3, "n": 2, "guidance": 0},
+]
+
+
+def test_same_seed_same_png_bytes_batched_or_not():
+    """Batching off (max batch 1), then the same requests all at once with batching on,
+    mixed with other traffic so they share model calls at different timesteps."""
+    with running(ServeConfig(**FAST, max_batch=1, max_wait_ms=0)) as base:
+        alone = [httpx.post(f"{base}/v1/images", json=r).content for r in REQUESTS]
+        m = metrics(base)["mobilegen_batch_requests_sum"]
+        assert m[(("model", "v2"),)] == 13  # 13 denoiser calls, each its own model call
+    with running(ServeConfig(**FAST, max_batch=64, max_wait_ms=50)) as base:
+        noise = [{"label": "dog", "seed": 100 + i, "steps": 2 + i % 2} for i in range(3)]
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(lambda r: httpx.post(f"{base}/v1/images", json=r, timeout=60), REQUESTS + noise))
+        m = metrics(base)
+        merged = m["mobilegen_batch_requests_sum"][(("model", "v2"),)] / m["mobilegen_batch_requests_count"][(("model", "v2"),)]
+    assert merged > 2, "the requests did not share model calls"
+    assert [r.status_code for r in together] == [200] * 8
+    for one, batched, request in zip(alone, together, REQUESTS):
+        assert one == batched.content, f"{request}: batched PNG differs from the unbatched one"
+
+
+# --- timeouts, CORS, several models -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpts")
+    paths = {}
+    for arch in ("student_v1", "student_v2"):
+        paths[arch] = folder / f"{arch}.pt"
+        torch.save(seeded_model(arch, seed=1).model.state_dict(), paths[arch])
+    return paths
+
+
+def test_several_models_cors_and_timeout(two_models):
+    config = ServeConfig(
+        models=(parse_model_option(f"v1={two_models['student_v1']}"), ModelSource(two_models["student_v2"])),
+        steps=2, max_steps=200, timeout_s=1.5, cors_origins=("https://app.example",), log_level="warning",
+    )  # fmt: skip
+    with running(config) as base:
+        models = httpx.get(f"{base}/v1/models").json()
+        assert [m["name"] for m in models["models"]] == ["v1", "v2"]  # the bare checkpoint is named after its arch
+        assert models["models"][0]["arch"] == "student_v1" and len(models["models"][0]["checkpoint_sha256"]) == 64
+        v1 = httpx.post(f"{base}/generate_image", data={"text": "cat", "version": "1"})
+        v2 = httpx.post(f"{base}/generate_image", data={"text": "cat", "version": "2", "seed": "5"})
+        assert (v1.headers["x-model"], v2.headers["x-model"]) == ("v1", "v2") and png(v1.content).size == (64, 64)
+
+        allowed = httpx.get(f"{base}/healthz", headers={"Origin": "https://app.example"}).headers
+        assert allowed["access-control-allow-origin"] == "https://app.example"
+        assert "access-control-allow-credentials" not in allowed
+        other = httpx.get(f"{base}/healthz", headers={"Origin": "https://evil.example"}).headers
+        assert "access-control-allow-origin" not in other
+
+        start = time.monotonic()
+        slow = httpx.post(f"{base}/v1/images", json={"label": "cat", "steps": 200, "n": 4}, timeout=30)
+        assert slow.status_code == 504 and "timeout" in slow.json()["error"]
+        assert time.monotonic() - start < 5
+        host, port = base.removeprefix("http://").split(":")
+        hung = socket.create_connection((host, int(port)), timeout=10)  # a client that never finishes its body
+        hung.sendall(b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        assert b" 504 " in hung.recv(4096).split(b"\r\n")[0]
+        hung.close()
+        wait_idle(base, 5)
+        assert_healthy(base)
+    with running(ServeConfig(**FAST)) as base:  # no CORS unless configured
+        plain = httpx.get(f"{base}/healthz", headers={"Origin": "https://app.example"}).headers
+        assert "access-control-allow-origin" not in plain
+
+
+def test_config_is_validated():
+    twice = (ModelSource(None, "a"), ModelSource(None, "a"))
+    for bad in (dict(steps=300), dict(max_n=0), dict(sampler="ddpm"), dict(guidance=-1), dict(device="tpu"),
+                dict(cors_origins=("app.example/path",)), dict(models=twice)):  # fmt: skip
+        with pytest.raises(MobileGenError):
+            ServeConfig(**bad)
+    for bad in ("v1", "=x.pt", "bad name=x.pt"):
+        with pytest.raises(MobileGenError):
+            parse_model_option(bad)
+    assert parse_model_option("v1=runs/v1.pt") == ModelSource(Path("runs/v1.pt"), "v1")
+    with pytest.raises(MobileGenError, match="not found"):
+        create_app(ServeConfig(models=(ModelSource(Path("/nonexistent/ckpt.pt")),)))
+
+
+# --- the batcher on its own ---------------------------------------------------------------
+
+
+def test_batcher_merges_waiting_calls_and_survives_errors():
+    seen = []
+
+    def run(x, t, y):
+        seen.append(len(t))
+        if (y < 0).any():
+            raise RuntimeError("model failed")
+        return x * 2 + t[:, None, None, None]
+
+    batcher = MicroBatcher(run, max_rows=8, max_wait_s=0.5)
+    try:
+        barrier = threading.Barrier(4)
+
+        def call(i):
+            with batcher.session() as denoise:
+                barrier.wait()
+                return denoise(torch.full((2, 1, 1, 1), float(i)), torch.full((2,), float(i)), torch.zeros(2))
+
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(call, range(4)))
+        assert [o.flatten().tolist() for o in outs] == [[3.0 * i] * 2 for i in range(4)]
+        assert seen == [8]  # four sessions, one model call, no waiting once all four were queued
+        with pytest.raises(RuntimeError, match="model failed"):
+            batcher(torch.zeros(1, 1, 1, 1), torch.zeros(1), -torch.ones(1))
+        assert batcher(torch.ones(1, 1, 1, 1), torch.zeros(1), torch.zeros(1)).item() == 2.0
+        cancelled = threading.Event()
+        cancelled.set()
+        with batcher.session(cancelled) as denoise, pytest.raises(Cancelled):
+            denoise(torch.zeros(1, 1, 1, 1), torch.zeros(1), torch.zeros(1))
+    finally:
+        batcher.close()
+    assert not batcher.alive
+
+
+def test_serve_entry_point_in_its_own_process():
+    """serve(config) as the CLI will call it: a separate process, then the README's curl calls."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    code = ("from mobilegen.serve import ServeConfig, serve; "
+            f"serve(ServeConfig(port={port}, steps=2, log_level='warning'))")  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server process did not come up"
+            time.sleep(0.1)
+        cat = httpx.post(f"{base}/generate_image", files={"text": (None, "cat"), "version": (None, "2")})
+        assert cat.status_code == 200 and png(cat.content).size == (64, 64)
+        ships = httpx.post(f"{base}/v1/images", json={"label": "ship", "seed": 3, "steps": 2, "guidance": 3, "n": 4})
+        assert ships.status_code == 200 and png(ships.content).size == (134, 134)
+        assert json.loads(httpx.get(f"{base}/v1/models").text)["default"] == "v2"
+    finally:
+        proc.terminate()
+        # uvicorn shuts down gracefully on SIGTERM, then re-raises it: exit status -SIGTERM.
+        assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
