@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 ONNX_FILE = "denoiser.onnx"
 TFLITE_FP32 = "denoiser_float32.tflite"
 TFLITE_FP16 = "denoiser_float16.tflite"
-PRECISION = {ONNX_FILE: "onnx", TFLITE_FP32: "float32", TFLITE_FP16: "float16"}
+TFLITE_INT8_DYNAMIC = "denoiser_int8_dynamic.tflite"
+PRECISION = {ONNX_FILE: "onnx", TFLITE_FP32: "float32", TFLITE_FP16: "float16", TFLITE_INT8_DYNAMIC: "int8_dynamic"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class ExportOptions:
     overwrite: bool = False
     bench: bool = True
     threads: int | None = None
+    int8_dynamic: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def check_output_dir(out_dir: Path, overwrite: bool) -> None:
 def build_artifacts(model, spec: DenoiserSpec, stage: Path, opts: ExportOptions) -> dict[str, Path]:
     files = {ONNX_FILE: export_onnx(model, spec, stage / ONNX_FILE)}
     if opts.tflite:
-        files[TFLITE_FP32] = convert_onnx_to_tflite(files[ONNX_FILE], spec, stage / TFLITE_FP32)
+        files |= convert_onnx_to_tflite(files[ONNX_FILE], spec, stage, opts.int8_dynamic)
         if opts.fp16:
             files[TFLITE_FP16] = to_fp16_weights(files[TFLITE_FP32], stage / TFLITE_FP16)
     return files
@@ -87,7 +89,8 @@ def op_types(path: Path) -> list[str]:
 
 
 def compression_info(loaded: LoadedModel, pruned, spec: DenoiserSpec, opts: ExportOptions, cases, ref) -> dict:
-    info: dict = {"prune": {"method": "l1_unstructured", "amount": opts.prune}, "fp16": opts.fp16 and opts.tflite}
+    info: dict = {"prune": {"method": "l1_unstructured", "amount": opts.prune}, "fp16": opts.fp16 and opts.tflite,
+                  "int8_dynamic": opts.int8_dynamic and opts.tflite}  # fmt: skip
     if opts.prune == 0:
         return info
     unpruned = TorchBackend(loaded.model, "cpu")(cases.x, cases.t, cases.y)

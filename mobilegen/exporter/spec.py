@@ -39,6 +39,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "onnx": Tolerance(min_psnr=80.0, max_abs_rel=1e-4),
     "float32": Tolerance(min_psnr=80.0, max_abs_rel=1e-4),
     "float16": Tolerance(min_psnr=40.0),
+    "int8_dynamic": Tolerance(min_psnr=30.0),
 }
 
 

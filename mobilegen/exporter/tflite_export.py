@@ -43,33 +43,48 @@ def _schema():
     return flatbuffers, tfl
 
 
-def convert_onnx_to_tflite(onnx_path: Path, spec: DenoiserSpec, out_path: Path) -> Path:
-    """Convert with onnx2tf (flatbuffer_direct) and write the float32 file to out_path."""
+# onnx2tf's output suffix -> our file name.
+ONNX2TF_OUTPUTS = {"float32": "denoiser_float32.tflite", "dynamic_range_quant": "denoiser_int8_dynamic.tflite"}
+
+
+def convert_onnx_to_tflite(onnx_path: Path, spec: DenoiserSpec, out_dir: Path, int8_dynamic: bool = False) -> dict[str, Path]:
+    """Convert with onnx2tf (flatbuffer_direct): the float32 file, plus on request the
+    dynamic-range int8 file (int8 weights, activations quantized on the fly, float32 IO)."""
     try:
         import onnx2tf
     except ImportError:
         raise MissingDependencyError("onnx2tf", "TFLite conversion") from None
     keep = {"keep_nwc_or_nhwc_or_ndhwc_input_names" if spec.layout == "NHWC" else "keep_ncw_or_nchw_or_ncdhw_input_names": ["x"]}
     with tempfile.TemporaryDirectory(prefix="mobilegen-onnx2tf-") as tmp:
+        extra: dict = {}
+        if int8_dynamic:
+            extra["output_dynamic_range_quantized_tflite"] = True
+            # onnx2tf 2.6.9 writes per-channel CONV_2D scales on dimension 3, which LiteRT
+            # refuses ("quantized_dimension != 0"); per-tensor scales load and run.
+            extra["quant_type"] = "per-tensor"
         log_buffer = io.StringIO()
         try:
             with contextlib.redirect_stdout(log_buffer), contextlib.redirect_stderr(log_buffer):
                 onnx2tf.convert(
                     input_onnx_file_path=str(onnx_path),
-                    output_folder_path=tmp,
+                    output_folder_path=str(Path(tmp) / "out"),
                     tflite_backend="flatbuffer_direct",
                     copy_onnx_input_output_names_to_tflite=True,
                     non_verbose=True,
                     **keep,
+                    **extra,
                 )
-        except Exception as exc:  # onnx2tf raises bare Exceptions and SystemExit-free errors
+        except Exception as exc:  # onnx2tf raises bare Exceptions
             tail = log_buffer.getvalue()[-2000:]
             raise ExportError(f"onnx2tf failed to convert {onnx_path.name}: {exc}\n{tail}") from None
-        produced = sorted(Path(tmp).glob("*_float32.tflite"))
-        if not produced:
-            raise ExportError(f"onnx2tf produced no float32 TFLite file; its log ends with:\n{log_buffer.getvalue()[-2000:]}")
-        shutil.move(str(produced[0]), out_path)
-    return out_path
+        wanted = ["float32"] + (["dynamic_range_quant"] if int8_dynamic else [])
+        files = {}
+        for suffix in wanted:
+            produced = sorted((Path(tmp) / "out").glob(f"*_{suffix}.tflite"))
+            if not produced:
+                raise ExportError(f"onnx2tf produced no {suffix} TFLite file; its log ends with:\n{log_buffer.getvalue()[-2000:]}")
+            files[ONNX2TF_OUTPUTS[suffix]] = Path(shutil.move(str(produced[0]), out_dir / ONNX2TF_OUTPUTS[suffix]))
+    return files
 
 
 def to_fp16_weights(src: Path, dst: Path) -> Path:
