@@ -180,7 +180,7 @@ def test_teacher_and_v1_export(tmp_path, arch):
 
 
 def test_int8_dynamic_is_built_checked_and_gated(tmp_path):
-    """int8 dynamic-range: builtin ops, float32 IO, ~0.26x the size; on this model it misses the
+    """int8 dynamic-range: builtin ops, float32 IO, about a third of the size; on this model it misses the
     30 dB gate (README: measured), so the export fails honestly and publishes nothing."""
     out = tmp_path / "i8"
     res = CliRunner().invoke(export_cli, ["tflite", "--int8", "dynamic", "--no-bench", "-o", str(out)])
@@ -189,7 +189,7 @@ def test_int8_dynamic_is_built_checked_and_gated(tmp_path):
     m = manifest_of(failed)
     assert m["status"] == "failed" and m["compression"]["int8_dynamic"]
     entry = m["files"]["denoiser_int8_dynamic.tflite"]
-    assert entry["bytes"] < 0.3 * m["files"]["denoiser_float32.tflite"]["bytes"]
+    assert entry["bytes"] < 0.35 * m["files"]["denoiser_float32.tflite"]["bytes"]
     assert "FULLY_CONNECTED" in entry["op_types"] and not any(op.startswith("CUSTOM") for op in entry["op_types"])
     parity = m["parity"]["denoiser_int8_dynamic.tflite"]
     assert not parity["passed"] and parity["min_psnr_db"] < 30 and parity["failures"]
