@@ -56,8 +56,9 @@ def generate(
     out: Path | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> Generated:
+    is_artifact = model_path is not None and model_path.suffix in ARTIFACT_SUFFIXES
+    y = parse_label(label, tuple(read_manifest(model_path.parent)["labels"]) if is_artifact else CIFAR10_LABELS)  # before loading
     backend, described, schedule, labels = open_backend(model_path, device, arch)
-    y = parse_label(label, labels)
     start = time.perf_counter()
     x = run_sampler(backend.torch_denoise, torch.full((n,), y), schedule, config,
                     getattr(backend, "device", "cpu"), on_step)  # fmt: skip
