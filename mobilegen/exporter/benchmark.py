@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mobilegen.backends import TorchBackend, default_threads, open_artifact
-from mobilegen.exporter.bench import Timing, machine, measure, peak_rss_mb, table
+from mobilegen.exporter.timing import Timing, machine, measure, peak_rss_mb, table
 from mobilegen.exporter.spec import DenoiserSpec
 from mobilegen.models import UNet
 

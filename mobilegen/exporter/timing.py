@@ -1,4 +1,4 @@
-"""Per-step latency of every backend, measured side by side with one thread count.
+"""Timing primitives for benchmarks: warm-up, median and p90, the machine named.
 
 Warm-up calls first, then `repeats` timed calls; median and p90 in milliseconds.
 """
