@@ -161,8 +161,8 @@ def _match_arch(state: dict[str, torch.Tensor], arch: str | None, config: UNetCo
     parts = [f"missing {len(missing)}: {show(missing)}" if missing else "",
              f"unexpected {len(unexpected)}: {show(unexpected)}" if unexpected else "",
              f"wrong shape {len(wrong)}: {show(wrong)}" if wrong else ""]  # fmt: skip
-    what = f"does not match architecture {arch!r}" if arch else f"matches no architecture; nearest is {nearest!r}"
-    raise CheckpointError(f"weights {what}: " + "; ".join(p for p in parts if p))
+    what = f"do not match architecture {arch!r}" if arch else f"match no architecture; nearest is {nearest!r}"
+    raise CheckpointError(f"the weights {what}: " + "; ".join(p for p in parts if p))
 
 
 def load_checkpoint(path: str | Path, arch: str | None = None) -> LoadedModel:

@@ -73,7 +73,7 @@ def test_arch_override_must_match(tmp_path):
     path = tmp_path / "v2.pt"
     torch.save(probe_state_dict("student_v2"), path)
     assert load_checkpoint(path, arch="student_v2").arch == "student_v2"
-    with pytest.raises(CheckpointError, match="does not match architecture 'teacher'"):
+    with pytest.raises(CheckpointError, match="do not match architecture 'teacher'"):
         load_checkpoint(path, arch="teacher")
 
 

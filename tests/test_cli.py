@@ -75,7 +75,7 @@ def write_evil(path: Path) -> Path:
     [
         (lambda p: p.write_bytes(b"\x80\x02not a checkpoint at all"), "not a readable PyTorch checkpoint"),
         (lambda p: torch.save(probe_state_dict("student_v2"), p) or p.write_bytes(p.read_bytes()[:5000]), "not a readable"),
-        (lambda p: torch.save({"conv.weight": torch.zeros(3, 3)}, p), "matches no architecture"),
+        (lambda p: torch.save({"conv.weight": torch.zeros(3, 3)}, p), "match no architecture"),
         (write_evil, "would execute code (posix.system)"),
     ],
     ids=["non-checkpoint", "truncated", "wrong-architecture", "code-running-pickle"],
