@@ -13,9 +13,9 @@ from typing import Callable
 
 import torch
 
-from mobilegen.backends import TorchBackend, open_artifact
+from mobilegen.backends import OnnxBackend, TFLiteBackend, TorchBackend, open_artifact
 from mobilegen.checkpoint import load_or_default
-from mobilegen.diffusion import SamplerConfig, linear_schedule, run_sampler, to_uint8
+from mobilegen.diffusion import SamplerConfig, Schedule, linear_schedule, run_sampler, to_uint8
 from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
 from mobilegen.exporter.manifest import read_manifest, spec_from_manifest
 from mobilegen.images import save_png
@@ -33,17 +33,34 @@ class Generated:
     seconds: float
 
 
-def open_backend(model_path: Path | None, device: str, arch: str | None):
-    """-> (backend, description, schedule, labels)."""
+@dataclass(frozen=True)
+class OpenedModel:
+    backend: TorchBackend | OnnxBackend | TFLiteBackend
+    arch: str
+    description: str  # e.g. "student_v2 from ckpt.pt"
+    schedule: Schedule
+    labels: tuple[str, ...]
+
+
+def artifact_manifest(model_path: Path | None) -> dict | None:
+    """The manifest beside an ONNX/TFLite file; None for a checkpoint or the default model."""
     if model_path is not None and model_path.suffix in ARTIFACT_SUFFIXES:
-        manifest = read_manifest(model_path.parent)
-        spec = spec_from_manifest(manifest)
+        return read_manifest(model_path.parent)
+    return None
+
+
+def open_backend(model_path: Path | None, device: str, arch: str | None, manifest: dict | None = None) -> OpenedModel:
+    """A checkpoint (or the default model) on PyTorch, or an artifact described by its manifest."""
+    manifest = manifest or artifact_manifest(model_path)
+    if manifest is not None:
         schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
-        described = f"{manifest['model']['arch']} exported from {manifest['source']['checkpoint']}"
-        return open_artifact(model_path, spec), described, schedule, tuple(manifest["labels"])
+        arch_name = manifest["model"]["arch"]
+        return OpenedModel(open_artifact(model_path, spec_from_manifest(manifest)), arch_name,
+                           f"{arch_name} exported from {manifest['source']['checkpoint']}", schedule,
+                           tuple(manifest["labels"]))  # fmt: skip
     loaded = load_or_default(model_path, arch)
-    backend = TorchBackend(loaded.model, device)
-    return backend, f"{loaded.arch} from {loaded.source}", linear_schedule(), CIFAR10_LABELS
+    return OpenedModel(TorchBackend(loaded.model, device), loaded.arch, f"{loaded.arch} from {loaded.source}",
+                       linear_schedule(), CIFAR10_LABELS)  # fmt: skip
 
 
 def generate(
@@ -56,15 +73,16 @@ def generate(
     out: Path | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> Generated:
-    is_artifact = model_path is not None and model_path.suffix in ARTIFACT_SUFFIXES
-    y = parse_label(label, tuple(read_manifest(model_path.parent)["labels"]) if is_artifact else CIFAR10_LABELS)  # before loading
-    backend, described, schedule, labels = open_backend(model_path, device, arch)
+    manifest = artifact_manifest(model_path)
+    y = parse_label(label, tuple(manifest["labels"]) if manifest else CIFAR10_LABELS)  # before loading anything
+    opened = open_backend(model_path, device, arch, manifest)
+    backend = opened.backend
     start = time.perf_counter()
-    x = run_sampler(backend.torch_denoise, torch.full((n,), y), schedule, config,
+    x = run_sampler(backend.torch_denoise, torch.full((n,), y), opened.schedule, config,
                     getattr(backend, "device", "cpu"), on_step)  # fmt: skip
     seconds = time.perf_counter() - start
     images = to_uint8(x)
     if out is not None:
         save_png(images, out)
-    name = "unconditional" if y < 0 else labels[y]
-    return Generated(images, backend.name, described, name, seconds)
+    name = "unconditional" if y < 0 else opened.labels[y]
+    return Generated(images, backend.name, opened.description, name, seconds)

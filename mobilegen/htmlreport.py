@@ -48,23 +48,18 @@ def _grid_row(images: np.ndarray) -> str:
     return _png(png_bytes(big))
 
 
-def images_per_second(directory: Path, manifest: dict, model, label: int, traj: Trajectories, threads) -> dict:
-    """Whole-image throughput of DDIM at 10, 20, 50 steps (guided), per backend."""
-    from mobilegen.backends import TorchBackend, open_artifact
+def images_per_second(manifest: dict, label: int, traj: Trajectories) -> dict:
+    """Whole-image throughput of DDIM at 10, 20, 50 steps (guided), per backend, on the
+    backends the trajectory run already opened."""
     from mobilegen.trajectory import record
-    from mobilegen.verify import artifacts
 
     schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
-    spec = mf.spec_from_manifest(manifest)
-    backends = {REFERENCE: TorchBackend(model, "cpu").torch_denoise}
-    backends |= {n: open_artifact(p, spec, threads).torch_denoise for n, p in artifacts(directory, manifest).items()}
     out: dict[str, dict[int, float]] = {}
-    for name, denoise in backends.items():
+    for name, denoise in traj.denoisers.items():
         out[name] = {}
         for steps in SPEED_STEPS:
             if steps == traj.config.steps and traj.config.sampler == "ddim":
-                run = traj.runs[name]
-                out[name][steps] = round(len(traj.labels) / run.seconds, 3)
+                out[name][steps] = round(len(traj.labels) / traj.runs[name].seconds, 3)
                 continue
             cfg = SamplerConfig(steps=steps, guidance=traj.config.guidance, seed=traj.config.seed)
             out[name][steps] = round(1 / record(denoise, [label], schedule, cfg).seconds, 3)
@@ -164,7 +159,7 @@ def write_html_report(directory: Path, labels: tuple[int, ...], config: SamplerC
         raise MobileGenError(f"{directory}: " + "; ".join(problems))
     model = reference_model(manifest, checkpoint).model
     traj = run_trajectories(directory, manifest, model, list(labels), config, threads)
-    ips = images_per_second(directory, manifest, model, labels[0], traj, threads)
+    ips = images_per_second(manifest, labels[0], traj)
     manifest["trajectory"] = {
         "sampler": config.sampler, "steps": config.steps, "guidance": config.guidance, "seed": config.seed,
         "classes": traj.label_names, "results": {n: r.to_dict() for n, r in traj.results.items()},

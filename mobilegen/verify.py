@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from mobilegen.backends import TorchBackend, open_artifact
 from mobilegen.calibration import forward_process_cases
@@ -58,6 +59,7 @@ class Trajectories:
     label_names: list[str]
     runs: dict[str, Run]  # REFERENCE first, then each artifact
     results: dict[str, TrajectoryResult]
+    denoisers: dict[str, Callable]  # the opened backends, same keys as runs
 
 
 def run_trajectories(directory: Path, manifest: dict, model, labels: list[int], config: SamplerConfig,
@@ -66,13 +68,14 @@ def run_trajectories(directory: Path, manifest: dict, model, labels: list[int], 
     spec = mf.spec_from_manifest(manifest)
     schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
     names = [manifest["labels"][y] if y >= 0 else "unconditional" for y in labels]
-    runs = {REFERENCE: record(TorchBackend(model, "cpu").torch_denoise, labels, schedule, config)}
-    results = {}
-    for name, path in artifacts(directory, manifest).items():
-        backend = open_artifact(path, spec, threads)
-        runs[name] = record(backend.torch_denoise, labels, schedule, config)
-        results[name] = compare_runs(name, runs[REFERENCE], runs[name], names, TRAJECTORY_GATES[PRECISION[name]])
-    return Trajectories(config, labels, names, runs, results)
+    denoisers = {REFERENCE: TorchBackend(model, "cpu").torch_denoise}
+    denoisers |= {name: open_artifact(path, spec, threads).torch_denoise for name, path in artifacts(directory, manifest).items()}
+    runs = {name: record(denoise, labels, schedule, config) for name, denoise in denoisers.items()}
+    results = {
+        name: compare_runs(name, runs[REFERENCE], runs[name], names, TRAJECTORY_GATES[PRECISION[name]])
+        for name in runs if name != REFERENCE
+    }
+    return Trajectories(config, labels, names, runs, results, denoisers)
 
 
 def verify_directory(directory: Path, threads: int | None = None, checkpoint: Path | None = None,

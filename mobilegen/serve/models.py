@@ -138,16 +138,13 @@ def load_model(source: ModelSource, config: ServeConfig, on_batch: OnBatch | Non
     wait = config.max_wait_ms / 1000
     path = source.path
     if path is not None and path.suffix in ARTIFACT_SUFFIXES:
-        from mobilegen.exporter.manifest import read_manifest
-
         if not path.is_file():
             raise MobileGenError(f"model file not found: {path}")
-        backend, _, schedule, labels = open_backend(path, "cpu", None)
-        arch = read_manifest(path.parent)["model"]["arch"]
-        name = source.name or SHORT_NAMES.get(arch, arch)
-        batcher = MicroBatcher(backend.torch_denoise, config.max_batch, wait, name, _tag(on_batch, name))
-        return ServedModel(name, arch, path.name, sha256_file(path), backend.name, torch.device("cpu"), "float32",
-                           labels, schedule, batcher)  # fmt: skip
+        opened = open_backend(path, "cpu", None)
+        name = source.name or SHORT_NAMES.get(opened.arch, opened.arch)
+        batcher = MicroBatcher(opened.backend.torch_denoise, config.max_batch, wait, name, _tag(on_batch, name))
+        return ServedModel(name, opened.arch, path.name, sha256_file(path), opened.backend.name, torch.device("cpu"),
+                           "float32", opened.labels, opened.schedule, batcher)  # fmt: skip
     loaded = load_or_default(path, source.arch)
     device = resolve_device(config.device)
     runner = TorchRunner(loaded.model, device)
