@@ -94,10 +94,11 @@ class SelfAttention(nn.Module):
         if self.impl == "original":
             return self.mha(h, h, h)[0]
         n, seq, c = h.shape
-        d = c // NUM_HEADS
+        heads = self.mha.num_heads
+        d = c // heads
         qkv = F.linear(h, self.mha.in_proj_weight, self.mha.in_proj_bias)
         # [N, L, 3, heads, d] -> 3 x [N, heads, L, d]; every shape here is static.
-        q, k, v = qkv.reshape(n, seq, 3, NUM_HEADS, d).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = qkv.reshape(n, seq, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
         if self.impl == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v)
         else:

@@ -4,11 +4,17 @@ All three are built from the same blocks; they differ in whether Down/Up carry a
 residual DoubleConv, in the bottleneck widths, and in which modules the forward
 pass applies. Modules that an architecture never applies are still created,
 because the original checkpoints contain them (strict loading needs them).
+
+A structurally pruned UNet has narrower layers. ``UNetConfig.widths`` describes
+them, layer by layer, as the constructor arguments that differ from the
+architecture's defaults (``{"inc.double_conv.0": [3, 48], "sa1.mha": [64, 2], ...}``);
+the model is built at the default widths and those layers are rebuilt at theirs.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -24,6 +30,41 @@ from mobilegen.models.blocks import (
 )
 
 ARCHS: tuple[str, ...] = ("teacher", "student_v1", "student_v2")
+Widths = tuple[tuple[str, tuple[int, ...]], ...]
+RESIZABLE = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm, nn.MultiheadAttention)
+
+
+def layer_dims(module: nn.Module) -> tuple[int, ...]:
+    """The widths a layer is built from: (in, out) for conv/linear, (embed, heads) for attention, (channels,) for norms."""
+    if isinstance(module, nn.Conv2d):
+        return (module.in_channels, module.out_channels)
+    if isinstance(module, nn.Linear):
+        return (module.in_features, module.out_features)
+    if isinstance(module, nn.GroupNorm):
+        return (module.num_channels,)
+    if isinstance(module, nn.LayerNorm):
+        return tuple(module.normalized_shape)
+    return (module.embed_dim, module.num_heads)  # nn.MultiheadAttention: its out_proj follows it
+
+
+def resized_layer(module: nn.Module, dims: tuple[int, ...]) -> nn.Module:
+    """A fresh layer like `module` (kernel, bias, groups kept) with the widths `dims`."""
+    if isinstance(module, nn.Conv2d):
+        return nn.Conv2d(dims[0], dims[1], module.kernel_size, padding=module.padding, bias=module.bias is not None)
+    if isinstance(module, nn.Linear):
+        return nn.Linear(dims[0], dims[1], bias=module.bias is not None)
+    if isinstance(module, nn.GroupNorm):
+        return nn.GroupNorm(module.num_groups, dims[0], eps=module.eps)
+    if isinstance(module, nn.LayerNorm):
+        return nn.LayerNorm(list(dims), eps=module.eps)
+    if len(dims) != 2 or dims[0] % dims[1]:
+        raise ValueError(f"attention widths must be (embed, heads) with embed divisible by heads, got {list(dims)}")
+    return nn.MultiheadAttention(dims[0], dims[1], batch_first=module.batch_first)
+
+
+def resizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every layer whose width a pruned model may change (out_proj belongs to its attention)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, RESIZABLE) and not name.endswith("mha.out_proj")}
 
 
 @dataclass(frozen=True)
@@ -32,15 +73,26 @@ class UNetConfig:
     num_classes: int = 10
     time_dim: int = 256
     image_size: int = 64
+    widths: Widths = ()  # pruned layers: name -> dims (see layer_dims); () = the original widths
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown architecture {self.arch!r}; expected one of {', '.join(ARCHS)}")
         if self.image_size != 64:
             raise ValueError("the MobileGen UNets are defined for 64x64 images only")
+        # Accept the dict that to_dict writes (and JSON reads back) as well as pairs.
+        pairs = self.widths.items() if isinstance(self.widths, Mapping) else self.widths
+        widths = tuple(sorted((str(name), tuple(int(d) for d in dims)) for name, dims in pairs))
+        if any(d < 1 for _, dims in widths for d in dims):
+            raise ValueError(f"layer widths must be >= 1: {dict(widths)}")
+        object.__setattr__(self, "widths", widths)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("widths")
+        if self.widths:  # unpruned configs stay exactly as before
+            out["widths"] = {name: list(dims) for name, dims in self.widths}
+        return out
 
 
 class UNet(nn.Module):
@@ -72,6 +124,23 @@ class UNet(nn.Module):
         self.sa6 = SelfAttention(64, 64)
         self.outc = nn.Conv2d(64, 3, kernel_size=1)
         self.label_emb = nn.Embedding(config.num_classes, e)
+        self._resize(dict(config.widths))
+
+    def _resize(self, widths: dict[str, tuple[int, ...]]) -> None:
+        layers = resizable_layers(self)
+        unknown = sorted(set(widths) - set(layers))
+        if unknown:
+            raise ValueError(f"widths name layers that {self.arch} does not have: {', '.join(unknown)}")
+        for name, dims in widths.items():
+            parent, _, child = name.rpartition(".")
+            self.get_submodule(parent).register_module(child, resized_layer(layers[name], dims))
+
+    def widths(self) -> Widths:
+        """The layers whose widths differ from the architecture's defaults (what UNetConfig.widths holds)."""
+        with torch.device("meta"):
+            original = UNet(replace(self.config, widths=()))
+        default = {name: layer_dims(m) for name, m in resizable_layers(original).items()}
+        return tuple((name, layer_dims(m)) for name, m in resizable_layers(self).items() if layer_dims(m) != default[name])
 
     @property
     def arch(self) -> str:
