@@ -304,6 +304,60 @@ def distill_command(teacher, arch, noise_weight, teacher_weight, **kw) -> None:
     _train(arch, teacher=teacher, noise_weight=noise_weight, teacher_weight=teacher_weight, **kw)
 
 
+@main_cli.command("prune")
+@click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--ratio", type=float, default=0.0, show_default=True, help="Fraction of the channels of every prunable group to remove, in [0, 1).")
+@click.option("--head-ratio", type=float, default=0.0, show_default=True, help="Fraction of every attention block's heads to remove, in [0, 1).")
+@click.option("--data", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="CIFAR-10 layout folder for the fine-tune: DATA/train/<class>/*.png (+ DATA/test/).")
+@click.option("--steps", type=click.IntRange(0), default=200, show_default=True, help="Fine-tune steps (0: prune only).")
+@click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Run folder.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True, help="One-cycle peak LR (AdamW).")
+@click.option("--noise-weight", type=click.FloatRange(0), default=0.0, show_default=True, help="Weight of MSE(noise, pruned).")
+@click.option("--teacher-weight", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Weight of MSE(unpruned, pruned): distillation from CHECKPOINT.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(0), default=500, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@handle_errors
+def prune_command(checkpoint, ratio, head_ratio, data, steps, out, batch_size, lr, noise_weight, teacher_weight, seed,
+                  checkpoint_every, device) -> None:  # fmt: skip
+    """Structured pruning of CHECKPOINT (whole channels and heads), then a distillation fine-tune from it."""
+    from tqdm import tqdm
+
+    from mobilegen.train import TrainConfig
+    from mobilegen.train.prune import prune_and_distill
+
+    config = TrainConfig(data=data, out=out, batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
+                         device=device, noise_weight=noise_weight, teacher_weight=teacher_weight)  # fmt: skip
+    bar = tqdm(desc="fine-tune pruned", unit="step", file=sys.stderr, total=steps, disable=True)  # shown from step 1
+
+    def on_step(step: int, end: int, loss: float, ips: float) -> None:
+        nonlocal bar
+        if bar.disable:
+            bar = tqdm(desc="fine-tune pruned", unit="step", file=sys.stderr, total=end)
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}", refresh=False)
+        bar.refresh()
+
+    try:
+        result = prune_and_distill(checkpoint, ratio, head_ratio, steps, config, on_step)
+    except KeyboardInterrupt:
+        bar.close()
+        fail(f"interrupted; the pruned weights are in {out}/pruned.pt and the last finished step in {out}/last.pt", 130)
+    bar.close()
+    (p0, p1), (m0, m1), (h0, h1) = result.params, result.macs, result.heads
+    click.echo(f"params {p0:,} -> {p1:,} ({p0 / p1:.2f}x fewer); MACs per step {m0 / 1e9:.3f} G -> {m1 / 1e9:.3f} G "
+               f"({m0 / m1:.2f}x fewer); attention heads {h0} -> {h1}")  # fmt: skip
+    if result.train is None:
+        click.echo(f"wrote {result.pruned} (not fine-tuned; export it with: mobilegen-export tflite {result.pruned})")
+        return
+    val = ", ".join(f"step {k}: {v:.4f}" for k, v in result.train.val_losses.items()) or "no test/ split"
+    click.echo(f"fine-tuned {result.train.step} steps, last loss {result.train.losses[-1]:.4f}, validation eps-MSE {val}")
+    click.echo(f"wrote {result.pruned}, {out}/last.pt and {out}/ema.pt (export it with: mobilegen-export tflite {out}/ema.pt --fp16)")
+
+
 @main_cli.command("demo-data")
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--per-class", type=click.IntRange(1, 10000), default=20, show_default=True)

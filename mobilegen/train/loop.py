@@ -73,6 +73,7 @@ class TrainConfig:
     on_bad_image: OnBadImage = "skip"
     resume: bool = False
     teacher: Path | None = None
+    init: Path | None = None  # start from this checkpoint (its weights and widths) instead of a seeded init
     noise_weight: float = 1.0
     teacher_weight: float = 1.0
 
@@ -91,7 +92,7 @@ class TrainConfig:
 
 # The settings a resumed run must share with the run it continues.
 RESUME_KEYS = ("arch", "epochs", "batch_size", "lr", "weight_decay", "ema_beta", "ema_start", "label_dropout",
-               "grad_clip", "seed", "qat_every", "noise_weight", "teacher_weight")  # fmt: skip
+               "grad_clip", "seed", "qat_every", "noise_weight", "teacher_weight", "init")  # fmt: skip
 
 
 @dataclass
@@ -148,7 +149,10 @@ class Trainer:
 
     def __post_init__(self) -> None:
         cfg = self.config
-        self.model = seeded_model(cfg.arch, cfg.seed).model.to(self.device).train()
+        start = load_checkpoint(cfg.init).model if cfg.init is not None else seeded_model(cfg.arch, cfg.seed).model
+        if start.arch != cfg.arch:
+            raise MobileGenError(f"{cfg.init} holds a {start.arch}, but the run is for {cfg.arch}")
+        self.model = start.to(self.device).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=cfg.lr, total_steps=self.total_steps)
