@@ -105,14 +105,18 @@ def onnx_command(checkpoint, arch, out, overwrite, batch, threads, layout) -> No
 @click.option("--fp16", is_flag=True, help="Also write denoiser_float16.tflite (float16 weights, float32 IO).")
 @click.option("--prune", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="L1 unstructured pruning amount per layer (0 = off).")  # fmt: skip
-@click.option("--int8", "int8", type=click.Choice(["dynamic"]), default=None,
-              help="Also write denoiser_int8_dynamic.tflite (int8 weights, float32 IO; gate: PSNR >= 30 dB).")  # fmt: skip
+@click.option("--int8", "int8", type=click.Choice(["dynamic", "full"]), multiple=True,
+              help="Also write denoiser_int8_<mode>.tflite, float32 IO (repeatable). dynamic: int8 weights, activations "
+                   "quantized per call (gate: PSNR >= 30 dB). full: int8 weights and calibrated int8 activations "
+                   "in every conv/linear layer (gate: PSNR >= 25 dB).")  # fmt: skip
+@click.option("--calibration-samples", type=click.IntRange(22, 5000), default=320, show_default=True,
+              help="Inputs that calibrate --int8 full (half forward-process x_t, half from real DDIM sampling).")  # fmt: skip
 @click.option("--no-bench", is_flag=True, help="Skip the latency benchmark.")
 @handle_errors
-def tflite_command(checkpoint, arch, out, overwrite, batch, threads, fp16, prune, int8, no_bench) -> None:
+def tflite_command(checkpoint, arch, out, overwrite, batch, threads, fp16, prune, int8, calibration_samples, no_bench) -> None:
     """Export CHECKPOINT (default: untrained v2) to ONNX + TFLite, verified, with manifest and report."""
     _export(checkpoint, arch, out, overwrite, batch, threads, tflite=True, fp16=fp16, prune=prune, layout="NHWC",
-            bench=not no_bench, int8_dynamic=int8 == "dynamic")  # fmt: skip
+            bench=not no_bench, int8=tuple(dict.fromkeys(int8)), calibration_size=calibration_samples)  # fmt: skip
 
 
 def parse_classes(value: str) -> tuple[int, ...]:

@@ -177,20 +177,3 @@ def test_teacher_and_v1_export(tmp_path, arch):
     assert m["model"]["arch"] == arch and m["status"] == "passed"
     for name in TFLITE:
         check_builtin_only(tmp_path / arch / name)
-
-
-def test_int8_dynamic_is_built_checked_and_gated(tmp_path):
-    """int8 dynamic-range: builtin ops, float32 IO, about a third of the size; on this model it misses the
-    30 dB gate (README: measured), so the export fails honestly and publishes nothing."""
-    out = tmp_path / "i8"
-    res = CliRunner().invoke(export_cli, ["tflite", "--int8", "dynamic", "--no-bench", "-o", str(out)])
-    assert res.exit_code == 1 and not out.exists()
-    failed = tmp_path / "i8.failed"
-    m = manifest_of(failed)
-    assert m["status"] == "failed" and m["compression"]["int8_dynamic"]
-    entry = m["files"]["denoiser_int8_dynamic.tflite"]
-    assert entry["bytes"] < 0.35 * m["files"]["denoiser_float32.tflite"]["bytes"]
-    assert "FULLY_CONNECTED" in entry["op_types"] and not any(op.startswith("CUSTOM") for op in entry["op_types"])
-    parity = m["parity"]["denoiser_int8_dynamic.tflite"]
-    assert not parity["passed"] and parity["min_psnr_db"] < 30 and parity["failures"]
-    assert m["parity"]["denoiser_float32.tflite"]["passed"]

@@ -1,6 +1,6 @@
 """The export pipeline, one small stage after another:
 
-load -> prune -> ONNX -> TFLite fp32 (+ fp16) -> parity of every artifact -> latency
+load -> prune -> ONNX -> TFLite fp32 (+ fp16, int8) -> parity of every artifact -> latency
 -> manifest + report -> publish.
 
 Everything is built in a hidden staging folder beside the output and moved into
@@ -11,6 +11,7 @@ bad or half-written one. A failed export lands in ``<out>.failed/`` with
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mobilegen.backends import TorchBackend, open_artifact
-from mobilegen.calibration import forward_process_cases
+from mobilegen.calibration import calibration_cases, forward_process_cases
 from mobilegen.checkpoint import LoadedModel
 from mobilegen.diffusion import linear_schedule
 from mobilegen.errors import ExportError
@@ -29,6 +30,7 @@ from mobilegen.exporter import manifest as mf
 from mobilegen.exporter.onnx_export import export_onnx, onnx_op_types
 from mobilegen.exporter.parity import ParityResult, check_parity, psnr
 from mobilegen.exporter.prune import prune_l1, sparsity
+from mobilegen.exporter.quantize import quantize_tflite
 from mobilegen.exporter.report import write_report
 from mobilegen.exporter.spec import DenoiserSpec, Layout
 from mobilegen.exporter.tflite_export import check_builtin_only, convert_onnx_to_tflite, to_fp16_weights
@@ -39,8 +41,10 @@ log = logging.getLogger(__name__)
 ONNX_FILE = "denoiser.onnx"
 TFLITE_FP32 = "denoiser_float32.tflite"
 TFLITE_FP16 = "denoiser_float16.tflite"
-TFLITE_INT8_DYNAMIC = "denoiser_int8_dynamic.tflite"
-PRECISION = {ONNX_FILE: "onnx", TFLITE_FP32: "float32", TFLITE_FP16: "float16", TFLITE_INT8_DYNAMIC: "int8_dynamic"}
+TFLITE_INT8 = {"dynamic": "denoiser_int8_dynamic.tflite", "full": "denoiser_int8_full.tflite"}
+PRECISION = {ONNX_FILE: "onnx", TFLITE_FP32: "float32", TFLITE_FP16: "float16"} | {
+    name: f"int8_{mode}" for mode, name in TFLITE_INT8.items()
+}
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,8 @@ class ExportOptions:
     overwrite: bool = False
     bench: bool = True
     threads: int | None = None
-    int8_dynamic: bool = False
+    int8: tuple[str, ...] = ()  # "dynamic", "full"
+    calibration_size: int = 320
 
 
 @dataclass(frozen=True)
@@ -75,12 +80,23 @@ def check_output_dir(out_dir: Path, overwrite: bool) -> None:
         raise ExportError(f"output path {out_dir} exists and is not a folder")
 
 
-def build_artifacts(model, spec: DenoiserSpec, stage: Path, opts: ExportOptions) -> dict[str, Path]:
+def build_artifacts(model, spec: DenoiserSpec, stage: Path, opts: ExportOptions, quant: dict | None = None) -> dict[str, Path]:
+    """Write every file into stage; quant (if given) receives each int8 file's details."""
     files = {ONNX_FILE: export_onnx(model, spec, stage / ONNX_FILE)}
     if opts.tflite:
-        files |= convert_onnx_to_tflite(files[ONNX_FILE], spec, stage, opts.int8_dynamic)
+        files[TFLITE_FP32] = convert_onnx_to_tflite(files[ONNX_FILE], spec, stage)
         if opts.fp16:
             files[TFLITE_FP16] = to_fp16_weights(files[TFLITE_FP32], stage / TFLITE_FP16)
+        calibration = None
+        if "full" in opts.int8:
+            denoise = TorchBackend(model, "cpu").torch_denoise
+            calibration = calibration_cases(denoise, linear_schedule(), opts.calibration_size)
+        for mode in opts.int8:
+            path = stage / TFLITE_INT8[mode]
+            info = quantize_tflite(files[TFLITE_FP32], path, mode, spec, calibration)
+            files[path.name] = path
+            if quant is not None:
+                quant[mode] = info
     return files
 
 
@@ -88,9 +104,9 @@ def op_types(path: Path) -> list[str]:
     return onnx_op_types(path) if path.suffix == ".onnx" else check_builtin_only(path)
 
 
-def compression_info(loaded: LoadedModel, pruned, spec: DenoiserSpec, opts: ExportOptions, cases, ref) -> dict:
+def compression_info(loaded: LoadedModel, pruned, spec: DenoiserSpec, opts: ExportOptions, cases, ref, quant: dict) -> dict:
     info: dict = {"prune": {"method": "l1_unstructured", "amount": opts.prune}, "fp16": opts.fp16 and opts.tflite,
-                  "int8_dynamic": opts.int8_dynamic and opts.tflite}  # fmt: skip
+                  "int8": quant}  # fmt: skip
     if opts.prune == 0:
         return info
     unpruned = TorchBackend(loaded.model, "cpu")(cases.x, cases.t, cases.y)
@@ -98,7 +114,7 @@ def compression_info(loaded: LoadedModel, pruned, spec: DenoiserSpec, opts: Expo
     info["prune"].update(sparsity(pruned))
     info["prune"]["pruned_vs_unpruned_psnr_db"] = {"min": round(min(per_case), 2), "mean": round(float(np.mean(per_case)), 2)}
     with tempfile.TemporaryDirectory(prefix="mobilegen-unpruned-") as tmp:
-        plain = build_artifacts(loaded.model, spec, Path(tmp), opts)
+        plain = build_artifacts(loaded.model, spec, Path(tmp), dataclasses.replace(opts, int8=()))
         info["prune"]["unpruned_gzip_bytes"] = {name: mf.gzip_size(p) for name, p in plain.items()}
     return info
 
@@ -120,7 +136,8 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
     stage = Path(tempfile.mkdtemp(prefix=f".{opts.out_dir.name}.staging-", dir=opts.out_dir.parent))
     try:
         model = prune_l1(loaded.model, opts.prune)
-        files = build_artifacts(model, spec, stage, opts)
+        quant: dict = {}
+        files = build_artifacts(model, spec, stage, opts, quant)
         cases = forward_process_cases(schedule)
         ref = TorchBackend(model, "cpu")(cases.x, cases.t, cases.y)  # the (pruned) fp32 reference
         parity = run_parity(files, spec, cases, ref, opts.threads)
@@ -130,7 +147,7 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
         entries[mf.LABELS] = mf.file_entry(stage / mf.LABELS, "text", [])
         manifest = mf.build_manifest(
             loaded, spec, schedule, entries,
-            compression_info(loaded, model, spec, opts, cases, ref),
+            compression_info(loaded, model, spec, opts, cases, ref, quant),
             {name: r.to_dict() for name, r in parity.items()}, status,
         )  # fmt: skip
         if opts.bench and status == "passed":

@@ -50,6 +50,11 @@ def render(manifest: dict) -> str:
         lines += ["", UNSTRUCTURED_NOTE]
     else:
         lines.append("No pruning.")
+    for mode, q in m["compression"].get("int8", {}).items():
+        lines += ["", f"int8 {mode} ({q['tool']}): weights {q['weights']}; activations {q['activations']}"
+                  + (f", {q['calibration_samples']} calibration inputs" if "calibration_samples" in q else "")
+                  + ". These weight ops stay float32:", ""]  # fmt: skip
+        lines += [f"- `{k['op']}` ({k['role']}): {k['why']}" for k in q["kept_float"]] or ["- none"]
     if "latency" in m:
         lat = m["latency"]
         lines += ["", f"## Latency per step (batch {lat['batch']}, {lat['threads']} threads, {lat['machine']['cpu']})", "",

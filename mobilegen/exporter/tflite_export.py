@@ -5,7 +5,8 @@ flatbuffer without TensorFlow, in seconds, with builtin ops only; its own float1
 file uses float16 activations and IO, which stock LiteRT cannot run, so the fp16
 artifact is made here from the float32 file by storing each constant weight as
 float16 behind a DEQUANTIZE op (the layout TensorFlow's converter produces for
-float16 quantization): inputs, outputs and arithmetic stay float32.
+float16 quantization): inputs, outputs and arithmetic stay float32. The int8 files
+are made from the float32 one as well (exporter/quantize.py).
 """
 
 from __future__ import annotations
@@ -43,25 +44,14 @@ def _schema():
     return flatbuffers, tfl
 
 
-# onnx2tf's output suffix -> our file name.
-ONNX2TF_OUTPUTS = {"float32": "denoiser_float32.tflite", "dynamic_range_quant": "denoiser_int8_dynamic.tflite"}
-
-
-def convert_onnx_to_tflite(onnx_path: Path, spec: DenoiserSpec, out_dir: Path, int8_dynamic: bool = False) -> dict[str, Path]:
-    """Convert with onnx2tf (flatbuffer_direct): the float32 file, plus on request the
-    dynamic-range int8 file (int8 weights, activations quantized on the fly, float32 IO)."""
+def convert_onnx_to_tflite(onnx_path: Path, spec: DenoiserSpec, out_dir: Path) -> Path:
+    """Convert with onnx2tf (flatbuffer_direct) to out_dir/denoiser_float32.tflite."""
     try:
         import onnx2tf
     except ImportError:
         raise MissingDependencyError("onnx2tf", "TFLite conversion") from None
     keep = {"keep_nwc_or_nhwc_or_ndhwc_input_names" if spec.layout == "NHWC" else "keep_ncw_or_nchw_or_ncdhw_input_names": ["x"]}
     with tempfile.TemporaryDirectory(prefix="mobilegen-onnx2tf-") as tmp:
-        extra: dict = {}
-        if int8_dynamic:
-            extra["output_dynamic_range_quantized_tflite"] = True
-            # onnx2tf 2.6.9 writes per-channel CONV_2D scales on dimension 3, which LiteRT
-            # refuses ("quantized_dimension != 0"); per-tensor scales load and run.
-            extra["quant_type"] = "per-tensor"
         log_buffer = io.StringIO()
         try:
             with contextlib.redirect_stdout(log_buffer), contextlib.redirect_stderr(log_buffer):
@@ -72,19 +62,14 @@ def convert_onnx_to_tflite(onnx_path: Path, spec: DenoiserSpec, out_dir: Path, i
                     copy_onnx_input_output_names_to_tflite=True,
                     non_verbose=True,
                     **keep,
-                    **extra,
                 )
         except Exception as exc:  # onnx2tf raises bare Exceptions
             tail = log_buffer.getvalue()[-2000:]
             raise ExportError(f"onnx2tf failed to convert {onnx_path.name}: {exc}\n{tail}") from None
-        wanted = ["float32"] + (["dynamic_range_quant"] if int8_dynamic else [])
-        files = {}
-        for suffix in wanted:
-            produced = sorted((Path(tmp) / "out").glob(f"*_{suffix}.tflite"))
-            if not produced:
-                raise ExportError(f"onnx2tf produced no {suffix} TFLite file; its log ends with:\n{log_buffer.getvalue()[-2000:]}")
-            files[ONNX2TF_OUTPUTS[suffix]] = Path(shutil.move(str(produced[0]), out_dir / ONNX2TF_OUTPUTS[suffix]))
-    return files
+        produced = sorted((Path(tmp) / "out").glob("*_float32.tflite"))
+        if not produced:
+            raise ExportError(f"onnx2tf produced no float32 TFLite file; its log ends with:\n{log_buffer.getvalue()[-2000:]}")
+        return Path(shutil.move(str(produced[0]), out_dir / "denoiser_float32.tflite"))
 
 
 def to_fp16_weights(src: Path, dst: Path) -> Path:
