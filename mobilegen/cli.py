@@ -108,7 +108,7 @@ def onnx_command(checkpoint, arch, out, overwrite, batch, threads, layout) -> No
 @click.option("--int8", "int8", type=click.Choice(["dynamic", "full"]), multiple=True,
               help="Also write denoiser_int8_<mode>.tflite, float32 IO (repeatable). dynamic: int8 weights, activations "
                    "quantized per call (gate: PSNR >= 30 dB). full: int8 weights and calibrated int8 activations "
-                   "in every conv/linear layer (gate: PSNR >= 25 dB).")  # fmt: skip
+                   "in every conv/linear layer (gate: PSNR >= 30 dB).")  # fmt: skip
 @click.option("--calibration-samples", type=click.IntRange(22, 5000), default=320, show_default=True,
               help="Inputs that calibrate --int8 full (half forward-process x_t, half from real DDIM sampling).")  # fmt: skip
 @click.option("--no-bench", is_flag=True, help="Skip the latency benchmark.")

@@ -23,30 +23,34 @@ INT8 = ("denoiser_int8_dynamic.tflite", "denoiser_int8_full.tflite")
 
 @pytest.fixture(scope="module")
 def int8_export(tmp_path_factory, real_v2) -> Path:
-    """The issue's measurement setting: the real v2 weights (quantization error depends on real ranges)."""
+    """The issue's measurement setting: the real v2 weights (quantization error depends on
+    real ranges). int8 full misses the 30 dB gate there (README: measured), so the export
+    fails honestly: nothing is published and the folder lands in <out>.failed."""
     out = tmp_path_factory.mktemp("int8") / "v2"
     args = ["tflite", str(real_v2), "--int8", "dynamic", "--int8", "full", "--calibration-samples", "66", "--no-bench", "-o", str(out)]
     res = CliRunner().invoke(export_cli, args, catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return out
+    assert res.exit_code == 1 and not out.exists(), res.output
+    assert "PASS denoiser_int8_dynamic.tflite" in res.output and "FAIL denoiser_int8_full.tflite" in res.output
+    return out.with_name("v2.failed")
 
 
 def manifest_of(directory: Path) -> dict:
     return json.loads((directory / "manifest.json").read_text())
 
 
-def test_both_int8_files_pass_their_gates_with_float_io(int8_export):
+def test_dynamic_passes_full_is_gated_both_builtin_with_float_io(int8_export):
     m = manifest_of(int8_export)
+    assert m["status"] == "failed"
+    dynamic, full = (m["parity"][name] for name in INT8)
+    assert dynamic["passed"] and dynamic["min_psnr_db"] >= 30
+    assert not full["passed"] and full["min_psnr_db"] < 30 and full["failures"] and full["gate"]["min_psnr"] == 30
+    assert all(m["parity"][name]["passed"] for name in ("denoiser.onnx", "denoiser_float32.tflite"))
     fp32 = m["files"]["denoiser_float32.tflite"]["bytes"]
-    for name, gate in zip(INT8, (30.0, 25.0)):
-        parity = m["parity"][name]
-        assert parity["passed"] and parity["gate"]["min_psnr"] == gate and parity["min_psnr_db"] >= gate
+    for name in INT8:
         assert m["files"][name]["bytes"] < 0.35 * fp32
         assert check_builtin_only(int8_export / name) == m["files"][name]["op_types"]
-        assert tflite_tensor_types(int8_export / name).get("INT8", 0) > 20
         backend = TFLiteBackend(int8_export / name, spec_from_manifest(m))
-        inputs = backend.interpreter.get_input_details()
-        assert {d["name"].split(":")[0].split("_")[-1]: d["dtype"] for d in inputs} == {"x": np.float32, "t": np.float32, "y": np.int32}
+        assert [d["dtype"] for d in backend.interpreter.get_input_details()] == [np.float32, np.float32, np.int32]
         assert backend.interpreter.get_output_details()[0]["dtype"] == np.float32
 
 
@@ -62,22 +66,26 @@ def test_full_int8_quantizes_activations_and_says_what_stays_float(int8_export):
     assert tflite_tensor_types(int8_export / INT8[1])["INT8"] > 2 * tflite_tensor_types(int8_export / INT8[0])["INT8"]
 
 
-def test_int8_unconditional_pass_and_trajectory(int8_export, real_v2):
-    """verify runs the sampling loop on every file, int8 included, against PyTorch."""
-    res = CliRunner().invoke(export_cli, ["verify", str(int8_export), "--json", "--classes", "ship", "--steps", "10"])
+def test_int8_trajectories_dynamic_holds_full_diverges(int8_export):
+    """verify runs the guided sampling loop on every file against PyTorch: dynamic holds
+    its trajectory gate; full, with ~4x the per-step error, drifts away (README)."""
+    res = CliRunner().invoke(export_cli, ["verify", str(int8_export), "--json", "--classes", "ship", "--steps", "20"])
     result = json.loads(res.output)
+    assert res.exit_code == 1 and not result["passed"]
     traj = result["trajectory"]
-    for name in INT8:
-        assert name in traj and traj[name]["per_class"]["ship"]["psnr"] > 15, traj[name]
-    assert res.exit_code == (0 if result["passed"] else 1)
+    assert traj["denoiser_int8_dynamic.tflite"]["passed"], traj["denoiser_int8_dynamic.tflite"]["per_class"]
+    assert not traj["denoiser_int8_full.tflite"]["passed"]
 
 
 def test_float_ops_are_found_by_role_not_by_weights(default_export):
-    """The kept-float ops come from the graph's structure: the same 9 on an untrained model."""
+    """The kept-float ops come from the graph's structure, not from tensor names or values.
+    (On the untrained model most attention projections have zero bias and become
+    BATCH_MATMULs, which stay float anyway; only sa6's output projection is an FC.)"""
     directory, _ = default_export
     roles = float_ops(directory / "denoiser_float32.tflite")
-    assert sorted(roles.values()) == ["attention_output"] * 4 + ["embedding"] * 4 + ["image_input_conv"]
+    assert sorted(roles.values()) == ["attention_output", "embedding", "embedding", "embedding", "embedding", "image_input_conv"]
     assert any("/inc/" in name for name, role in roles.items() if role == "image_input_conv")
+    assert all("emb_layer" in name for name, role in roles.items() if role == "embedding")
 
 
 def test_calibration_set_is_seeded_and_covers_sampling(real_v2):

@@ -40,9 +40,9 @@ TOLERANCES: dict[str, Tolerance] = {
     "float32": Tolerance(min_psnr=80.0, max_abs_rel=1e-4),
     "float16": Tolerance(min_psnr=40.0),
     "int8_dynamic": Tolerance(min_psnr=30.0),
-    # Fixed activation ranges for all 1000 timesteps cost more than per-call ones; the
-    # issue sets no number: 25 dB keeps the per-pixel error of eps below ~6% of its peak.
-    "int8_full": Tolerance(min_psnr=25.0),
+    # The issue's int8 number, for both int8 kinds (on the real v2 weights int8 full
+    # misses it: README "int8").
+    "int8_full": Tolerance(min_psnr=30.0),
 }
 
 
