@@ -186,6 +186,33 @@ def bench_command(directory, checkpoint, threads, repeats) -> None:
     click.echo(latency["table"])
 
 
+@export_cli.command("compare")
+@CHECKPOINT
+@click.option("--pruned", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="A structurally pruned checkpoint (mobilegen prune) to add as a row.")  # fmt: skip
+@click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), default=Path("artifacts/compare"), show_default=True)
+@click.option("--classes", default="cat,ship", show_default=True, help="Comma-separated labels for the trajectories.")
+@click.option("--steps", type=click.IntRange(1, 999), default=50, show_default=True, help="DDIM steps of the trajectories.")
+@click.option("--calibration-samples", type=click.IntRange(22, 5000), default=320, show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 1000), default=5, show_default=True, help="Latency rounds (files take turns).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads for every backend [all cores].")
+@handle_errors
+def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples, rounds, threads) -> None:
+    """fp32, fp16, int8 dynamic, int8 full (and --pruned) measured side by side: compare.md/.json, samples.png."""
+    from mobilegen.checkpoint import load_checkpoint
+    from mobilegen.diffusion import SamplerConfig
+    from mobilegen.exporter.compare import compare, render
+
+    unpruned = load_model(checkpoint, None)
+    labels = parse_classes(classes)
+    if not labels:
+        raise ValueError("--classes needs at least one label")
+    result = compare(unpruned, load_checkpoint(pruned) if pruned else None, out, threads, labels,
+                     SamplerConfig(steps=steps), calibration_samples, rounds)  # fmt: skip
+    click.echo(render(result))
+    click.echo(f"wrote {out}/compare.md, compare.json, samples.png")
+
+
 def sample_command(fn):
     fn = handle_errors(fn)
     fn = click.option("--label", default="cat", show_default=True, help="Class name, index, alias ('auto') or 'none'.")(fn)

@@ -12,10 +12,10 @@ import torch
 from mobilegen.checkpoint import atomic_write
 
 
-def grid(images: torch.Tensor, pad: int = 2) -> np.ndarray:
-    """uint8 [N,3,H,W] -> uint8 [H', W', 3], near-square grid."""
+def grid(images: torch.Tensor, pad: int = 2, cols: int | None = None) -> np.ndarray:
+    """uint8 [N,3,H,W] -> uint8 [H', W', 3]: rows of `cols` images (default: near-square)."""
     n, c, h, w = images.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     if n == 1:
         return images[0].permute(1, 2, 0).numpy()
@@ -27,14 +27,14 @@ def grid(images: torch.Tensor, pad: int = 2) -> np.ndarray:
     return canvas
 
 
-def png_bytes(images: torch.Tensor) -> bytes:
+def png_bytes(images: torch.Tensor, cols: int | None = None) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(grid(images)).save(buf, format="PNG")
+    Image.fromarray(grid(images, cols=cols)).save(buf, format="PNG")
     return buf.getvalue()
 
 
-def save_png(images: torch.Tensor, path: str | Path) -> Path:
-    data = png_bytes(images)
+def save_png(images: torch.Tensor, path: str | Path, cols: int | None = None) -> Path:
+    data = png_bytes(images, cols)
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))

@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from conftest import run_export
 from mobilegen.checkpoint import expected_shapes, load_checkpoint, save_checkpoint
-from mobilegen.cli import main_cli
+from mobilegen.cli import export_cli, main_cli
 from mobilegen.compress import count_macs, count_params, prune_channels
 from mobilegen.errors import CheckpointError
 from mobilegen.models import UNet, UNetConfig
@@ -156,3 +157,26 @@ def test_real_v2_chosen_setting_cuts_macs(real_v2):
     model = load_checkpoint(real_v2).model
     pruned = prune_channels(model, 0.1, head_ratio=0.5)
     assert count_macs(model) / count_macs(pruned) >= 1.5
+
+
+@pytest.mark.slow
+def test_compare_measures_every_variant_side_by_side(tmp_path, pruned):
+    """`mobilegen-export compare`: the issue's table, every row measured in one run."""
+    ckpt = save_checkpoint(tmp_path / "pruned.pt", pruned)
+    out = tmp_path / "cmp"
+    args = ["compare", "--pruned", str(ckpt), "-o", str(out), "--classes", "ship", "--steps", "3",
+            "--calibration-samples", "22", "--rounds", "1", "--threads", "2"]  # fmt: skip
+    res = CliRunner().invoke(export_cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "compare.json").read_text())
+    rows = result["variants"]
+    assert list(rows) == ["fp32", "fp16", "int8 dynamic", "int8 full", "structured-pruned fp32"]
+    assert rows["fp32"]["step_psnr_db"]["min"] > 80 and rows["fp32"]["latency"]["speedup_vs_fp32"] == 1.0
+    assert rows["int8 dynamic"]["bytes"] < 0.35 * rows["fp32"]["bytes"]
+    assert rows["structured-pruned fp32"]["macs_per_step"] < rows["fp32"]["macs_per_step"] / 1.5
+    for row in rows.values():
+        assert row["latency"]["calls"] == 10 and row["latency"]["p90_ms"] >= row["latency"]["median_ms"] > 0
+        assert 0 <= row["trajectory"]["min_ssim"] <= 1
+    assert result["pytorch_sdpa_latency"]["median_ms"] > 0 and result["threads"] == 2
+    assert "| int8 full |" in (out / "compare.md").read_text()
+    assert Image.open(out / "samples.png").size[1] > 6 * 64  # a row per variant, plus the reference

@@ -1,0 +1,160 @@
+"""fp32 vs fp16 vs int8 dynamic vs int8 full vs structured-pruned, measured in one run.
+
+Every file is built here without gates (a variant that misses its gate is still
+measured: that is the point of the table), from one unpruned checkpoint and one
+structurally pruned one. Everything is measured against the UNPRUNED PyTorch fp32
+model, on the same machine, in the same process, with the same thread count:
+
+- size of the file; parameters and MACs per step of the network it runs;
+- per-step latency, batch 1: the files take turns for `rounds` rounds of `repeats`
+  calls each (so a slow phase of a shared machine hits them all), median and p90;
+- per-step PSNR of eps on the fixed parity set (calibration.forward_process_cases);
+- DDIM trajectories from the same noise: final-image PSNR and SSIM, worst class;
+- the final images, one row per variant (samples.png).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mobilegen.backends import TorchBackend, default_threads, open_artifact
+from mobilegen.calibration import forward_process_cases
+from mobilegen.checkpoint import LoadedModel, atomic_write
+from mobilegen.compress import count_macs, count_params
+from mobilegen.diffusion import SamplerConfig, linear_schedule
+from mobilegen.exporter.parity import PSNR_IDENTICAL, psnr
+from mobilegen.exporter.pipeline import TFLITE_FP16, TFLITE_FP32, TFLITE_INT8, ExportOptions, build_artifacts
+from mobilegen.exporter.spec import DenoiserSpec
+from mobilegen.exporter.tflite_export import check_builtin_only
+from mobilegen.exporter.timing import machine, time_calls
+from mobilegen.images import save_png
+from mobilegen.labels import CIFAR10_LABELS
+from mobilegen.trajectory import compare_runs, record
+
+SPEC = DenoiserSpec(layout="NHWC")
+PYTORCH_SDPA = "PyTorch fp32, fused SDPA"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    path: Path
+    model: torch.nn.Module  # the network the file runs (for params and MACs)
+
+
+def build_variants(unpruned: LoadedModel, pruned: LoadedModel | None, work: Path, calibration_size: int) -> list[Variant]:
+    opts = ExportOptions(out_dir=work, fp16=True, int8=("dynamic", "full"), calibration_size=calibration_size)
+    files = build_artifacts(unpruned.model, SPEC, work, opts)
+    names = {TFLITE_FP32: "fp32", TFLITE_FP16: "fp16", TFLITE_INT8["dynamic"]: "int8 dynamic", TFLITE_INT8["full"]: "int8 full"}
+    variants = [Variant(label, files[name], unpruned.model) for name, label in names.items()]
+    if pruned is not None:
+        (work / "pruned").mkdir()
+        pruned_files = build_artifacts(pruned.model, SPEC, work / "pruned", ExportOptions(out_dir=work, fp16=False))
+        variants.append(Variant("structured-pruned fp32", pruned_files[TFLITE_FP32], pruned.model))
+    for v in variants:
+        check_builtin_only(v.path)
+    return variants
+
+
+def latency(variants: list[Variant], reference: torch.nn.Module, threads: int, rounds: int, repeats: int) -> dict[str, dict]:
+    """One step of every file (its raw fixed-batch call) and of PyTorch with fused SDPA."""
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    t, y = np.full((1,), 500.0, np.float32), np.zeros((1,), np.int32)
+    x_file = SPEC.to_layout(x)
+    calls = {v.name: (lambda run=open_artifact(v.path, SPEC, threads)._run: run(x_file, t, y)) for v in variants}
+    torch_step = TorchBackend(reference, "cpu", "sdpa").torch_denoise
+    xt, tt, yt = (torch.from_numpy(a) for a in (x, t, y))
+    calls[PYTORCH_SDPA] = lambda: torch_step(xt, tt, yt)
+    for call in calls.values():
+        time_calls(call, warmup=5, repeats=0)
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            samples[name] += time_calls(call, warmup=1, repeats=repeats)
+    return {name: {"median_ms": round(statistics.median(s), 2), "p90_ms": round(float(np.percentile(s, 90)), 2), "calls": len(s)}
+            for name, s in samples.items()}  # fmt: skip
+
+
+def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, threads: int | None = None,
+            labels: tuple[int, ...] = (3, 8), config: SamplerConfig = SamplerConfig(), calibration_size: int = 320,
+            rounds: int = 5, repeats: int = 10) -> dict:  # fmt: skip
+    """Measure every variant; write out/compare.json, out/compare.md and out/samples.png."""
+    threads = threads or default_threads()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mobilegen-compare-") as tmp:
+            variants = build_variants(unpruned, pruned, Path(tmp), calibration_size)
+            schedule = linear_schedule()
+            cases = forward_process_cases(schedule)
+            reference = TorchBackend(unpruned.model, "cpu")
+            ref_eps = reference(cases.x, cases.t, cases.y)
+            ref_run = record(reference.torch_denoise, list(labels), schedule, config)
+            names = [CIFAR10_LABELS[y] for y in labels]
+            rows, images = {}, [torch.from_numpy(ref_run.images)]
+            for v in variants:
+                backend = open_artifact(v.path, SPEC, threads)
+                eps = backend(cases.x, cases.t, cases.y)
+                step_psnr = [min(psnr(ref_eps[i], eps[i]), PSNR_IDENTICAL) for i in range(len(cases))]
+                run = record(backend.torch_denoise, list(labels), schedule, config)
+                traj = compare_runs(v.name, ref_run, run, names, (0.0, None))
+                images.append(torch.from_numpy(run.images))
+                rows[v.name] = {
+                    "file": v.path.name, "bytes": v.path.stat().st_size,
+                    "params": count_params(v.model), "macs_per_step": count_macs(v.model),
+                    "step_psnr_db": {"min": round(min(step_psnr), 2), "mean": round(float(np.mean(step_psnr)), 2)},
+                    "trajectory": {"min_psnr_db": round(min(c["psnr"] for c in traj.per_class.values()), 2),
+                                   "min_ssim": round(min(c["ssim"] for c in traj.per_class.values()), 4),
+                                   "per_class": traj.per_class},
+                }  # fmt: skip
+            timing = latency(variants, unpruned.model, threads, rounds, repeats)
+    finally:
+        torch.set_num_threads(previous)
+    base = timing["fp32"]["median_ms"]
+    for name, row in rows.items():
+        row["latency"] = timing[name] | {"speedup_vs_fp32": round(base / timing[name]["median_ms"], 3)}
+    result = {
+        "machine": machine(), "threads": threads, "batch": 1, "rounds": rounds, "repeats_per_round": repeats,
+        "sources": {"unpruned": str(unpruned.source), "pruned": str(pruned.source) if pruned else None},
+        "sampler": {"sampler": config.sampler, "steps": config.steps, "guidance": config.guidance, "seed": config.seed,
+                    "classes": names},
+        "variants": rows,
+        "pytorch_sdpa_latency": timing[PYTORCH_SDPA] | {"speedup_vs_fp32": round(base / timing[PYTORCH_SDPA]["median_ms"], 3)},
+    }  # fmt: skip
+    save_png(torch.cat(images), out / "samples.png", cols=len(labels))
+    atomic_write(out / "compare.json", lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    atomic_write(out / "compare.md", lambda p: p.write_text(render(result)))
+    return result
+
+
+def render(result: dict) -> str:
+    m, s = result["machine"], result["sampler"]
+    lines = [
+        f"# Variants side by side ({m['cpu']}, {result['threads']} threads, batch 1)",
+        "",
+        f"Reference: the unpruned PyTorch fp32 model ({result['sources']['unpruned']}). Trajectory: {s['sampler']} "
+        f"{s['steps']} steps, guidance {s['guidance']:g}, seed {s['seed']}, classes {', '.join(s['classes'])}.",
+        "",
+        "| variant | file MB | params | GMACs/step | median ms | p90 ms | speedup vs fp32 | step PSNR min/mean dB "
+        "| trajectory PSNR min dB | trajectory SSIM min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in result["variants"].items():
+        lat, step, traj = r["latency"], r["step_psnr_db"], r["trajectory"]
+        lines.append(f"| {name} | {r['bytes'] / 1e6:.2f} | {r['params']:,} | {r['macs_per_step'] / 1e9:.2f} | {lat['median_ms']:.1f} "
+                     f"| {lat['p90_ms']:.1f} | {lat['speedup_vs_fp32']:.2f}x | {step['min']:.1f} / {step['mean']:.1f} "
+                     f"| {traj['min_psnr_db']:.1f} | {traj['min_ssim']:.3f} |")  # fmt: skip
+    sdpa = result["pytorch_sdpa_latency"]
+    lines += ["", f"The bar: {PYTORCH_SDPA} (unpruned), timed in the same rounds: median {sdpa['median_ms']:.1f} ms, "
+              f"p90 {sdpa['p90_ms']:.1f} ms ({sdpa['speedup_vs_fp32']:.2f}x the fp32 file's speed)."]  # fmt: skip
+    rows = ", ".join(["PyTorch fp32 (reference)", *result["variants"]])
+    lines += ["", f"![final images](samples.png)", "", f"samples.png rows, top to bottom: {rows}."]
+    return "\n".join(lines) + "\n"
