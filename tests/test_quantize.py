@@ -46,8 +46,8 @@ def test_dynamic_passes_full_is_gated_both_builtin_with_float_io(int8_export):
     assert not full["passed"] and full["min_psnr_db"] < 30 and full["failures"] and full["gate"]["min_psnr"] == 30
     assert all(m["parity"][name]["passed"] for name in ("denoiser.onnx", "denoiser_float32.tflite"))
     fp32 = m["files"]["denoiser_float32.tflite"]["bytes"]
-    for name in INT8:
-        assert m["files"][name]["bytes"] < 0.35 * fp32
+    for name, share in zip(INT8, (0.3, 0.4)):  # full keeps a few more layers float
+        assert m["files"][name]["bytes"] < share * fp32
         assert check_builtin_only(int8_export / name) == m["files"][name]["op_types"]
         backend = TFLiteBackend(int8_export / name, spec_from_manifest(m))
         assert [d["dtype"] for d in backend.interpreter.get_input_details()] == [np.float32, np.float32, np.int32]
@@ -58,7 +58,8 @@ def test_full_int8_quantizes_activations_and_says_what_stays_float(int8_export):
     q = manifest_of(int8_export)["compression"]["int8"]
     assert q["full"]["calibration_samples"] == 66 and "calibrated" in q["full"]["activations"]
     roles = sorted(k["role"] for k in q["full"]["kept_float"])
-    assert roles == ["attention_output"] * 4 + ["embedding"] * 4 + ["image_input_conv"]
+    # sa2's qkv and first feed-forward layer hold all-zero output rows in these weights.
+    assert roles == ["attention_output"] * 4 + ["embedding"] * 4 + ["image_input_conv"] + ["zero_channel"] * 2
     assert [k["role"] for k in q["dynamic"]["kept_float"]] == ["image_input_conv"]
     report = (int8_export / "report.md").read_text()
     assert "int8 full" in report and "image_input_conv" in report

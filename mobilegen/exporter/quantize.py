@@ -20,7 +20,10 @@ README "int8"):
 - full only, the timestep/label embedding layers: one input row whose range swings
   with t, so one calibrated range fits no timestep well (alone: up to 23.5 dB);
 - full only, the attention output projections: they read softmax-weighted sums,
-  heavy-tailed (alone: 27.7 and 30.4 dB).
+  heavy-tailed (alone: 27.7 and 30.4 dB);
+- full only, a layer with an all-zero output channel and a bias (the real v2 weights
+  have two): that channel's weight scale is 0, so its int32 bias, whose scale is
+  input scale x weight scale, has no valid value (the library casts NaN).
 They are a small share of the work: the embedding rows are [1, 256], the first
 conv has 3 input channels.
 """
@@ -47,8 +50,10 @@ FLOAT_REASONS = {
     "image_input_conv": "reads the raw noisy image x_t; 8-bit rounding of it is the largest single error",
     "embedding": "timestep/label embedding: one row whose range swings with t (tiny: [1, 256])",
     "attention_output": "attention output projection: reads heavy-tailed softmax-weighted sums",
+    "zero_channel": "an all-zero output channel gets weight scale 0, so its int32 bias (scale = input x weight scale) "
+    "cannot be represented",
 }
-KEEP_FLOAT = {"dynamic": ("image_input_conv",), "full": ("image_input_conv", "embedding", "attention_output")}
+KEEP_FLOAT = {"dynamic": ("image_input_conv",), "full": ("image_input_conv", "embedding", "attention_output", "zero_channel")}
 WEIGHT_OPS = ("CONV_2D", "FULLY_CONNECTED")
 
 
@@ -84,13 +89,26 @@ def float_ops(path: Path) -> dict[str, str]:
             tensor = int(producer[tensor].inputs[0])
         return kinds, tensor in set(int(i) for i in graph.inputs)
 
+    def zero_channel_with_bias(op) -> bool:
+        """An output channel whose weights are all zero, and a bias to quantize with it."""
+        if len(op.inputs) < 3 or op.inputs[2] < 0:
+            return False
+        weight = graph.tensors[op.inputs[1]]
+        data = model.buffers[weight.buffer].data if weight.buffer else None
+        if data is None or weight.type != tfl.TensorType.FLOAT32:
+            return False
+        values = np.frombuffer(bytes(bytearray(data)), dtype=np.float32).reshape(int(weight.shape[0]), -1)
+        return bool((np.abs(values).max(axis=1) == 0).any())
+
     roles = {}
     for op in graph.operators:
         if kind[id(op)] not in WEIGHT_OPS:
             continue
         kinds, from_input = upstream(op, 3)
         out = _name(graph.tensors[op.outputs[0]])
-        if kind[id(op)] == "CONV_2D" and from_input:
+        if zero_channel_with_bias(op):
+            roles[out] = "zero_channel"
+        elif kind[id(op)] == "CONV_2D" and from_input:
             roles[out] = "image_input_conv"
         elif kind[id(op)] == "FULLY_CONNECTED" and "SIN" in upstream(op, 4)[0]:
             roles[out] = "embedding"
