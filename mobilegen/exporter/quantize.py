@@ -13,14 +13,14 @@ Two modes, both with float32 inputs and outputs:
 Some weight ops stay float in either mode; `float_ops` finds them in the graph by
 their role, and the manifest lists them with the reason. The reasons are
 measurements on the real v2 weights (quantizing that op ALONE, min per-step PSNR;
-README "int8"):
+scripts/int8_op_sensitivity.py, README "int8"):
 
 - the image-input conv: it reads the raw noisy image x_t, and rounding that to 8
-  bits costs the most of any op (alone: 29.9 dB dynamic, 17.2 dB full);
+  bits costs the most of any op (alone: 29.9 dB dynamic, 17.8 dB full);
 - full only, the timestep/label embedding layers: one input row whose range swings
-  with t, so one calibrated range fits no timestep well (alone: up to 23.5 dB);
+  with t, so one calibrated range fits no timestep well (alone: down to 24.6 dB);
 - full only, the attention output projections: they read softmax-weighted sums,
-  heavy-tailed (alone: 27.7 and 30.4 dB);
+  heavy-tailed (alone: down to 34.4 dB);
 - full only, a layer with an all-zero output channel and a bias (the real v2 weights
   have two): that channel's weight scale is 0, so its int32 bias, whose scale is
   input scale x weight scale, has no valid value (the library casts NaN).

@@ -1,0 +1,90 @@
+"""Which weight ops does int8 hurt most? Quantize ONE op at a time, everything else float.
+
+For every CONV_2D / FULLY_CONNECTED with constant weights in the float32 file of an
+export folder: an int8 file with only that op quantized (dynamic, or full with
+activation ranges calibrated once on calibration_cases), and its min per-step PSNR
+against the float32 file on the parity cases at t = 1 and 999 plus every 7th case.
+Prints the ops sorted, worst first. This is where exporter/quantize.py's
+kept-float roles come from.
+
+    .venv/bin/python scripts/int8_op_sensitivity.py artifacts/v2 --mode dynamic
+    .venv/bin/python scripts/int8_op_sensitivity.py artifacts/v2 --mode full
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mobilegen.backends import TorchBackend, open_artifact
+from mobilegen.calibration import calibration_cases, forward_process_cases
+from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
+from mobilegen.exporter import manifest as mf
+from mobilegen.exporter.parity import psnr
+from mobilegen.exporter.pipeline import TFLITE_FP32
+from mobilegen.exporter.quantize import WEIGHT_OPS, _recipe, _signature_inputs, float_ops
+from mobilegen.exporter.tflite_export import _name, _schema
+from mobilegen.verify import reference_model
+
+
+def weight_ops(path: Path) -> list[tuple[str, str]]:
+    _, tfl = _schema()
+    model = tfl.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
+    graph = model.subgraphs[0]
+    names = {v: k for k, v in vars(tfl.BuiltinOperator).items() if not k.startswith("_")}
+    ops = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        kind = names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+        weight = graph.tensors[op.inputs[1]] if len(op.inputs) > 1 else None
+        if kind in WEIGHT_OPS and weight is not None and weight.buffer and model.buffers[weight.buffer].data is not None:
+            ops.append((kind, _name(graph.tensors[op.outputs[0]])))
+    return ops
+
+
+def main() -> None:
+    from ai_edge_quantizer import quantizer
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("directory", type=Path)
+    ap.add_argument("--mode", choices=["dynamic", "full"], default="dynamic")
+    ap.add_argument("--calibration-samples", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    manifest = mf.read_manifest(args.directory)
+    spec = mf.spec_from_manifest(manifest)
+    src = args.directory / TFLITE_FP32
+    cases = forward_process_cases(schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"]))
+    pick = np.array([i for i in range(len(cases)) if int(cases.t[i]) in (1, 999) or i % 7 == 0])
+    ref = open_artifact(src, spec, args.threads)(cases.x[pick], cases.t[pick], cases.y[pick])
+    base = _recipe(args.mode, [])  # every weight op quantized, float IO
+    stats = None
+    if args.mode == "full":
+        denoise = TorchBackend(reference_model(manifest).model, "cpu").torch_denoise
+        calibration = calibration_cases(denoise, schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"]),
+                                        args.calibration_samples)  # fmt: skip
+        everything = quantizer.Quantizer(str(src))
+        everything.load_quantization_recipe(base)
+        stats = everything.calibrate(_signature_inputs(calibration, spec), num_threads=args.threads)
+    roles = float_ops(src)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mobilegen-sens-") as tmp:
+        for kind, name in weight_ops(src):
+            only = [dict(base[0], regex=f"^{re.escape(name)};$", operation=kind)] + base[len(WEIGHT_OPS):]
+            qt = quantizer.Quantizer(str(src))
+            qt.load_quantization_recipe(only)
+            path = Path(tmp) / "one.tflite"
+            qt.quantize(stats).export_model(str(path), overwrite=True)
+            out = open_artifact(path, spec, args.threads)(cases.x[pick], cases.t[pick], cases.y[pick])
+            results.append((min(psnr(ref[i], out[i]) for i in range(len(pick))), kind, name))
+    print(f"{args.mode}: min per-step PSNR with only this op int8 ({len(pick)} cases), worst first")
+    for value, kind, name in sorted(results):
+        print(f"{value:7.1f} dB  {kind:<16} {name}  {roles.get(name, '')}")
+
+
+if __name__ == "__main__":
+    main()
