@@ -203,10 +203,10 @@ def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples
     from mobilegen.diffusion import SamplerConfig
     from mobilegen.exporter.compare import compare, render
 
-    unpruned = load_model(checkpoint, None)
     labels = parse_classes(classes)
     if not labels:
         raise ValueError("--classes needs at least one label")
+    unpruned = load_model(checkpoint, None)
     result = compare(unpruned, load_checkpoint(pruned) if pruned else None, out, threads, labels,
                      SamplerConfig(steps=steps), calibration_samples, rounds)  # fmt: skip
     click.echo(render(result))

@@ -27,7 +27,7 @@ from mobilegen.exporter import manifest as mf
 from mobilegen.exporter.parity import psnr
 from mobilegen.exporter.pipeline import TFLITE_FP32
 from mobilegen.exporter.quantize import WEIGHT_OPS, _recipe, _signature_inputs, float_ops
-from mobilegen.exporter.tflite_export import _name, _schema
+from mobilegen.exporter.tflite_export import _name, _schema, op_kinds
 from mobilegen.verify import reference_model
 
 
@@ -35,11 +35,8 @@ def weight_ops(path: Path) -> list[tuple[str, str]]:
     _, tfl = _schema()
     model = tfl.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
     graph = model.subgraphs[0]
-    names = {v: k for k, v in vars(tfl.BuiltinOperator).items() if not k.startswith("_")}
     ops = []
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        kind = names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+    for op, kind in zip(graph.operators, op_kinds(model, tfl)):
         weight = graph.tensors[op.inputs[1]] if len(op.inputs) > 1 else None
         if kind in WEIGHT_OPS and weight is not None and weight.buffer and model.buffers[weight.buffer].data is not None:
             ops.append((kind, _name(graph.tensors[op.outputs[0]])))
@@ -58,15 +55,15 @@ def main() -> None:
     manifest = mf.read_manifest(args.directory)
     spec = mf.spec_from_manifest(manifest)
     src = args.directory / TFLITE_FP32
-    cases = forward_process_cases(schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"]))
+    schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
+    cases = forward_process_cases(schedule)
     pick = np.array([i for i in range(len(cases)) if int(cases.t[i]) in (1, 999) or i % 7 == 0])
     ref = open_artifact(src, spec, args.threads)(cases.x[pick], cases.t[pick], cases.y[pick])
     base = _recipe(args.mode, [])  # every weight op quantized, float IO
     stats = None
     if args.mode == "full":
         denoise = TorchBackend(reference_model(manifest).model, "cpu").torch_denoise
-        calibration = calibration_cases(denoise, schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"]),
-                                        args.calibration_samples)  # fmt: skip
+        calibration = calibration_cases(denoise, schedule, args.calibration_samples)
         everything = quantizer.Quantizer(str(src))
         everything.load_quantization_recipe(base)
         stats = everything.calibrate(_signature_inputs(calibration, spec), num_threads=args.threads)

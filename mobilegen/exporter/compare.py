@@ -63,13 +63,13 @@ def build_variants(unpruned: LoadedModel, pruned: LoadedModel | None, work: Path
     return variants
 
 
-def latency(variants: list[Variant], reference: torch.nn.Module, threads: int, rounds: int, repeats: int) -> dict[str, dict]:
+def latency(backends: dict, reference: TorchBackend, rounds: int, repeats: int) -> dict[str, dict]:
     """One step of every file (its raw fixed-batch call) and of PyTorch with fused SDPA."""
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
     t, y = np.full((1,), 500.0, np.float32), np.zeros((1,), np.int32)
     x_file = SPEC.to_layout(x)
-    calls = {v.name: (lambda run=open_artifact(v.path, SPEC, threads)._run: run(x_file, t, y)) for v in variants}
-    torch_step = TorchBackend(reference, "cpu", "sdpa").torch_denoise
+    calls = {name: (lambda run=backend._run: run(x_file, t, y)) for name, backend in backends.items()}
+    torch_step = reference.torch_denoise
     xt, tt, yt = (torch.from_numpy(a) for a in (x, t, y))
     calls[PYTORCH_SDPA] = lambda: torch_step(xt, tt, yt)
     for call in calls.values():
@@ -100,8 +100,9 @@ def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, thread
             ref_run = record(reference.torch_denoise, list(labels), schedule, config)
             names = [CIFAR10_LABELS[y] for y in labels]
             rows, images = {}, [torch.from_numpy(ref_run.images)]
+            backends = {v.name: open_artifact(v.path, SPEC, threads) for v in variants}
             for v in variants:
-                backend = open_artifact(v.path, SPEC, threads)
+                backend = backends[v.name]
                 eps = backend(cases.x, cases.t, cases.y)
                 step_psnr = [min(psnr(ref_eps[i], eps[i]), PSNR_IDENTICAL) for i in range(len(cases))]
                 run = record(backend.torch_denoise, list(labels), schedule, config)
@@ -115,7 +116,7 @@ def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, thread
                                    "min_ssim": round(min(c["ssim"] for c in traj.per_class.values()), 4),
                                    "per_class": traj.per_class},
                 }  # fmt: skip
-            timing = latency(variants, unpruned.model, threads, rounds, repeats)
+            timing = latency(backends, reference, rounds, repeats)
     finally:
         torch.set_num_threads(previous)
     base = timing["fp32"]["median_ms"]

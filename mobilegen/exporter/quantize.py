@@ -67,27 +67,26 @@ def _library():
 
 def float_ops(path: Path) -> dict[str, str]:
     """Output tensor name -> role, for the weight ops that stay float (any mode)."""
-    from mobilegen.exporter.tflite_export import _name, _schema
+    from mobilegen.exporter.tflite_export import _name, _schema, op_kinds
 
     _, tfl = _schema()
     model = tfl.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
     graph = model.subgraphs[0]
-    names = {v: k for k, v in vars(tfl.BuiltinOperator).items() if not k.startswith("_")}
-    kind = {id(op): names[max(c.builtinCode, c.deprecatedBuiltinCode)]
-            for op in graph.operators for c in [model.operatorCodes[op.opcodeIndex]]}  # fmt: skip
+    kind = {id(op): k for op, k in zip(graph.operators, op_kinds(model, tfl))}
     producer = {int(o): op for op in graph.operators for o in op.outputs}
+    graph_inputs = {int(i) for i in graph.inputs}
 
     def upstream(op, hops: int) -> tuple[list[str], bool]:
         """Kinds of the ops feeding op's first input (up to hops), and whether it starts at a graph input."""
         kinds, tensor = [], int(op.inputs[0])
         for _ in range(hops):
-            if tensor in set(int(i) for i in graph.inputs):
+            if tensor in graph_inputs:
                 return kinds, True
             if tensor not in producer:
                 break
             kinds.append(kind[id(producer[tensor])])
             tensor = int(producer[tensor].inputs[0])
-        return kinds, tensor in set(int(i) for i in graph.inputs)
+        return kinds, tensor in graph_inputs
 
     def zero_channel_with_bias(op) -> bool:
         """An output channel whose weights are all zero, and a bias to quantize with it."""

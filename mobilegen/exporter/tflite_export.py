@@ -137,6 +137,13 @@ def _empty_buffer(model, tfl) -> int:
     return len(model.buffers) - 1
 
 
+def op_kinds(model, tfl) -> list[str]:
+    """Builtin operator name of each op of the first subgraph (object API ModelT)."""
+    names = {v: k for k, v in vars(tfl.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    return [names.get(codes[op.opcodeIndex], str(codes[op.opcodeIndex])) for op in model.subgraphs[0].operators]
+
+
 def tflite_op_types(path: Path) -> list[str]:
     """Operator type names of a TFLite file; custom ops as CUSTOM:<name> (Flex ops are custom)."""
     _, tfl = _schema()
