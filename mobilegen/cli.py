@@ -418,7 +418,9 @@ def demo_data_command(out, per_class, seed) -> None:
 @click.option("--steps", type=click.IntRange(1, 999), default=50, show_default=True, help="Default DDIM steps.")
 @click.option("--guidance", type=click.FloatRange(0, 50), default=3.0, show_default=True, help="Default guidance (0 = off).")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=32, show_default=True,
-              help="Images per model call across requests (guidance doubles a request's); 1 turns batching off.")
+              help="Images per model call across requests (guidance doubles a request's); 1 turns batching off. "
+                   "On CUDA every call runs exactly this many (at least 2; padded), so batching never changes an image: "
+                   "lower it for lower single-request latency.")
 @click.option("--max-wait-ms", type=click.FloatRange(0, 1000), default=5.0, show_default=True,
               help="How long a waiting denoiser call holds the model for others to join.")
 @click.option("--max-n", type=click.IntRange(1, 1024), default=16, show_default=True, help="Most images per request.")

@@ -31,6 +31,7 @@ from mobilegen.errors import MobileGenError
 from mobilegen.serve import ModelSource, ServeConfig, parse_model_option
 from mobilegen.serve.app import create_app, make_server
 from mobilegen.serve.batcher import Cancelled, MicroBatcher
+from mobilegen.serve.models import TorchRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(steps=2, max_steps=20, max_n=4, timeout_s=30, max_body_bytes=8192, log_level="warning")
@@ -288,19 +289,21 @@ REQUESTS = [
 
 
 def test_same_seed_same_png_bytes_batched_or_not():
-    """Batching off (max batch 1), then the same requests all at once with batching on,
-    mixed with other traffic so they share model calls at different timesteps."""
-    with running(ServeConfig(**FAST, max_batch=1, max_wait_ms=0)) as base:
-        alone = [httpx.post(f"{base}/v1/images", json=r).content for r in REQUESTS]
-        m = metrics(base)["mobilegen_batch_requests_sum"]
-        assert m[(("model", "v2"),)] == 13  # 13 denoiser calls, each its own model call
+    """One server: each request alone (nothing else running, so every denoiser call is
+    its own model call), then the same requests all at once, mixed with other traffic
+    so they share model calls at different timesteps."""
     with running(ServeConfig(**FAST, max_batch=64, max_wait_ms=50)) as base:
+        alone = [httpx.post(f"{base}/v1/images", json=r).content for r in REQUESTS]
+        before = metrics(base)
+        v2 = (("model", "v2"),)
+        assert before["mobilegen_batch_requests_sum"][v2] == before["mobilegen_batch_requests_count"][v2] == 13
         noise = [{"label": "dog", "seed": 100 + i, "steps": 2 + i % 2} for i in range(3)]
         with ThreadPoolExecutor(8) as pool:
             together = list(pool.map(lambda r: httpx.post(f"{base}/v1/images", json=r, timeout=60), REQUESTS + noise))
-        m = metrics(base)
-        merged = m["mobilegen_batch_requests_sum"][(("model", "v2"),)] / m["mobilegen_batch_requests_count"][(("model", "v2"),)]
-    assert merged > 2, "the requests did not share model calls"
+        after = metrics(base)
+    calls = after["mobilegen_batch_requests_sum"][v2] - before["mobilegen_batch_requests_sum"][v2]
+    runs = after["mobilegen_batch_requests_count"][v2] - before["mobilegen_batch_requests_count"][v2]
+    assert calls / runs > 2, "the requests did not share model calls"
     assert [r.status_code for r in together] == [200] * 8
     for one, batched, request in zip(alone, together, REQUESTS):
         assert one == batched.content, f"{request}: batched PNG differs from the unbatched one"
@@ -369,6 +372,19 @@ def test_config_is_validated():
 
 
 # --- the batcher on its own ---------------------------------------------------------------
+
+
+def test_fixed_rows_runner_pads_and_splits_without_changing_a_row():
+    """What serve does on CUDA (every call exactly `rows` rows), run on the CPU here:
+    5 rows as chunks of 4 (the last padded) give the rows of one plain call."""
+    model = seeded_model("student_v2").model
+    x, t, y = torch.randn(5, 3, 64, 64), torch.tensor([1.0, 300, 999, 20, 500]), torch.tensor([0, -1, 9, 3, -1])
+    fixed = TorchRunner(model, torch.device("cpu"), rows=4)
+    plain = TorchRunner(seeded_model("student_v2").model, torch.device("cpu"))
+    assert torch.equal(fixed(x, t, y), plain(x, t, y))
+    assert torch.equal(fixed(x[:1], t[:1], y[:1]), plain(x[:1], t[:1], y[:1]))
+    with pytest.raises(ValueError, match="at least 2"):
+        TorchRunner(model, torch.device("cpu"), rows=1)
 
 
 def test_batcher_merges_waiting_calls_and_survives_errors():

@@ -15,10 +15,18 @@ embedding Linear runs in fixed blocks of 4 rows, GroupNorm gets a contiguous inp
 (its NCHW kernel reduces each sample in one thread), and a single row is padded to 2.
 tests/test_serve.py checks PNG bytes batched against unbatched; without these
 fixes 5 of 8 images (real v2, DDIM 20) differed in 1-8 pixels by one level. The
-cost measured 6-8% of a model call on a busy 2-core CPU. Artifact backends
+cost measured 6-8% of a model call on a busy 2-core CPU.
+
+On CUDA the kernels themselves change with the batch: measured on an H200 (torch
+2.11, float16 autocast, real v2, `scripts/batch_invariance.py`), rows run in batches
+of 2-4 match their lone run bit for bit, but from 8 rows up every row differs (up
+to 0.0039), with cuDNN's deterministic mode too; in float32 from 3 rows up. So on
+CUDA every model call runs exactly ``rows`` rows (the server's max batch, at least
+2): calls are padded to that shape, larger ones split into chunks of it. A lone
+request then pays for a full batch (8.4 instead of 4.8 ms per step at 32 rows on
+the H200); `--max-batch` trades that latency against throughput. Artifact backends
 (ONNX/TFLite) run every row in a call of the file's fixed batch; they are not
-covered by the byte-equality test. On CUDA (float16) batch invariance is not
-verified: cuBLAS/cuDNN may pick kernels by batch size.
+covered by the byte-equality test.
 """
 
 from __future__ import annotations
@@ -79,12 +87,20 @@ def make_batch_invariant(model: nn.Module) -> nn.Module:
 
 
 class TorchRunner:
-    """(x, t, y) -> eps on the model's device; float16 autocast on CUDA, float32 elsewhere."""
+    """(x, t, y) -> eps on the model's device; float16 autocast on CUDA, float32 elsewhere.
 
-    def __init__(self, model: nn.Module, device: torch.device):
+    ``rows``: run every model call with exactly this many rows (padded, or split into
+    chunks), so that no row's result depends on the batch it shares (see the module
+    docstring). None: any batch of 2 or more rows (a single row is padded to 2).
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device, dtype: str | None = None, rows: int | None = None):
+        if rows is not None and rows < 2:
+            raise ValueError(f"rows must be at least 2, got {rows}")
         self.model = make_batch_invariant(model).to(device).eval()
         self.device = device
-        self.dtype = "float16" if device.type == "cuda" else "float32"
+        self.dtype = dtype or ("float16" if device.type == "cuda" else "float32")
+        self.rows = rows
 
     def warm_up(self) -> None:
         """One call at load, so the first request does not pay for kernel selection and JIT."""
@@ -92,11 +108,15 @@ class TorchRunner:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        if n == 1:
-            x, t, y = x.repeat(2, 1, 1, 1), t.repeat(2), y.repeat(2)
-        amp = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else contextlib.nullcontext()
+        rows = self.rows or max(n, 2)
+        pad = -n % rows
+        if pad:  # copies of the last row: a padding row never changes another row's result
+            x, t, y = (torch.cat([v, v[-1:].expand(pad, *v.shape[1:])]) for v in (x, t, y))
+        half = self.dtype == "float16"
+        amp = torch.autocast(self.device.type, dtype=torch.float16) if half else contextlib.nullcontext()
         with torch.inference_mode(), amp:
-            eps = self.model(x.to(self.device), t.to(self.device), y.to(self.device))
+            x, t, y = x.to(self.device), t.to(self.device), y.to(self.device)
+            eps = torch.cat([self.model(*chunk) for chunk in zip(x.split(rows), t.split(rows), y.split(rows))])
         return eps.float()[:n]
 
 
@@ -147,7 +167,7 @@ def load_model(source: ModelSource, config: ServeConfig, on_batch: OnBatch | Non
                            "float32", opened.labels, opened.schedule, batcher)  # fmt: skip
     loaded = load_or_default(path, source.arch)
     device = resolve_device(config.device)
-    runner = TorchRunner(loaded.model, device)
+    runner = TorchRunner(loaded.model, device, rows=max(2, config.max_batch) if device.type == "cuda" else None)
     runner.warm_up()
     name = source.name or SHORT_NAMES.get(loaded.arch, loaded.arch)
     batcher = MicroBatcher(runner, config.max_batch, wait, name, _tag(on_batch, name))
