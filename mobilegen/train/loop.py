@@ -176,9 +176,11 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        scale = self.scaler.get_scale()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        if self.scaler.get_scale() >= scale:  # float16 gradients overflowed: no optimizer step, so the LR waits too
+            self.scheduler.step()
         self.step += 1
         if cfg.qat_every and self.step % cfg.qat_every == 0:
             round_to_fp16_(self.model)

@@ -1,0 +1,3 @@
+from mobilegen.cli import main_cli
+
+main_cli()
