@@ -168,7 +168,11 @@ def load_model(source: ModelSource, config: ServeConfig, on_batch: OnBatch | Non
     loaded = load_or_default(path, source.arch)
     device = resolve_device(config.device)
     runner = TorchRunner(loaded.model, device, rows=max(2, config.max_batch) if device.type == "cuda" else None)
-    runner.warm_up()
+    try:
+        runner.warm_up()  # on CUDA a call of the full --max-batch rows: every later call has this shape
+    except torch.OutOfMemoryError as exc:
+        raise MobileGenError(f"a model call of {runner.rows} rows does not fit in GPU memory ({exc}); "
+                             "lower --max-batch") from exc  # fmt: skip
     name = source.name or SHORT_NAMES.get(loaded.arch, loaded.arch)
     batcher = MicroBatcher(runner, config.max_batch, wait, name, _tag(on_batch, name))
     shown = Path(loaded.source).name if path is not None else loaded.source
