@@ -15,7 +15,7 @@ from mobilegen.checkpoint import load_checkpoint
 from mobilegen.cli import export_cli
 from mobilegen.diffusion import linear_schedule
 from mobilegen.exporter.manifest import spec_from_manifest
-from mobilegen.exporter.quantize import float_ops
+from mobilegen.exporter.quantize import float_ops, wrapped_biases
 from mobilegen.exporter.tflite_export import check_builtin_only, tflite_tensor_types
 
 INT8 = ("denoiser_int8_dynamic.tflite", "denoiser_int8_full.tflite")
@@ -58,8 +58,11 @@ def test_full_int8_quantizes_activations_and_says_what_stays_float(int8_export):
     q = manifest_of(int8_export)["compression"]["int8"]
     assert q["full"]["calibration_samples"] == 66 and "calibrated" in q["full"]["activations"]
     roles = sorted(k["role"] for k in q["full"]["kept_float"])
-    # sa2's qkv and first feed-forward layer hold all-zero output rows in these weights.
-    assert roles == ["attention_output"] * 4 + ["embedding"] * 4 + ["image_input_conv"] + ["zero_channel"] * 2
+    # sa2's qkv and first feed-forward layer hold all-zero output rows in these weights; its
+    # second feed-forward layer reads a near-zero input with near-zero weights, so its biases
+    # would not fit int32 (the library would wrap them to -2^31).
+    assert roles == ["attention_output"] * 4 + ["bias_overflow"] + ["embedding"] * 4 + ["image_input_conv"] + ["zero_channel"] * 2
+    assert wrapped_biases(int8_export / INT8[1]) == [] and wrapped_biases(int8_export / INT8[0]) == []
     assert [k["role"] for k in q["dynamic"]["kept_float"]] == ["image_input_conv"]
     report = (int8_export / "report.md").read_text()
     assert "int8 full" in report and "image_input_conv" in report
@@ -87,6 +90,22 @@ def test_float_ops_are_found_by_role_not_by_weights(default_export):
     assert sorted(roles.values()) == ["attention_output", "embedding", "embedding", "embedding", "embedding", "image_input_conv"]
     assert any("/inc/" in name for name, role in roles.items() if role == "image_input_conv")
     assert all("emb_layer" in name for name, role in roles.items() if role == "embedding")
+
+
+def test_bias_overflow_is_found_from_the_calibrated_ranges(default_export):
+    """A weight op whose calibrated input range is so narrow that bias / (input scale x
+    weight scale) passes 2^31 is flagged; with ordinary ranges nothing is."""
+    from mobilegen.exporter.quantize import _read, _weight_ops, bias_overflow_ops
+    from mobilegen.exporter.tflite_export import _name
+
+    path = default_export[0] / "denoiser_float32.tflite"
+    g = _read(path)
+    ops = [(out, _name(g.graph.tensors[op.inputs[0]]), bias) for op, out, _, bias in _weight_ops(g) if bias is not None]
+    ordinary = {inp: {"min": np.array(-3.0), "max": np.array(3.0)} for _, inp, _ in ops}
+    assert bias_overflow_ops(path, ordinary) == []
+    out, inp, bias = next(o for o in ops if np.abs(o[2]).max() > 1e-3)
+    narrow = dict(ordinary, **{inp: {"min": np.array(-1e-12), "max": np.array(1e-12)}})
+    assert out in bias_overflow_ops(path, narrow)
 
 
 def test_calibration_set_is_seeded_and_covers_sampling(real_v2):

@@ -23,9 +23,14 @@ scripts/int8_op_sensitivity.py, README "int8"):
   heavy-tailed (alone: down to 34.4 dB);
 - full only, a layer with an all-zero output channel and a bias (the real v2 weights
   have two): that channel's weight scale is 0, so its int32 bias, whose scale is
-  input scale x weight scale, has no valid value (the library casts NaN).
+  input scale x weight scale, has no valid value (the library casts NaN);
+- full only, found after calibration: a layer whose bias does not fit int32 at that
+  scale. In the real v2 weights sa2's second feed-forward layer reads an input of
+  range 1.6e-4 with weights below 1e-4, so 240 of its 256 biases land beyond 2^31;
+  the library clips them to 2^31 - 1 in float32, which rounds to 2^31, and the cast
+  wraps them to -2^31 (positive biases turned into the most negative value).
 They are a small share of the work: the embedding rows are [1, 256], the first
-conv has 3 input channels.
+conv has 3 input channels. Every int8 file is then checked for a wrapped bias.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import contextlib
 import io
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +58,11 @@ FLOAT_REASONS = {
     "attention_output": "attention output projection: reads heavy-tailed softmax-weighted sums",
     "zero_channel": "an all-zero output channel gets weight scale 0, so its int32 bias (scale = input x weight scale) "
     "cannot be represented",
+    "bias_overflow": "its calibrated input range x weight scale is so small that its bias does not fit int32 at that "
+    "scale",
 }
 KEEP_FLOAT = {"dynamic": ("image_input_conv",), "full": ("image_input_conv", "embedding", "attention_output", "zero_channel")}
+INT32_LIMIT = 2**31 - 256  # float32 rounds anything above this to 2^31, which the int32 cast wraps
 WEIGHT_OPS = ("CONV_2D", "FULLY_CONNECTED")
 
 
@@ -65,16 +74,63 @@ def _library():
     return quantizer, recipe
 
 
-def float_ops(path: Path) -> dict[str, str]:
-    """Output tensor name -> role, for the weight ops that stay float (any mode)."""
-    from mobilegen.exporter.tflite_export import _name, _schema, op_kinds
+@dataclass
+class _Graph:
+    """A TFLite file's first graph, the schema module, each op's kind (by op id) and the raw bytes."""
+
+    model: object
+    graph: object
+    tfl: object
+    kind: dict
+    raw: bytes
+
+    def data(self, index: int, dtype) -> np.ndarray | None:
+        """A constant tensor's values if it has the schema type of ``dtype``, else None. The
+        bytes sit in the buffer, or past the flatbuffer at the buffer's offset (the
+        quantizer writes large files that way)."""
+        tensor = self.graph.tensors[index] if index >= 0 else None
+        buffer = self.model.buffers[tensor.buffer] if tensor is not None and tensor.buffer else None
+        wanted = {np.float32: self.tfl.TensorType.FLOAT32, np.int32: self.tfl.TensorType.INT32}[dtype]
+        if buffer is None or tensor.type != wanted:
+            return None
+        if buffer.data is not None:
+            return np.frombuffer(bytes(bytearray(buffer.data)), dtype=dtype)
+        if getattr(buffer, "offset", 0) > 1:
+            return np.frombuffer(self.raw[buffer.offset : buffer.offset + buffer.size], dtype=dtype)
+        return None
+
+
+def _read(path: Path) -> _Graph:
+    from mobilegen.exporter.tflite_export import _schema, op_kinds
 
     _, tfl = _schema()
-    model = tfl.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
+    raw = path.read_bytes()
+    model = tfl.ModelT.InitFromPackedBuf(bytearray(raw), 0)
     graph = model.subgraphs[0]
-    kind = {id(op): k for op, k in zip(graph.operators, op_kinds(model, tfl))}
-    producer = {int(o): op for op in graph.operators for o in op.outputs}
-    graph_inputs = {int(i) for i in graph.inputs}
+    return _Graph(model, graph, tfl, {id(op): k for op, k in zip(graph.operators, op_kinds(model, tfl))}, raw)
+
+
+def _weight_ops(g: _Graph):
+    """(op, output name, weights [out, -1], bias or None) for every float CONV_2D / FULLY_CONNECTED."""
+    from mobilegen.exporter.tflite_export import _name
+
+    for op in g.graph.operators:
+        if g.kind[id(op)] not in WEIGHT_OPS:
+            continue
+        weights = g.data(int(op.inputs[1]), np.float32)
+        if weights is None:
+            continue
+        bias = g.data(int(op.inputs[2]), np.float32) if len(op.inputs) > 2 else None
+        rows = int(g.graph.tensors[op.inputs[1]].shape[0])
+        yield op, _name(g.graph.tensors[op.outputs[0]]), weights.reshape(rows, -1), bias
+
+
+def float_ops(path: Path) -> dict[str, str]:
+    """Output tensor name -> role, for the weight ops that stay float by their place in the graph (any mode)."""
+    g = _read(path)
+    kind = g.kind
+    producer = {int(o): op for op in g.graph.operators for o in op.outputs}
+    graph_inputs = {int(i) for i in g.graph.inputs}
 
     def upstream(op, hops: int) -> tuple[list[str], bool]:
         """Kinds of the ops feeding op's first input (up to hops), and whether it starts at a graph input."""
@@ -88,24 +144,10 @@ def float_ops(path: Path) -> dict[str, str]:
             tensor = int(producer[tensor].inputs[0])
         return kinds, tensor in graph_inputs
 
-    def zero_channel_with_bias(op) -> bool:
-        """An output channel whose weights are all zero, and a bias to quantize with it."""
-        if len(op.inputs) < 3 or op.inputs[2] < 0:
-            return False
-        weight = graph.tensors[op.inputs[1]]
-        data = model.buffers[weight.buffer].data if weight.buffer else None
-        if data is None or weight.type != tfl.TensorType.FLOAT32:
-            return False
-        values = np.frombuffer(bytes(bytearray(data)), dtype=np.float32).reshape(int(weight.shape[0]), -1)
-        return bool((np.abs(values).max(axis=1) == 0).any())
-
     roles = {}
-    for op in graph.operators:
-        if kind[id(op)] not in WEIGHT_OPS:
-            continue
+    for op, out, weights, bias in _weight_ops(g):
         kinds, from_input = upstream(op, 3)
-        out = _name(graph.tensors[op.outputs[0]])
-        if zero_channel_with_bias(op):
+        if bias is not None and (np.abs(weights).max(axis=1) == 0).any():  # an all-zero output channel
             roles[out] = "zero_channel"
         elif kind[id(op)] == "CONV_2D" and from_input:
             roles[out] = "image_input_conv"
@@ -114,6 +156,40 @@ def float_ops(path: Path) -> dict[str, str]:
         elif kind[id(op)] == "FULLY_CONNECTED" and "BATCH_MATMUL" in kinds:
             roles[out] = "attention_output"
     return roles
+
+
+def bias_overflow_ops(path: Path, stats: dict) -> list[str]:
+    """Weight ops whose int32 bias would not fit at scale input x weight scale, given the
+    calibrated ranges (``stats``: tensor name -> {"min", "max"}). The scales are the
+    library's: int8 activations asymmetric over [min(lo, 0), max(hi, 0)], weights
+    symmetric per output channel, each range at least 1e-9."""
+    from mobilegen.exporter.tflite_export import _name
+
+    g = _read(path)
+    found = []
+    for op, out, weights, bias in _weight_ops(g):
+        qsv = stats.get(_name(g.graph.tensors[op.inputs[0]]))
+        if bias is None or qsv is None:
+            continue
+        lo, hi = min(float(np.min(qsv["min"])), 0.0), max(float(np.max(qsv["max"])), 0.0)
+        input_scale = max(hi - lo, 1e-9) / 255
+        weight_scale = np.maximum(np.abs(weights).max(axis=1), 1e-9) / 127
+        if (np.abs(bias.astype(np.float64)) / (input_scale * weight_scale) > INT32_LIMIT).any():
+            found.append(out)
+    return found
+
+
+def wrapped_biases(path: Path) -> list[str]:
+    """int32 constant tensors of an int8 file that hold -2^31: a bias the library wrapped."""
+    from mobilegen.exporter.tflite_export import _name
+
+    g = _read(path)
+    found = []
+    for index, tensor in enumerate(g.graph.tensors):
+        values = g.data(index, np.int32)
+        if values is not None and (values == np.iinfo(np.int32).min).any():
+            found.append(_name(tensor))
+    return found
 
 
 def _recipe(mode: str, keep: list[str]) -> list[dict]:
@@ -141,9 +217,17 @@ def quantize_tflite(src: Path, dst: Path, mode: str, spec: DenoiserSpec, calibra
     try:
         with contextlib.redirect_stdout(log_buffer), contextlib.redirect_stderr(log_buffer):
             stats = qt.calibrate(_signature_inputs(calibration, spec), num_threads=default_threads()) if mode == "full" else None
+            overflow = {name: "bias_overflow" for name in bias_overflow_ops(src, stats) if name not in roles} if stats else {}
+            if overflow:  # the ranges cover every tensor of the first recipe, so no second calibration
+                roles |= overflow
+                qt.load_quantization_recipe(_recipe(mode, sorted(roles)))
             qt.quantize(stats).export_model(str(dst), overwrite=True)
     except Exception as exc:  # the library raises plain exceptions
         raise ExportError(f"ai-edge-quantizer failed ({mode}): {exc}\n{log_buffer.getvalue()[-2000:]}") from None
+    if wrapped := wrapped_biases(dst):
+        dst.unlink()
+        raise ExportError(f"int8 {mode}: the quantizer wrapped an int32 bias to -2^31 in {', '.join(wrapped)}; "
+                          "that file would compute with wrong biases, so it was not written")  # fmt: skip
     info: dict = {"mode": mode, "tool": "ai-edge-quantizer", "weights": "int8 per output channel, symmetric",
                   "activations": "int8 per call (dynamic)" if mode == "dynamic" else "int8, calibrated ranges",
                   "kept_float": [{"op": name, "role": role, "why": FLOAT_REASONS[role]} for name, role in sorted(roles.items())]}  # fmt: skip
