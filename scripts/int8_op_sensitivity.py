@@ -26,21 +26,15 @@ from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
 from mobilegen.exporter import manifest as mf
 from mobilegen.exporter.parity import psnr
 from mobilegen.exporter.pipeline import TFLITE_FP32
-from mobilegen.exporter.quantize import WEIGHT_OPS, _recipe, _signature_inputs, float_ops
-from mobilegen.exporter.tflite_export import _name, _schema, op_kinds
+from mobilegen.exporter.quantize import (WEIGHT_OPS, _read, _recipe, _signature_inputs, _weight_ops, bias_overflow_ops,
+                                         float_ops, wrapped_biases)  # fmt: skip
 from mobilegen.verify import reference_model
 
 
 def weight_ops(path: Path) -> list[tuple[str, str]]:
-    _, tfl = _schema()
-    model = tfl.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
-    graph = model.subgraphs[0]
-    ops = []
-    for op, kind in zip(graph.operators, op_kinds(model, tfl)):
-        weight = graph.tensors[op.inputs[1]] if len(op.inputs) > 1 else None
-        if kind in WEIGHT_OPS and weight is not None and weight.buffer and model.buffers[weight.buffer].data is not None:
-            ops.append((kind, _name(graph.tensors[op.outputs[0]])))
-    return ops
+    """(kind, output name) of every CONV_2D / FULLY_CONNECTED with constant weights."""
+    g = _read(path)
+    return [(g.kind[id(op)], name) for op, name, _, _ in _weight_ops(g)]
 
 
 def main() -> None:
@@ -67,7 +61,8 @@ def main() -> None:
         everything = quantizer.Quantizer(str(src))
         everything.load_quantization_recipe(base)
         stats = everything.calibrate(_signature_inputs(calibration, spec), num_threads=args.threads)
-    roles = float_ops(src)
+    overflow = {name: "bias_overflow" for name in bias_overflow_ops(src, stats)} if stats else {}
+    roles = overflow | float_ops(src)  # a graph role names an op first
     results = []
     with tempfile.TemporaryDirectory(prefix="mobilegen-sens-") as tmp:
         for kind, name in weight_ops(src):
@@ -77,10 +72,11 @@ def main() -> None:
             path = Path(tmp) / "one.tflite"
             qt.quantize(stats).export_model(str(path), overwrite=True)
             out = open_artifact(path, spec, args.threads)(cases.x[pick], cases.t[pick], cases.y[pick])
-            results.append((min(psnr(ref[i], out[i]) for i in range(len(pick))), kind, name))
+            wrapped = "; the library wrapped its bias to -2^31" if wrapped_biases(path) else ""
+            results.append((min(psnr(ref[i], out[i]) for i in range(len(pick))), kind, name, wrapped))
     print(f"{args.mode}: min per-step PSNR with only this op int8 ({len(pick)} cases), worst first")
-    for value, kind, name in sorted(results):
-        print(f"{value:7.1f} dB  {kind:<16} {name}  {roles.get(name, '')}")
+    for value, kind, name, wrapped in sorted(results):
+        print(f"{value:7.1f} dB  {kind:<16} {name}  {roles.get(name, '')}{wrapped}")
 
 
 if __name__ == "__main__":
