@@ -26,7 +26,8 @@ scripts/int8_op_sensitivity.py, README "int8"):
   input scale x weight scale, has no valid value (the library casts NaN);
 - full only, found after calibration: a layer whose bias does not fit int32 at that
   scale. In the real v2 weights sa2's second feed-forward layer reads an input of
-  range 1.6e-4 with weights below 1e-4, so 240 of its 256 biases land beyond 2^31;
+  range 1.6e-4 with weights below 1e-4, so 240 of its 256 biases (66 calibration
+  samples) land beyond 2^31;
   the library clips them to 2^31 - 1 in float32, which rounds to 2^31, and the cast
   wraps them to -2^31 (positive biases turned into the most negative value).
 They are a small share of the work: the embedding rows are [1, 256], the first
