@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import time
 
 import torch
 
 from mobilegen.backends import resolve_device
 from mobilegen.checkpoint import load_or_default
+from mobilegen.exporter.timing import time_calls
 from mobilegen.serve.models import TorchRunner
 
 SIZES = (2, 3, 4, 8, 16, 32)
@@ -56,21 +56,14 @@ def invariance(runner, x, t, y) -> list[str]:
 
 
 def timing(runner, x, t, y, device) -> list[str]:
-    def sync():
-        if device.type == "cuda":
+    def call(b: int) -> None:
+        runner(x[:b], t[:b], y[:b])
+        if device.type == "cuda":  # each timed call ends when its kernels do
             torch.cuda.synchronize()
 
     lines = []
     for b in SIZES:
-        for _ in range(5):
-            runner(x[:b], t[:b], y[:b])
-        times = []
-        for _ in range(20):
-            sync()
-            t0 = time.perf_counter()
-            runner(x[:b], t[:b], y[:b])
-            sync()
-            times.append(1000 * (time.perf_counter() - t0))
+        times = time_calls(lambda b=b: call(b), warmup=5, repeats=20)
         med, p90 = statistics.median(times), statistics.quantiles(times, n=10)[8]
         lines.append(f"  batch {b:>2}: median {med:7.2f} ms, p90 {p90:7.2f} ms, {med / b:6.2f} ms per row")
     return lines
