@@ -51,6 +51,22 @@ def real_v2_export(tmp_path_factory, real_v2) -> Path:
 
 
 @pytest.fixture(scope="session")
+def v2_b1(tmp_path_factory, real_v2) -> Path:
+    """The real v2 weights, batch 1, fp32 + fp16 (no pruning)."""
+    out = tmp_path_factory.mktemp("b1") / "v2"
+    run_export("tflite", real_v2, "--fp16", "--no-bench", "-o", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def v2_b2(tmp_path_factory, real_v2) -> Path:
+    """The same at batch 2 (a guided step is one call)."""
+    out = tmp_path_factory.mktemp("b2") / "v2"
+    run_export("tflite", real_v2, "--batch", "2", "--fp16", "--no-bench", "-o", out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def default_export(tmp_path_factory):
     """The README's main command on a fresh machine: `mobilegen-export tflite --fp16`, no checkpoint."""
     cwd = tmp_path_factory.mktemp("fresh")

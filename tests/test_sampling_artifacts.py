@@ -22,20 +22,6 @@ DDIM_G3 = SamplerConfig(sampler="ddim", steps=50, guidance=3.0, seed=7)  # the i
 GATES = {"denoiser.onnx": (40, None), "denoiser_float32.tflite": (40, None), "denoiser_float16.tflite": (30, 0.95)}
 
 
-@pytest.fixture(scope="module")
-def v2_b1(tmp_path_factory, real_v2):
-    out = tmp_path_factory.mktemp("b1") / "v2"
-    run_export("tflite", real_v2, "--fp16", "--no-bench", "-o", out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def v2_b2(tmp_path_factory, real_v2):
-    out = tmp_path_factory.mktemp("b2") / "v2"
-    run_export("tflite", real_v2, "--batch", "2", "--no-bench", "-o", out)
-    return out
-
-
 def images(model_path, label="ship", config=DDIM_G3, n=1):
     return generate(model_path, label, n, config, device="cpu").images.numpy()
 

@@ -51,12 +51,13 @@ class Variant:
 
 def build_variants(unpruned: LoadedModel, pruned: LoadedModel | None, work: Path, calibration_size: int) -> list[Variant]:
     opts = ExportOptions(out_dir=work, fp16=True, int8=("dynamic", "full"), calibration_size=calibration_size)
-    files = build_artifacts(unpruned.model, SPEC, work, opts)
+    files = build_artifacts(unpruned.model, SPEC, work, opts, source_sha256=unpruned.sha256)
     names = {TFLITE_FP32: "fp32", TFLITE_FP16: "fp16", TFLITE_INT8["dynamic"]: "int8 dynamic", TFLITE_INT8["full"]: "int8 full"}
     variants = [Variant(label, files[name], unpruned.model) for name, label in names.items()]
     if pruned is not None:
         (work / "pruned").mkdir()
-        pruned_files = build_artifacts(pruned.model, SPEC, work / "pruned", ExportOptions(out_dir=work, fp16=False))
+        pruned_files = build_artifacts(pruned.model, SPEC, work / "pruned", ExportOptions(out_dir=work, fp16=False),
+                                       source_sha256=pruned.sha256)
         variants.append(Variant("structured-pruned fp32", pruned_files[TFLITE_FP32], pruned.model))
     for v in variants:
         check_builtin_only(v.path)

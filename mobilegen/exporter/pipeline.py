@@ -27,6 +27,7 @@ from mobilegen.checkpoint import LoadedModel
 from mobilegen.diffusion import linear_schedule
 from mobilegen.errors import ExportError
 from mobilegen.exporter import manifest as mf
+from mobilegen.exporter.metadata import About, add_metadata
 from mobilegen.exporter.onnx_export import export_onnx, onnx_op_types
 from mobilegen.exporter.parity import ParityResult, check_parity, psnr
 from mobilegen.exporter.prune import prune_l1, sparsity
@@ -80,8 +81,11 @@ def check_output_dir(out_dir: Path, overwrite: bool) -> None:
         raise ExportError(f"output path {out_dir} exists and is not a folder")
 
 
-def build_artifacts(model, spec: DenoiserSpec, stage: Path, opts: ExportOptions, quant: dict | None = None) -> dict[str, Path]:
-    """Write every file into stage; quant (if given) receives each int8 file's details."""
+def build_artifacts(model, spec: DenoiserSpec, stage: Path, opts: ExportOptions, quant: dict | None = None, *,
+                    source_sha256: str | None) -> dict[str, Path]:
+    """Write every file into stage; quant (if given) receives each int8 file's details. Every
+    .tflite file gets its metadata (with source_sha256, the checkpoint's) before anything
+    measures or hashes it."""
     files = {ONNX_FILE: export_onnx(model, spec, stage / ONNX_FILE)}
     if opts.tflite:
         files[TFLITE_FP32] = convert_onnx_to_tflite(files[ONNX_FILE], spec, stage)
@@ -97,6 +101,10 @@ def build_artifacts(model, spec: DenoiserSpec, stage: Path, opts: ExportOptions,
             files[path.name] = path
             if quant is not None:
                 quant[mode] = info
+    for name, path in files.items():
+        if path.suffix == ".tflite":
+            about = About(model.arch, PRECISION[name], source_sha256, linear_schedule().T, CIFAR10_LABELS)
+            add_metadata(path, spec, about)
     return files
 
 
@@ -114,7 +122,8 @@ def compression_info(loaded: LoadedModel, pruned, spec: DenoiserSpec, opts: Expo
     info["prune"].update(sparsity(pruned))
     info["prune"]["pruned_vs_unpruned_psnr_db"] = {"min": round(min(per_case), 2), "mean": round(float(np.mean(per_case)), 2)}
     with tempfile.TemporaryDirectory(prefix="mobilegen-unpruned-") as tmp:
-        plain = build_artifacts(loaded.model, spec, Path(tmp), dataclasses.replace(opts, int8=()))
+        plain = build_artifacts(loaded.model, spec, Path(tmp), dataclasses.replace(opts, int8=()),
+                                source_sha256=loaded.sha256)
         info["prune"]["unpruned_gzip_bytes"] = {name: mf.gzip_size(p) for name, p in plain.items()}
     return info
 
@@ -137,7 +146,7 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
     try:
         model = prune_l1(loaded.model, opts.prune)
         quant: dict = {}
-        files = build_artifacts(model, spec, stage, opts, quant)
+        files = build_artifacts(model, spec, stage, opts, quant, source_sha256=loaded.sha256)
         cases = forward_process_cases(schedule)
         ref = TorchBackend(model, "cpu")(cases.x, cases.t, cases.y)  # the (pruned) fp32 reference
         parity = run_parity(files, spec, cases, ref, opts.threads)
