@@ -21,5 +21,19 @@ if ! command -v chromium > /dev/null; then
     echo "note: chromium is not installed (apt-get install chromium); the report-rendering test will skip" >&2
   fi
 fi
+# Debian's kotlinc and Android's org.json for the JVM: the test suite compiles and runs the Kotlin
+# library in android/ (tests/test_android.py skips without them).
+if ! command -v kotlinc > /dev/null || [ ! -f /usr/share/java/com.android.json.jar ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kotlin libandroid-json-java > /dev/null
+  else
+    echo "note: kotlin / libandroid-json-java are not installed (apt-get install kotlin libandroid-json-java); the Kotlin tests will skip" >&2
+  fi
+fi
+# tflite-support's generated flatbuffer readers read the TFLite metadata back in the tests,
+# independently of our writer. Its compiled modules and dependencies (protobuf < 4) conflict with
+# ours, so it goes into .deps/, without dependencies, never into the venv.
+[ -f .deps/tflite-support/tensorflow_lite_support/metadata/metadata_schema_py_generated.py ] ||
+  "${pip[@]}" --no-deps --target .deps/tflite-support tflite-support==0.4.4
 .venv/bin/mobilegen-export --help > /dev/null
 echo "installed: $(.venv/bin/python -c 'import mobilegen, torch, onnx2tf; print("torch", torch.__version__, "onnx2tf", onnx2tf.__version__)')"

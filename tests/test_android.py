@@ -173,3 +173,17 @@ def test_ddim_timesteps_equal_the_python_sampler(jvm):
 
     for steps in (1, 2, 20, 50, 999):
         assert jvm("timesteps", 1000, steps).stdout.strip() == ",".join(map(str, ddim_timesteps(linear_schedule(), steps)))
+
+
+def test_every_kotlin_block_of_the_guide_is_compiled_or_android_only(jvm, tmp_path):
+    """docs/android.md's Kotlin blocks are verbatim from compiled sources (GuideExamples.kt, the
+    library), or from LiteRtDenoiser.kt, the one Android-only file; the examples run."""
+    import re
+
+    blocks = re.findall(r"```kotlin\n(.*?)```", (ROOT / "docs" / "android.md").read_text(), re.S)
+    compiled = "\n".join(p.read_text() for p in compiled_sources())
+    android_only = [b for b in blocks if b not in compiled]
+    assert len(blocks) >= 4 and all(b in (LIBRARY_DIR / "LiteRtDenoiser.kt").read_text() for b in android_only)
+    assert len(android_only) <= 1
+    (tmp_path / "manifest.json").write_text(json.dumps(synthetic_manifest()))
+    assert jvm("example", tmp_path / "manifest.json").stdout.strip().startswith("pixels=4096 distinct=")

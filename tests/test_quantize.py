@@ -17,6 +17,7 @@ from mobilegen.diffusion import linear_schedule
 from mobilegen.exporter.manifest import spec_from_manifest
 from mobilegen.exporter.quantize import float_ops, wrapped_biases
 from mobilegen.exporter.tflite_export import check_builtin_only, tflite_tensor_types
+from tflite_metadata_reader import check_metadata
 
 INT8 = ("denoiser_int8_dynamic.tflite", "denoiser_int8_full.tflite")
 
@@ -36,6 +37,11 @@ def int8_export(tmp_path_factory, real_v2) -> Path:
 
 def manifest_of(directory: Path) -> dict:
     return json.loads((directory / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("name", INT8)
+def test_int8_files_carry_metadata(int8_export, name):
+    check_metadata(int8_export / name, manifest_of(int8_export))
 
 
 def test_dynamic_passes_full_is_gated_both_builtin_with_float_io(int8_export):

@@ -19,6 +19,7 @@ import kotlin.system.exitProcess
  *   closed-form MANIFEST XT LABEL GUIDANCE STEPS OUT    sample with [ClosedForm]; OUT: x after every step, float64
  *   bridge MANIFEST XT LABEL GUIDANCE STEPS OUT CMD...  sample with eps from the process CMD; OUT: uint8 HWC pixels
  *   timesteps T STEPS                                   print DdimSchedule.timesteps
+ *   example MANIFEST                                    run docs/android.md's generate() with [ClosedForm]
  *
  * XT is the initial noise as float32 [1, C, H, W] (little-endian); the layout conversion, the
  * loop and the image conversion are the library's.
@@ -29,6 +30,14 @@ fun main(args: Array<String>) {
             "manifest" -> {
                 val m = Manifest.parse(File(args[1]).readText())
                 println("ok batch=${m.batch} layout=${m.layout} T=${m.T} steps=${m.timesteps.size} guidance=${m.guidance} labels=${m.labels.size}")
+            }
+            "example" -> {
+                val text = File(args[1]).readText()
+                var steps = 0
+                val manifest = Manifest.parse(text)
+                val pixels = generate(text, ClosedForm(manifest), "ship", 1L)
+                withProgress(manifest, ClosedForm(manifest), 8, FloatArray(manifest.imageValues)) { _, _ -> steps++ }
+                println("pixels=${pixels.size} distinct=${pixels.distinct().size} steps=$steps")
             }
             "timesteps" -> println(DdimSchedule.timesteps(args[1].toInt(), args[2].toInt()).joinToString(","))
             "closed-form" -> sample(args, ClosedForm(Manifest.parse(File(args[1]).readText())), trajectory = true)

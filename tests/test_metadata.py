@@ -1,0 +1,68 @@
+"""TFLite metadata in every exported .tflite file, read back by an independent reader
+(tests/tflite_metadata_reader.py: tflite-support's generated modules), and outputs that are
+bit-identical with and without it. The int8 files are checked in test_quantize.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from mobilegen.backends import TFLiteBackend
+from mobilegen.calibration import Cases, forward_process_cases
+from mobilegen.diffusion import linear_schedule
+from mobilegen.errors import ExportError
+from mobilegen.exporter.metadata import About, add_metadata
+from mobilegen.exporter.quantize import quantize_tflite
+from mobilegen.exporter.spec import DenoiserSpec
+from mobilegen.exporter.tflite_export import convert_onnx_to_tflite, to_fp16_weights
+from mobilegen.labels import CIFAR10_LABELS
+from tflite_metadata_reader import check_metadata, read
+
+SPEC = DenoiserSpec(layout="NHWC")
+
+
+@pytest.mark.parametrize("name", ["denoiser_float32.tflite", "denoiser_float16.tflite"])
+def test_exported_files_carry_metadata(v2_b1, name):
+    check_metadata(v2_b1 / name, json.loads((v2_b1 / "manifest.json").read_text()))
+
+
+def test_metadata_changes_no_output_bit_and_the_export_is_plain_plus_metadata(v2_b1, tmp_path):
+    """The stages without metadata, from the export's own ONNX file; then add_metadata. The
+    exported fp32/fp16 files are exactly those bytes, and every file (int8 included) gives
+    bit-identical eps with and without the block, through the signature runner."""
+    manifest = json.loads((v2_b1 / "manifest.json").read_text())
+    plain = {"float32": convert_onnx_to_tflite(v2_b1 / "denoiser.onnx", SPEC, tmp_path)}
+    plain["float16"] = to_fp16_weights(plain["float32"], tmp_path / "denoiser_float16.tflite")
+    cases = forward_process_cases(linear_schedule())
+    few = Cases(cases.x[::7], cases.t[::7], cases.y[::7])  # 11 cases: t 1..999, y -1..9
+    for mode in ("dynamic", "full"):
+        plain[f"int8_{mode}"] = tmp_path / f"denoiser_int8_{mode}.tflite"
+        quantize_tflite(plain["float32"], plain[f"int8_{mode}"], mode, SPEC, few)
+    for precision, path in plain.items():
+        with_meta = shutil.copy(path, tmp_path / f"meta_{precision}.tflite")
+        add_metadata(with_meta, SPEC, About(manifest["model"]["arch"], precision, manifest["source"]["sha256"], 1000, CIFAR10_LABELS))
+        if precision in ("float32", "float16"):
+            assert with_meta.read_bytes() == (v2_b1 / f"denoiser_{precision}.tflite").read_bytes()
+        else:
+            check_metadata(with_meta, manifest)
+        before, after = (TFLiteBackend(p, SPEC)(few.x, few.t, few.y) for p in (path, with_meta))
+        assert np.array_equal(before, after), precision
+        assert read(path)["entries"].keys() == read(with_meta)["entries"].keys() - {"TFLITE_METADATA"}
+
+
+def test_metadata_is_added_once(v2_b1, tmp_path):
+    path = shutil.copy(v2_b1 / "denoiser_float32.tflite", tmp_path / "again.tflite")
+    before = path.read_bytes()
+    with pytest.raises(ExportError, match="already holds TFLITE_METADATA"):
+        add_metadata(path, SPEC, About("student_v2", "float32", None, 1000, CIFAR10_LABELS))
+    assert path.read_bytes() == before
+
+
+def test_the_default_model_says_it_is_untrained(default_export):
+    out, _ = default_export
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["sha256"] is None
+    check_metadata(out / "denoiser_float16.tflite", manifest)
