@@ -2,7 +2,7 @@
 
 What is compiled here: every file of android/src/main/kotlin/ai/mobilegen except
 LiteRtDenoiser.kt (it needs the Android LiteRT runtime), plus the test program
-android/src/test/kotlin/ai/mobilegen/jvmtest/Main.kt, against Debian's org.json
+android/src/test/kotlin/ai/mobilegen/jvmtest/ (Main.kt, and GuideExamples.kt: the guide's code), against Debian's org.json
 (libandroid-json-java, Android's own implementation). What runs: the manifest parser, the
 DDIM loop, layout handling and image conversion; eps comes from a closed-form function or,
 through tests/android_bridge.py, from the real .tflite files.
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ANDROID = ROOT / "android"
 LIBRARY_DIR = ANDROID / "src" / "main" / "kotlin" / "ai" / "mobilegen"
 NOT_COMPILED = ("LiteRtDenoiser.kt",)  # needs org.tensorflow.lite.Interpreter (Android LiteRT)
-TEST_PROGRAM = ANDROID / "src" / "test" / "kotlin" / "ai" / "mobilegen" / "jvmtest" / "Main.kt"
+TEST_PROGRAM_DIR = ANDROID / "src" / "test" / "kotlin" / "ai" / "mobilegen" / "jvmtest"  # Main.kt, GuideExamples.kt
 JSON_JAR = Path("/usr/share/java/com.android.json.jar")
 BRIDGE = ROOT / "tests" / "android_bridge.py"
 SHIP = CIFAR10_LABELS.index("ship")
@@ -40,7 +40,7 @@ STEPS = 20  # DDIM steps of the real-file runs (50 would triple the test's time 
 
 
 def compiled_sources() -> list[Path]:
-    return [p for p in sorted(LIBRARY_DIR.glob("*.kt")) if p.name not in NOT_COMPILED] + [TEST_PROGRAM]
+    return [p for p in sorted(LIBRARY_DIR.glob("*.kt")) if p.name not in NOT_COMPILED] + sorted(TEST_PROGRAM_DIR.glob("*.kt"))
 
 
 @pytest.fixture(scope="session")

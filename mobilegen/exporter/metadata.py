@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+import numpy as np
+
 from mobilegen.errors import ExportError, MissingDependencyError
 from mobilegen.exporter.spec import DenoiserSpec
 
@@ -220,7 +222,7 @@ def add_metadata(path: Path, spec: DenoiserSpec, about: About) -> Path:
         raise ExportError(f"{path.name} already holds {METADATA_NAME}; metadata is added once, to a fresh file")
     names = signature_names(model, path)
     block = tfl.BufferT()
-    block.data = list(metadata_flatbuffer(*names, spec, about))
+    block.data = np.frombuffer(metadata_flatbuffer(*names, spec, about), dtype=np.uint8)
     model.buffers.append(block)
     entry = tfl.MetadataT()
     entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
