@@ -50,7 +50,9 @@ def test_metadata_changes_no_output_bit_and_the_export_is_plain_plus_metadata(v2
             check_metadata(with_meta, manifest)
         before, after = (TFLiteBackend(p, SPEC)(few.x, few.t, few.y) for p in (path, with_meta))
         assert np.array_equal(before, after), precision
-        assert read(path)["entries"].keys() == read(with_meta)["entries"].keys() - {"TFLITE_METADATA"}
+        plain_read, meta_read = read(path), read(with_meta)
+        assert plain_read["entries"].keys() == meta_read["entries"].keys() - {"TFLITE_METADATA"}
+        assert plain_read["signatures"] == meta_read["signatures"] == ["serving_default"] and not plain_read["zip"]
 
 
 def test_metadata_is_added_once(v2_b1, tmp_path):

@@ -49,8 +49,10 @@ def read(path: Path) -> dict:
         out["identifier_ok"] = meta.ModelMetadata.ModelMetadataBufferHasIdentifier(block, 0)
         out["identifier"] = block[4:8]
         out["metadata"] = meta.ModelMetadataT.InitFromPackedBuf(bytearray(block), 0)
-    with zipfile.ZipFile(io.BytesIO(raw)) as z:
-        out["zip"] = {info.filename: (info.compress_type, z.read(info).decode()) for info in z.infolist()}
+    out["zip"] = {}
+    if zipfile.is_zipfile(io.BytesIO(raw)):
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+            out["zip"] = {info.filename: (info.compress_type, z.read(info).decode()) for info in z.infolist()}
     return out
 
 
