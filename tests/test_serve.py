@@ -167,6 +167,64 @@ def test_bad_json_request_gets_422_naming_the_field(url, payload, field):
     assert [p["field"] for p in body["problems"]] == [field]
 
 
+# Values a hostile client sends. "²" and "³" pass str.isdigit() but int() rejects them; "٣" (Arabic-Indic
+# three) and "𝟗" (mathematical bold nine) pass both, so int() silently reads them as 3 and 9. Raw JSON
+# constants (NaN, Infinity) are parsed by Python's json module into floats.
+UNICODE_DIGITS = ["²", "³", "٣", "𝟗", "½", "Ⅻ", "١٢"]
+NOT_AN_INT = [*UNICODE_DIGITS, "1", "", " ", "\x00", "0x1", "+1", "1e3", 1.5, -1, 2**63, 10**30, -(10**30),
+              True, False, [], {}, [1], {"a": 1}, "NaN", "NaN!", "Infinity!", "-Infinity!", "1e400!"]  # fmt: skip
+NOT_A_NUMBER = [*UNICODE_DIGITS, "1", "", -1, 10**400, 1e300, True, [], {}, "NaN!", "Infinity!", "-Infinity!", "1e400!"]
+NOT_A_NAME = [*UNICODE_DIGITS, "\x00", "x" * 2000, 1, -1, 1.5, True, [], {}, "NaN!", "Infinity!"]
+HOSTILE_JSON = {
+    "label": [*UNICODE_DIGITS, "", " ", "\x00", "cat\x00", "unicorn", "10", "-2", "+1", "1.0", "0x1", 10, -2, 10**30,
+              1.5, True, False, None, [], {}, ["cat"], "NaN!", "Infinity!", "x" * 5000],
+    "version": [*UNICODE_DIGITS, "9", "v9", "v²", "\x00", 99, -1, 1.5, True, [], {}, "NaN!", "Infinity!"],
+    "seed": NOT_AN_INT,
+    "steps": [*NOT_AN_INT, 0, 21],
+    "n": [*NOT_AN_INT, 0, 5],
+    "guidance": [*NOT_A_NUMBER, 51, -0.5],
+    "eta": [*NOT_A_NUMBER, 1.5, -0.1],
+    "sampler": [*NOT_A_NAME, "DDIM", "euler", ""],
+    "output": [*NOT_A_NAME, "PNG", "gif", ""],
+}
+HOSTILE_FORM = {
+    "text": [*UNICODE_DIGITS, "\x00", "unicorn", "10", "-2", "+1", "1.0"],
+    "version": [*UNICODE_DIGITS, "9", "v²", "\x00"],
+    "seed": [*UNICODE_DIGITS, "-1", "1.5", "1e3", "abc", "+1", "0x1", "9" * 30, "", " "],
+}
+
+
+def json_body(field: str, value) -> bytes:
+    """{"label": "cat", field: value}; a string ending in "!" is a raw JSON constant (NaN, Infinity, 1e400)."""
+    body = {"label": "cat", field: value}
+    if isinstance(value, str) and value.endswith("!"):
+        return json.dumps({**body, field: "@"}).replace('"@"', value[:-1]).encode()
+    return json.dumps(body).encode()
+
+
+def test_hostile_values_in_every_field_get_422_naming_the_field(url):
+    """Every field of both endpoints, a table of hostile values each: 422 with the field named, never 5xx."""
+    cases = [(f"/v1/images {f}={v!r}", lambda f=f, v=v: httpx.post(f"{url}/v1/images", content=json_body(f, v),
+              headers={"content-type": "application/json"}), f) for f, vs in HOSTILE_JSON.items() for v in vs]  # fmt: skip
+    for field, values in HOSTILE_FORM.items():
+        for value in values:
+            form = {"text": "cat", field: value}
+            cases.append((f"form {field}={value!r}", lambda d=form: httpx.post(f"{url}/generate_image", data=d), field))
+            files = {k: (None, v) for k, v in form.items()}
+            cases.append((f"multipart {field}={value!r}", lambda d=files: httpx.post(f"{url}/generate_image", files=d), field))
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda case: case[1](), cases))
+    wrong = []
+    for (name, _, field), res in zip(cases, responses):
+        body = res.json() if res.headers.get("content-type") == "application/json" else {}
+        fields = [p.get("field") for p in body.get("problems", [])]
+        if res.status_code != 422 or field not in fields or not body.get("error"):
+            wrong.append(f"{name}: {res.status_code} {res.text[:120] if body else res.headers.get('content-type')}")
+    assert not wrong, f"{len(wrong)} of {len(cases)} hostile requests not a 422 naming the field:\n" + "\n".join(wrong)
+    assert total(metrics(url)["mobilegen_http_requests_total"], status="500") == 0
+    assert_healthy(url)
+
+
 def test_422_lists_allowed_values_and_server_still_answers(url):
     label = httpx.post(f"{url}/v1/images", json={"label": "unicorn"}).json()["problems"][0]
     assert label["allowed"][:10] == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
