@@ -65,8 +65,10 @@ class Server:
     async def run(self, job: Job, request) -> tuple[Any, float]:
         """Generate on a pool thread (the sampler), batched with whatever else is running.
 
-        A client that hangs up, or a request past the timeout, stops its sampling loop
-        at the next step, so abandoned work does not hold the model.
+        A client that hangs up (uvicorn's receive() then returns http.disconnect), or a
+        request past the timeout (Guard's asyncio.timeout cancels this coroutine), is
+        cancelled in the batcher: its queued denoiser call is dropped and its sampling
+        loop stops before its next step, so abandoned work does not hold the model.
         """
         from starlette.requests import ClientDisconnect
 
@@ -84,8 +86,8 @@ class Server:
             return generating.result()
         finally:
             hangup.cancel()
-            generating.cancel()
-            cancelled.set()
+            generating.cancel()  # not started yet (the pool was full): never starts
+            job.model.batcher.cancel(cancelled)  # a no-op once the job has finished
             self.pending -= 1
 
     def _generate(self, job: Job, cancelled: threading.Event) -> tuple[Any, float]:
@@ -184,7 +186,7 @@ def create_app(config: ServeConfig = ServeConfig()):
     from starlette.exceptions import HTTPException
 
     metrics = Metrics()
-    server = Server(config, load_models(config, metrics.on_batch), metrics)
+    server = Server(config, load_models(config, metrics.on_batch, metrics.on_drop), metrics)
 
     @asynccontextmanager
     async def lifespan(app):
