@@ -13,13 +13,25 @@ ALIASES: dict[str, str] = {"auto": "automobile", "car": "automobile", "plane": "
 UNCONDITIONAL = -1
 
 
+def ascii_int(text: str) -> int | None:
+    """The integer spelled in ASCII digits (an optional leading '-'), else None.
+
+    str.isdigit() also accepts other scripts' digits: int() then rejects '²' and reads
+    '٣' (Arabic-Indic three) as 3. Every integer typed as text goes through here.
+    """
+    text = text.strip()
+    digits = text[1:] if text[:1] == "-" else text
+    return int(text) if digits.isascii() and digits.isdigit() else None
+
+
 def parse_label(value: str | int, labels: tuple[str, ...] = CIFAR10_LABELS) -> int:
     """A class name, alias or index -> class index. 'none' or -1 means unconditional."""
     text = str(value).strip().lower()
     if text in ("none", "-1", "uncond", "unconditional"):
         return UNCONDITIONAL
-    if text.isdigit() and int(text) < len(labels):
-        return int(text)
+    index = ascii_int(text)
+    if index is not None and 0 <= index < len(labels):
+        return index
     text = ALIASES.get(text, text)
     if text in labels:
         return labels.index(text)

@@ -7,7 +7,8 @@
     GET  /metrics          Prometheus text format
 
 Every error is a JSON object {"error": message, "status": code, ...}; 422 for any
-bad input (with the allowed values where there is a list), 413 for a body over the
+bad input, naming each bad field (with the allowed values where there is a list;
+see validate.py), 413 for a body over the
 limit, 503 when too many requests are waiting, 504 past the request timeout.
 Nothing is written to disk.
 """
@@ -19,73 +20,26 @@ import asyncio
 import base64
 import json
 import logging
-import math
-import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from mobilegen.diffusion import SamplerConfig, run_sampler, to_uint8
-from mobilegen.diffusion.sampler import SAMPLERS
-from mobilegen.errors import MobileGenError
-from mobilegen.labels import ALIASES, parse_label
-from mobilegen.serve.config import DDPM_STEPS, ServeConfig
+from mobilegen.diffusion import run_sampler, to_uint8
+from mobilegen.labels import ALIASES
+from mobilegen.serve.config import ServeConfig
 from mobilegen.serve.metrics import Metrics
-from mobilegen.serve.models import ServedModel, find_model, load_models
+from mobilegen.serve.models import ServedModel, load_models
+from mobilegen.serve.validate import RESULT_HEADERS, ApiError, Job, error_body, form_job, invalid, json_job
 
 log = logging.getLogger(__name__)
 
 ROUTES = ("/generate_image", "/v1/images", "/v1/models", "/healthz", "/metrics")
-MAX_SEED = 2**63 - 1
-RESULT_HEADERS = ["X-Model", "X-Label", "X-Seed", "X-Sampler", "X-Steps", "X-Guidance", "X-Generation-Seconds"]
 ERROR_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
                422: "validation", 499: "client_closed", 503: "busy", 504: "timeout"}  # fmt: skip
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None, **extra: Any):
-        super().__init__(message)
-        self.status, self.message, self.headers, self.extra = status, message, headers, extra
-
-
-def error_body(status: int, message: str, **extra: Any) -> bytes:
-    return json.dumps({"error": message, "status": status, **extra}).encode()
-
-
-@dataclass(frozen=True)
-class Job:
-    model: ServedModel
-    label: int
-    label_name: str
-    n: int
-    sampler: SamplerConfig
-    output: str  # "png" (one image or a grid) or "json" (base64 PNG per image)
-
-    def headers(self, seconds: float) -> dict[str, str]:
-        steps = DDPM_STEPS if self.sampler.sampler == "ddpm" else self.sampler.steps
-        values = [self.model.name, self.label_name, self.sampler.seed, self.sampler.sampler, steps,
-                  f"{self.sampler.guidance:g}", f"{seconds:.3f}"]  # fmt: skip
-        return {k: str(v) for k, v in zip(RESULT_HEADERS, values)} | {"Cache-Control": "no-store"}
-
-
-def _bounded(problems: list, name: str, value, low, high, kind=int):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        what = "a number" if kind is float else "an integer"
-        problems.append({"field": name, "message": f"{name} must be {what}, got {value!r}"})
-    elif kind is float and not math.isfinite(value):
-        problems.append({"field": name, "message": f"{name} must be finite, got {value!r}"})
-    elif not low <= value <= high:
-        problems.append({"field": name, "message": f"{name} must be in {low}..{high}, got {value!r}", "min": low, "max": high})
-    else:
-        return kind(value)
-    return None
 
 
 class Server:
@@ -108,52 +62,13 @@ class Server:
                 "max_body_bytes": c.max_body_bytes, "timeout_s": c.timeout_s, "max_pending": c.max_pending,
                 "max_batch": c.max_batch, "max_wait_ms": c.max_wait_ms}  # fmt: skip
 
-    def job(self, label: Any, version: Any = None, seed: Any = None, steps: Any = None, sampler: Any = None,
-            guidance: Any = None, eta: Any = None, n: Any = 1, output: str = "png") -> Job:  # fmt: skip
-        """Validate one request against the limits; every problem at once, as a 422."""
-        c, problems = self.config, []
-        model = self.default
-        if version is not None and str(version).strip() != "":
-            model = find_model(self.models, str(version))
-            if model is None:
-                problems.append({"field": "version", "message": f"unknown version {version!r}", "allowed": list(self.models)})
-                model = self.default
-        label_index, label_name = -1, "unconditional"
-        try:
-            label_index = parse_label(label, model.labels)
-            label_name = model.labels[label_index] if label_index >= 0 else "unconditional"
-        except MobileGenError as exc:
-            allowed = [*model.labels, *ALIASES, "none"]
-            problems.append({"field": "label", "message": str(exc).split(";")[0], "allowed": allowed})
-        sampler = c.sampler if sampler is None else sampler
-        if sampler not in SAMPLERS:
-            problems.append({"field": "sampler", "message": f"unknown sampler {sampler!r}", "allowed": list(SAMPLERS)})
-        steps = _bounded(problems, "steps", steps, 1, c.max_steps) or c.steps
-        if sampler == "ddpm" and DDPM_STEPS > c.max_steps:
-            problems.append({"field": "sampler", "message": f"the ddpm sampler runs {DDPM_STEPS} steps, over this "
-                             f"server's max_steps ({c.max_steps}); use ddim"})  # fmt: skip
-        guidance = _bounded(problems, "guidance", guidance, 0, c.max_guidance, float)
-        eta = _bounded(problems, "eta", eta, 0, 1, float)
-        n = _bounded(problems, "n", n, 1, c.max_n)
-        seed = _bounded(problems, "seed", seed, 0, MAX_SEED)
-        if output not in ("png", "json"):
-            problems.append({"field": "output", "message": f"unknown output {output!r}", "allowed": ["png", "json"]})
-        if problems:
-            raise ApiError(422, "; ".join(p["message"] for p in problems), problems=problems)
-        config = SamplerConfig(
-            sampler=sampler,
-            steps=steps,
-            guidance=c.guidance if guidance is None else guidance,
-            eta=c.eta if eta is None else eta,
-            seed=secrets.randbelow(2**31) if seed is None else seed,  # said back in X-Seed, so it can be repeated
-        )
-        return Job(model, label_index, label_name, n or 1, config, output)
-
     async def run(self, job: Job, request) -> tuple[Any, float]:
         """Generate on a pool thread (the sampler), batched with whatever else is running.
 
-        A client that hangs up, or a request past the timeout, stops its sampling loop
-        at the next step, so abandoned work does not hold the model.
+        A client that hangs up (uvicorn's receive() then returns http.disconnect), or a
+        request past the timeout (Guard's asyncio.timeout cancels this coroutine), is
+        cancelled in the batcher: its queued denoiser call is dropped and its sampling
+        loop stops before its next step, so abandoned work does not hold the model.
         """
         from starlette.requests import ClientDisconnect
 
@@ -171,8 +86,8 @@ class Server:
             return generating.result()
         finally:
             hangup.cancel()
-            generating.cancel()
-            cancelled.set()
+            generating.cancel()  # not started yet (the pool was full): never starts
+            job.model.batcher.cancel(cancelled)  # a no-op once the job has finished
             self.pending -= 1
 
     def _generate(self, job: Job, cancelled: threading.Event) -> tuple[Any, float]:
@@ -271,7 +186,7 @@ def create_app(config: ServeConfig = ServeConfig()):
     from starlette.exceptions import HTTPException
 
     metrics = Metrics()
-    server = Server(config, load_models(config, metrics.on_batch), metrics)
+    server = Server(config, load_models(config, metrics.on_batch, metrics.on_drop), metrics)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -320,45 +235,14 @@ def create_app(config: ServeConfig = ServeConfig()):
         try:
             form = await request.form(max_files=0, max_fields=16, max_part_size=4096)
         except HTTPException as exc:
-            raise ApiError(422, f"malformed form body: {exc.detail}") from None
-        fields = {}
-        for key in ("text", "version", "seed"):
-            value = form.get(key)
-            if value is not None and not isinstance(value, str):
-                raise ApiError(422, f"form field {key!r} must be text, not a file")
-            fields[key] = value
-        if not fields["text"]:
-            raise ApiError(422, "missing form field 'text' (the class name, e.g. text=cat); send "
-                           "multipart/form-data or application/x-www-form-urlencoded")  # fmt: skip
-        seed = fields["seed"]
-        if seed is not None:
-            seed = int(seed) if seed.strip().isdigit() else seed  # non-digits fail validation below
-        job = server.job(fields["text"], fields["version"], seed=seed)
+            raise invalid("body", f"malformed form body: {exc.detail}") from None
+        job = form_job(form, config, server.models)
         return respond(job, *await server.run(job, request))
 
     @app.post("/v1/images", response_class=Response)
     async def images(request: Request):
         """JSON body: {"label", "version", "seed", "steps", "sampler", "guidance", "eta", "n", "output": "png"|"json"}."""
-        raw = await request.body()
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise ApiError(422, f"body is not valid JSON ({str(exc)[:100]}); send e.g. "
-                           '{"label": "ship", "seed": 3, "n": 4}') from None  # fmt: skip
-        if not isinstance(data, dict):
-            raise ApiError(422, f"body must be a JSON object, got {type(data).__name__}")
-        known = {"label", "version", "seed", "steps", "sampler", "guidance", "eta", "n", "output"}
-        if unknown := sorted(set(data) - known):
-            raise ApiError(422, f"unknown field(s) {', '.join(map(repr, unknown))}", allowed=sorted(known))
-        if "label" not in data:
-            raise ApiError(422, "missing field 'label' (a class name, index, or 'none')")
-        label = data["label"]
-        if isinstance(label, bool) or not isinstance(label, (str, int)):
-            raise ApiError(422, f"label must be a string or an integer, got {json.dumps(label)[:50]}")
-        for key in ("version", "sampler", "output"):
-            if key in data and not isinstance(data[key], (str, int) if key == "version" else str):
-                raise ApiError(422, f"{key} must be a string, got {json.dumps(data[key])[:50]}")
-        job = server.job(**data)
+        job = json_job(await request.body(), config, server.models)
         return respond(job, *await server.run(job, request))
 
     @app.get("/v1/models")

@@ -7,6 +7,12 @@ at different timesteps: t is per sample), runs the model once and hands each cal
 its rows back. The worker waits at most ``max_wait_s`` for more calls, and not at all
 once every active session has a call queued, so a lone request is never delayed and
 lock-stepped requests line up with no idle time.
+
+Cancellation. A request that is abandoned (the client hung up, or the timeout passed)
+calls ``cancel(event)``: its queued call is dropped at once (its caller gets
+``Cancelled``), and its next call raises ``Cancelled`` before it is queued, so its
+sampling loop stops between steps. Only the model call already running finishes;
+a new request then waits at most that one call, not for the abandoned requests' work.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ log = logging.getLogger(__name__)
 
 Run = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 OnBatch = Callable[[int, int, float], None]  # rows, calls, seconds
+OnDrop = Callable[[int], None]  # queued calls of cancelled requests dropped
 
 
 class Cancelled(Exception):
-    """The request gave up (timeout or shutdown); its sampling loop stops at the next step."""
+    """The request gave up (client gone, timeout, shutdown); its sampling loop stops at the next step."""
 
 
 @dataclass
@@ -38,6 +45,11 @@ class _Call:
     t: torch.Tensor
     y: torch.Tensor
     future: Future
+    cancelled: threading.Event | None
+
+    @property
+    def abandoned(self) -> bool:
+        return self.cancelled is not None and self.cancelled.is_set()
 
     @property
     def rows(self) -> int:
@@ -46,8 +58,9 @@ class _Call:
 
 class MicroBatcher:
     def __init__(self, run: Run, max_rows: int = 32, max_wait_s: float = 0.005, name: str = "model",
-                 on_batch: OnBatch | None = None):  # fmt: skip
-        self.run, self.max_rows, self.max_wait_s, self.on_batch = run, max_rows, max_wait_s, on_batch
+                 on_batch: OnBatch | None = None, on_drop: OnDrop | None = None):  # fmt: skip
+        self.run, self.max_rows, self.max_wait_s = run, max_rows, max_wait_s
+        self.on_batch, self.on_drop = on_batch, on_drop
         self._cond = threading.Condition()
         self._queue: deque[_Call] = deque()
         self._active = 0
@@ -59,6 +72,11 @@ class MicroBatcher:
     def active(self) -> int:
         """Sampling loops currently using this batcher."""
         return self._active
+
+    @property
+    def queued(self) -> int:
+        """Denoiser calls waiting for the model."""
+        return len(self._queue)
 
     @property
     def alive(self) -> bool:
@@ -82,13 +100,33 @@ class MicroBatcher:
     def _submit(self, x, t, y, cancelled: threading.Event | None) -> torch.Tensor:
         if cancelled is not None and cancelled.is_set():
             raise Cancelled()
-        call = _Call(x, t, y, Future())
+        call = _Call(x, t, y, Future(), cancelled)
         with self._cond:
             if self._closed:
                 raise Cancelled()
             self._queue.append(call)
             self._cond.notify_all()
         return call.future.result()
+
+    def cancel(self, cancelled: threading.Event) -> None:
+        """Abandon the session made with ``cancelled``: drop its queued call now, refuse its next one."""
+        cancelled.set()
+        with self._cond:
+            self._drop_abandoned()
+            self._cond.notify_all()
+
+    def _drop_abandoned(self) -> None:
+        """Fail every queued call of a cancelled session (caller holds the lock)."""
+        keep, dropped = deque(), []
+        for call in self._queue:  # one pass: an event may be set meanwhile, outside the lock
+            (dropped if call.abandoned else keep).append(call)
+        if not dropped:
+            return
+        self._queue = keep
+        for call in dropped:
+            call.future.set_exception(Cancelled())
+        if self.on_drop is not None:
+            self.on_drop(len(dropped))
 
     def close(self) -> None:
         with self._cond:
@@ -101,20 +139,24 @@ class MicroBatcher:
 
     def _take(self) -> list[_Call] | None:
         with self._cond:
-            while not self._queue and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                return None
-            deadline = time.monotonic() + self.max_wait_s
             while True:
-                rows = sum(c.rows for c in self._queue)
-                # Everyone who could join already has; or the batch is full; or time is up.
-                if len(self._queue) >= self._active or rows >= self.max_rows:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return None
+                deadline = time.monotonic() + self.max_wait_s
+                while True:
+                    rows = sum(c.rows for c in self._queue)
+                    # Everyone who could join already has; or the batch is full; or time is up.
+                    if len(self._queue) >= self._active or rows >= self.max_rows:
+                        break
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._closed:
+                        break
+                    self._cond.wait(remaining)
+                self._drop_abandoned()  # a cancel that raced its own call's queueing
+                if self._queue and not self._closed:
                     break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closed:
-                    break
-                self._cond.wait(remaining)
             batch = [self._queue.popleft()]
             rows = batch[0].rows  # one call larger than max_rows runs alone, never split
             while self._queue and rows + self._queue[0].rows <= self.max_rows:

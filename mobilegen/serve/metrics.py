@@ -31,11 +31,16 @@ class Metrics:
                                         ["model"], buckets=CALL_BUCKETS, registry=registry)  # fmt: skip
         self.model_seconds = Histogram("mobilegen_model_call_duration_seconds", "Time of one (batched) model call",
                                        ["model"], buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
+        self.dropped = Counter("mobilegen_denoiser_calls_dropped", "Queued denoiser calls of cancelled requests "
+                               "(client gone, timeout) dropped before they ran", ["model"], registry=registry)  # fmt: skip
 
     def on_batch(self, model: str, rows: int, calls: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(rows)
         self.batch_requests.labels(model).observe(calls)
         self.model_seconds.labels(model).observe(seconds)
+
+    def on_drop(self, model: str, calls: int) -> None:
+        self.dropped.labels(model).inc(calls)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

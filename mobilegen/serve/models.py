@@ -41,7 +41,7 @@ from torch import nn
 
 from mobilegen.diffusion import Schedule
 from mobilegen.errors import MobileGenError
-from mobilegen.serve.batcher import MicroBatcher, OnBatch
+from mobilegen.serve.batcher import MicroBatcher, OnBatch, OnDrop
 from mobilegen.serve.config import ModelSource, ServeConfig
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,8 @@ class ServedModel:
         }
 
 
-def load_model(source: ModelSource, config: ServeConfig, on_batch: OnBatch | None = None) -> ServedModel:
+def load_model(source: ModelSource, config: ServeConfig, on_batch: OnBatch | None = None,
+               on_drop: OnDrop | None = None) -> ServedModel:  # fmt: skip
     """Load one checkpoint (or ONNX/TFLite artifact with its manifest) and start its batcher."""
     from mobilegen.backends import resolve_device
     from mobilegen.checkpoint import load_or_default, sha256_file
@@ -162,7 +163,8 @@ def load_model(source: ModelSource, config: ServeConfig, on_batch: OnBatch | Non
             raise MobileGenError(f"model file not found: {path}")
         opened = open_backend(path, "cpu", None)
         name = source.name or SHORT_NAMES.get(opened.arch, opened.arch)
-        batcher = MicroBatcher(opened.backend.torch_denoise, config.max_batch, wait, name, _tag(on_batch, name))
+        batcher = MicroBatcher(opened.backend.torch_denoise, config.max_batch, wait, name, _tag(on_batch, name),
+                               _tag(on_drop, name))  # fmt: skip
         return ServedModel(name, opened.arch, path.name, sha256_file(path), opened.backend.name, torch.device("cpu"),
                            "float32", opened.labels, opened.schedule, batcher)  # fmt: skip
     loaded = load_or_default(path, source.arch)
@@ -174,24 +176,25 @@ def load_model(source: ModelSource, config: ServeConfig, on_batch: OnBatch | Non
         raise MobileGenError(f"a model call of {runner.rows} rows does not fit in GPU memory ({exc}); "
                              "lower --max-batch") from exc  # fmt: skip
     name = source.name or SHORT_NAMES.get(loaded.arch, loaded.arch)
-    batcher = MicroBatcher(runner, config.max_batch, wait, name, _tag(on_batch, name))
+    batcher = MicroBatcher(runner, config.max_batch, wait, name, _tag(on_batch, name), _tag(on_drop, name))
     shown = Path(loaded.source).name if path is not None else loaded.source
     return ServedModel(name, loaded.arch, shown, loaded.sha256, f"pytorch-{device.type}", device, runner.dtype,
                        CIFAR10_LABELS, linear_schedule(), batcher)  # fmt: skip
 
 
-def _tag(on_batch: OnBatch | None, name: str):
-    if on_batch is None:
+def _tag(callback, name: str):
+    """A metrics callback for one model: callback(name, *args)."""
+    if callback is None:
         return None
-    return lambda rows, calls, seconds: on_batch(name, rows, calls, seconds)
+    return lambda *args: callback(name, *args)
 
 
-def load_models(config: ServeConfig, on_batch=None) -> dict[str, ServedModel]:
+def load_models(config: ServeConfig, on_batch=None, on_drop=None) -> dict[str, ServedModel]:
     """Every configured model, by name (the untrained default v2 when none is given)."""
     models: dict[str, ServedModel] = {}
     try:
         for source in config.models or (ModelSource(None, "v2"),):
-            served = load_model(source, config, on_batch)
+            served = load_model(source, config, on_batch, on_drop)
             if served.name in models:
                 served.batcher.close()
                 raise MobileGenError(f"two models are named {served.name!r}; name them with --model NAME=PATH")
