@@ -429,7 +429,7 @@ def demo_data_command(out, per_class, seed) -> None:
 @click.option("--max-guidance", type=click.FloatRange(0, 1000), default=50.0, show_default=True)
 @click.option("--max-body-bytes", type=click.IntRange(256, 1 << 30), default=64 * 1024, show_default=True,
               help="Larger request bodies get 413.")
-@click.option("--max-pending", type=click.IntRange(1, 1024), default=64, show_default=True,
+@click.option("--max-pending", type=click.IntRange(1, 1024), default=128, show_default=True,
               help="Requests generating at once; more get 503.")
 @click.option("--timeout-s", type=click.FloatRange(0.1, 86400), default=120.0, show_default=True,
               help="Per-request limit, upload included; 504 after it.")

@@ -59,7 +59,7 @@ class ServeConfig:
     max_steps: int = 250
     max_guidance: float = 50.0
     max_body_bytes: int = 64 * 1024
-    max_pending: int = 64  # requests generating or queued; more get 503 at once
+    max_pending: int = 128  # requests generating or queued; more get 503 at once
     timeout_s: float = 120.0  # whole request, body upload included; 504 after it
     cors_origins: tuple[str, ...] = ()  # none by default; credentials are never allowed
     log_level: str = "info"  # uvicorn's: critical, error, warning, info, debug, trace
