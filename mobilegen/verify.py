@@ -74,7 +74,8 @@ def slot_problem(path: Path, precision: str) -> str | None:
 
 
 def check_hashes(directory: Path, manifest: dict) -> list[str]:
-    """Each listed file is in the folder, unchanged (sha256) and of its slot's kind."""
+    """Each listed file that is missing or changed (sha256); a file outside the folder, or one
+    that is not of its slot's kind although its hash matches, is a malformed export (raised)."""
     problems = []
     for name, entry in manifest["files"].items():
         path = inside(directory, name)
@@ -83,7 +84,7 @@ def check_hashes(directory: Path, manifest: dict) -> list[str]:
         elif sha256_file(path) != entry["sha256"]:
             problems.append(f"{name}: sha256 mismatch (file changed since export)")
         elif problem := slot_problem(path, entry["precision"]):
-            problems.append(f"{name}: {problem}")
+            raise ManifestError(f"{directory}: files[{name!r}]: the file {problem}; the manifest does not describe this folder")
     return problems
 
 

@@ -10,7 +10,9 @@ conditioned weights it is the larger part). They are measured against a float64 
 of the same model instead, and so is the reference. A case passes when the artifact's
 error against float64 is within the absolute gate, or no worse than
 ``float64_multiple`` times the reference's worst error over the parity set, whichever
-is looser (for max abs error and for PSNR alike). Nothing is downgraded to a warning.
+is looser (for max abs error and for PSNR alike), but never below ``float64_min_psnr``
+(the fp16 gate: a float32 file may not be worse than a float16 one). Nothing is
+downgraded to a warning.
 """
 
 from __future__ import annotations
@@ -99,7 +101,8 @@ class ParityResult:
         return (
             f"{head}vs float64: max abs {f['artifact_max_abs_error']:.2e}, min PSNR {f['artifact_min_psnr_db']:.1f} dB "
             f"(pytorch fp32 vs float64: {f['reference_max_abs_error']:.2e}, {f['reference_min_psnr_db']:.1f} dB; allowed: "
-            f"{self.float64.multiple:g}x that, or {self.tolerance.max_abs_rel:g} x max|eps| and {self.tolerance.min_psnr:g} dB); "
+            f"{self.float64.multiple:g}x that, or {self.tolerance.max_abs_rel:g} x max|eps| and {self.tolerance.min_psnr:g} dB; "
+            f"never under {self.tolerance.float64_min_psnr:g} dB); "
             f"vs pytorch fp32: max abs {self.max_abs:.2e}, min PSNR {self.min_psnr:.1f} dB; worst {w.case}"
         )
 
@@ -176,7 +179,7 @@ def check_parity(artifact: str, ref: np.ndarray, out: np.ndarray, cases: Cases, 
     if not all(e.finite for e in check.reference):
         return ParityResult(artifact, tol, errors, ["the PyTorch fp32 reference itself has NaN/Inf: nothing to compare"], check)
     k = tol.float64_multiple
-    min_psnr = min(tol.min_psnr, check.floor_psnr - 20 * math.log10(k))
+    min_psnr = max(min(tol.min_psnr, check.floor_psnr - 20 * math.log10(k)), tol.float64_min_psnr or -math.inf)
     failures = []
     for e in check.artifact:
         allowed = max(k * check.floor_max_abs, (tol.max_abs_rel or 0.0) * e.max_ref)
