@@ -147,3 +147,12 @@ def test_a_model_that_overflows_stops_sampling_with_exit_1_and_no_png(tmp_path):
     assert res.exit_code == 1, res.output + res.stderr
     assert "sampler state turned NaN/Inf at timestep 999" in res.stderr and "Traceback" not in res.output + res.stderr
     assert not out.exists()
+
+
+def test_nan_weights_are_refused_by_serve_before_it_listens(tmp_path):
+    sd = probe_state_dict("student_v2")
+    sd["label_emb.weight"][7, 1] = float("inf")
+    path = tmp_path / "inf.pt"
+    torch.save(sd, path)
+    res = run(main_cli, "serve", path, "--port", "0")
+    assert res.exit_code == 2 and "'label_emb.weight' holds 1 NaN/Inf" in res.stderr

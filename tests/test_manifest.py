@@ -157,3 +157,12 @@ def test_the_unchanged_export_still_verifies(folder):
     res = run("verify", folder, "--classes", "")
     assert res.exit_code == 0, res.output + res.stderr
     assert "pytorch fp32 vs float64" in res.output
+
+
+@pytest.mark.parametrize("case", ["nan-in-schedule", "schedule-above-1", "truncated-schedule"])
+def test_sample_on_an_artifact_refuses_a_bad_schedule(folder, tmp_path, case):
+    """These used to sample with the manifest's schedule and write a black PNG (exit 0)."""
+    change, field = MALFORMED[case]
+    res = run("sample", edited(folder, change) / F16, "--steps", "2", "-o", tmp_path / "x.png")
+    assert_refused(res, field)
+    assert not (tmp_path / "x.png").exists()
