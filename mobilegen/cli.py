@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+
 class FiniteFloat(click.FloatRange):
     """A float option that refuses NaN and +-Inf (click's FloatRange lets NaN through every bound)."""
 

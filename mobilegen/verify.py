@@ -11,7 +11,7 @@ from mobilegen.calibration import forward_process_cases
 from mobilegen.checkpoint import LoadedModel, default_model, load_checkpoint, sha256_file
 from mobilegen.diffusion import SamplerConfig
 from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
-from mobilegen.errors import ManifestError, MobileGenError
+from mobilegen.errors import ManifestError, MobileGenError, NonFiniteError
 from mobilegen.exporter import manifest as mf
 from mobilegen.exporter.parity import float64_outputs
 from mobilegen.exporter.pipeline import PRECISION, run_parity
@@ -56,12 +56,12 @@ def slot_problem(path: Path, precision: str) -> str | None:
         try:
             onnx.checker.check_model(onnx.load(str(path)))
         except Exception as exc:  # onnx raises DecodeError, ValidationError, ...
-            return f"not a valid ONNX model ({type(exc).__name__})"
+            return f"is not a valid ONNX model ({type(exc).__name__})"
         return None
     from mobilegen.exporter.tflite_export import tflite_op_types, tflite_tensor_types
 
     if path.read_bytes()[4:8] != b"TFL3":
-        return "not a TFLite flatbuffer (no TFL3 identifier)"
+        return "is not a TFLite flatbuffer (no TFL3 identifier)"
     types, ops = tflite_tensor_types(path), tflite_op_types(path)
     half, dequantize, int8 = types.get("FLOAT16", 0) > 0, "DEQUANTIZE" in ops, types.get("INT8", 0) > 0
     expected = {"float32": (False, False, False), "float16": (True, True, False)}.get(precision)
@@ -134,8 +134,11 @@ def verify_directory(directory: Path, threads: int | None = None, checkpoint: Pa
         parity = run_parity(artifacts(directory, manifest), spec, cases, ref, threads, float64_outputs(model, cases))
         problems += [f"{name}: {f}" for name, r in parity.items() for f in r.failures[:3]]
         if classes:
-            trajectories = run_trajectories(directory, manifest, model, list(classes), config, threads)
-            problems += [f"{name}: {f}" for name, r in trajectories.results.items() for f in r.failures]
+            try:
+                trajectories = run_trajectories(directory, manifest, model, list(classes), config, threads)
+                problems += [f"{name}: {f}" for name, r in trajectories.results.items() for f in r.failures]
+            except NonFiniteError as exc:  # a backend's sampling run went NaN/Inf: a failed check, reported with the rest
+                problems.append(f"trajectory: {exc}")
     lines = [f"verify {directory}: {'PASS' if not problems else 'FAIL'}"]
     lines += [f"  sha256 ok: {name}" for name in manifest["files"] if not any(p.startswith(name + ":") for p in problems)]
     lines += [f"  {r.summary()}" for r in parity.values()]
