@@ -5,7 +5,7 @@ original networks' golden outputs. One export per architecture, shared by every 
 
 The float16 file of these weights is refused, rightly: rounding the probe weights to
 float16 changes the function itself far beyond the fp16 gate (measured below, README
-"The parity gates"). The probe functions amplify float32 rounding (v1 ~1e3x, the teacher
+"Conformance with the original networks"). The probe functions amplify float32 rounding (v1 ~1e3x, the teacher
 ~1e5x): PyTorch float32 itself is 1.3e-4 (v1) and 0.12 (teacher) from the golden outputs,
 so where 2e-4 is out of reach a file is held to a multiple of the reference's own distance.
 """
