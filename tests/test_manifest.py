@@ -92,7 +92,7 @@ MALFORMED = {
     "nan-in-schedule": (abar(lambda ab: ab.__setitem__(7, float("nan"))), "schedule.alphas_cumprod: holds NaN/Inf (first at index 7)"),
     "schedule-above-1": (abar(lambda ab: ab.__setitem__(0, 1.5)), "schedule.alphas_cumprod: value 1.5 at index 0 is outside (0, 1)"),
     "schedule-rising": (abar(lambda ab: ab.__setitem__(500, 0.99)), "schedule.alphas_cumprod: is not strictly decreasing"),
-    "12-labels": (lambda m: m | {"labels": m["labels"] + ["unicorn", "dragon"]}, "labels: must be 10 class names"),
+    "12-labels": (lambda m: m | {"labels": m["labels"] + ["unicorn", "dragon"]}, "labels: must be 10 non-empty class names (io.num_classes), got 12 entries"),
     "layout-changed": (set_key(["io", "layout"], "NCHW"), "io.inputs: does not match the contract for batch 1, layout NCHW"),
     "bad-layout": (set_key(["io", "layout"], "CHWN"), "io.layout: must be one of NCHW, NHWC"),
     "path-outside": (lambda m: m | {"files": m["files"] | {"../../etc/hostname": m["files"][ONNX]}},

@@ -75,8 +75,9 @@ def check_io(m: dict) -> DenoiserSpec:
     want = json.loads(json.dumps(spec.to_dict()))  # tuples -> lists, as read from JSON
     for key in ("inputs", "outputs"):
         if io.get(key) != want[key]:
+            shapes = {t["name"]: t["shape"] for t in want[key]}
             raise Invalid(f"io.{key}", f"does not match the contract for batch {spec.batch}, layout {spec.layout} "
-                                       f"(expected {want[key]})")  # fmt: skip
+                                       f"(expected names, dtypes and shapes {shapes} as mobilegen-export writes them)")  # fmt: skip
     return spec
 
 
@@ -101,7 +102,7 @@ def check_schedule(m: dict) -> None:
 def check_labels(m: dict, spec: DenoiserSpec) -> None:
     labels = member(m, "labels", "", list)
     if len(labels) != spec.num_classes or not all(isinstance(v, str) and v.strip() for v in labels):
-        raise Invalid("labels", f"must be {spec.num_classes} class names (io.num_classes), got {json_text(labels)}")
+        raise Invalid("labels", f"must be {spec.num_classes} non-empty class names (io.num_classes), got {len(labels)} entries")
     if len(set(labels)) != len(labels):
         raise Invalid("labels", "class names must be unique")
 
