@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mobilegen.errors import MissingDependencyError
+from mobilegen.errors import ManifestError, MissingDependencyError
 from mobilegen.exporter.spec import DenoiserSpec
 from mobilegen.models import UNet
 
@@ -53,6 +53,23 @@ class TorchBackend:
         return out.cpu().numpy()
 
 
+ONNX_TYPES = {"tensor(float)": "float32", "tensor(int32)": "int32"}
+
+
+def first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def check_io(found: dict[str, tuple[list, str]], spec: DenoiserSpec, path: str | Path) -> None:
+    """The file's inputs and outputs (name -> shape, dtype) must be the manifest's contract."""
+    want = {s.name: (list(s.shape), s.dtype) for s in spec.inputs + spec.outputs}
+    got = {name: (list(shape), ONNX_TYPES.get(dtype, dtype)) for name, (shape, dtype) in found.items()}
+    if got != want:
+        raise ManifestError(f"{path}: the file's inputs/outputs {got} do not match the manifest's io contract {want} "
+                            f"(batch {spec.batch}, layout {spec.layout})")  # fmt: skip
+
+
 class _FixedBatch:
     """Split any N into calls of spec.batch, padding the last call by repetition."""
 
@@ -86,8 +103,12 @@ class OnnxBackend(_FixedBatch):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or default_threads()
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for a malformed file
+            raise ManifestError(f"{path}: not a loadable ONNX model ({first_line(exc)})") from None
         self.spec, self.name = spec, f"onnxruntime:{Path(path).name}"
+        check_io({i.name: (i.shape, i.type) for i in self.session.get_inputs() + self.session.get_outputs()}, spec, path)
 
     def _run(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
         return self.session.run(["eps"], {"x": x, "t": t, "y": y})[0]
@@ -102,9 +123,14 @@ class TFLiteBackend(_FixedBatch):
         except ImportError:
             raise MissingDependencyError("ai-edge-litert", "running TFLite files") from None
         # Stock interpreter, default delegate (XNNPACK on CPU): what an app gets.
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads or default_threads())
-        self.runner = self.interpreter.get_signature_runner("serving_default")
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads or default_threads())
+            self.runner = self.interpreter.get_signature_runner("serving_default")
+        except (ValueError, RuntimeError) as exc:
+            raise ManifestError(f"{path}: not a loadable TFLite model with a serving_default signature ({first_line(exc)})") from None
         self.spec, self.name = spec, f"litert:{Path(path).name}"
+        details = self.runner.get_input_details() | self.runner.get_output_details()
+        check_io({k: (list(v["shape"]), np.dtype(v["dtype"]).name) for k, v in details.items()}, spec, path)
 
     def _run(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
         return self.runner(x=x, t=t, y=y)["eps"]

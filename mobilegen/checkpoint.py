@@ -165,6 +165,23 @@ def _match_arch(state: dict[str, torch.Tensor], arch: str | None, config: UNetCo
     raise CheckpointError(f"the weights {what}: " + "; ".join(p for p in parts if p))
 
 
+def float32_weights(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """The weights as float32, refusing what would be silently wrong: integer or boolean
+    tensors (a cast would publish nonsense as a model) and NaN/Inf values (black images)."""
+    out = {}
+    for key, value in state.items():
+        if not value.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {key!r} has dtype {str(value.dtype).removeprefix('torch.')}; UNet weights "
+                                  "must be floating point (float32, float16, bfloat16 or float64)")  # fmt: skip
+        value = value.float()
+        bad = int((~torch.isfinite(value)).sum())
+        if bad:
+            raise CheckpointError(f"{path}: tensor {key!r} holds {bad} NaN/Inf value(s) (as float32); "
+                                  "these weights cannot give a valid image")  # fmt: skip
+        out[key] = value
+    return out
+
+
 def load_checkpoint(path: str | Path, arch: str | None = None) -> LoadedModel:
     """Read a checkpoint safely and return the model in eval mode on the CPU."""
     if arch is not None and arch not in ARCHS:
@@ -190,7 +207,7 @@ def load_checkpoint(path: str | Path, arch: str | None = None) -> LoadedModel:
         raise CheckpointError(f"{path}: describes itself as {config.arch!r}, but --arch {arch!r} was given")
     name = _match_arch(state, arch or (config.arch if config else None), config)
     model = UNet(config or UNetConfig(arch=name))
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    model.load_state_dict(float32_weights(state, path), strict=True)
     log.info("loaded %s from %s (%s)", name, path, detail)
     return LoadedModel(model.eval(), str(path), sha256_file(path), detail, meta)
 

@@ -8,11 +8,25 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 import click
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses NaN and +-Inf (click's FloatRange lets NaN through every bound)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
 
 ARCH_CHOICES = click.Choice(["teacher", "student_v1", "student_v2"])
 CHECKPOINT = click.argument("checkpoint", required=False, type=click.Path(path_type=Path, dir_okay=False))
@@ -103,7 +117,7 @@ def onnx_command(checkpoint, arch, out, overwrite, batch, threads, layout) -> No
 @CHECKPOINT
 @export_options
 @click.option("--fp16", is_flag=True, help="Also write denoiser_float16.tflite (float16 weights, float32 IO).")
-@click.option("--prune", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+@click.option("--prune", type=FiniteFloat(0, 1, max_open=True), default=0.0, show_default=True,
               help="L1 unstructured pruning amount per layer (0 = off).")  # fmt: skip
 @click.option("--int8", "int8", type=click.Choice(["dynamic", "full"]), multiple=True,
               help="Also write denoiser_int8_<mode>.tflite, float32 IO (repeatable). dynamic: int8 weights, activations "
@@ -131,7 +145,7 @@ def trajectory_options(fn):
     fn = click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True,
                       help="ddpm runs the original 999-step sampler (slow).")(fn)  # fmt: skip
     fn = click.option("--steps", type=click.IntRange(1, 999), default=50, show_default=True)(fn)
-    fn = click.option("--guidance", type=click.FloatRange(0, 50), default=3.0, show_default=True)(fn)
+    fn = click.option("--guidance", type=FiniteFloat(0, 50), default=3.0, show_default=True)(fn)
     fn = click.option("--seed", type=int, default=0, show_default=True)(fn)
     fn = click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
                       help="PyTorch reference checkpoint [the manifest's source].")(fn)  # fmt: skip
@@ -220,8 +234,8 @@ def sample_command(fn):
     fn = click.option("--seed", type=int, default=0, show_default=True)(fn)
     fn = click.option("--steps", type=click.IntRange(1, 999), default=50, show_default=True, help="DDIM steps (DDPM runs 999).")(fn)
     fn = click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True)(fn)
-    fn = click.option("--guidance", type=click.FloatRange(0, 50), default=3.0, show_default=True, help="0 turns guidance off.")(fn)
-    fn = click.option("--eta", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="DDIM noise (0 = deterministic).")(fn)
+    fn = click.option("--guidance", type=FiniteFloat(0, 50), default=3.0, show_default=True, help="0 turns guidance off.")(fn)
+    fn = click.option("--eta", type=FiniteFloat(0, 1), default=0.0, show_default=True, help="DDIM noise (0 = deterministic).")(fn)
     fn = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(fn)
     fn = click.option("--arch", type=ARCH_CHOICES)(fn)
     fn = click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("sample.png"), show_default=True)(fn)
@@ -258,12 +272,12 @@ def train_options(fn):
         click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Run folder."),
         click.option("--epochs", type=click.IntRange(1), default=100, show_default=True),
         click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True),
-        click.option("--lr", type=click.FloatRange(0, min_open=True), default=3e-4, show_default=True, help="One-cycle peak LR (AdamW)."),
+        click.option("--lr", type=FiniteFloat(0, min_open=True), default=3e-4, show_default=True, help="One-cycle peak LR (AdamW)."),
         click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop at this global step (schedule unchanged)."),
         click.option("--qat-every", type=click.IntRange(0), default=0, show_default=True,
                      help="fp16 QAT: round weights to float16 every K steps (0 = off)."),
-        click.option("--label-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True),
-        click.option("--ema-beta", type=click.FloatRange(0, 1), default=0.995, show_default=True),
+        click.option("--label-dropout", type=FiniteFloat(0, 1, max_open=True), default=0.1, show_default=True),
+        click.option("--ema-beta", type=FiniteFloat(0, 1), default=0.995, show_default=True),
         click.option("--ema-start", type=click.IntRange(0), default=2000, show_default=True, help="EMA copies the weights until this step."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--sample-every", type=click.IntRange(0), default=0, help="Save a DDIM sample grid every N steps (0 = off)."),
@@ -326,8 +340,8 @@ def train_command(arch, **kw) -> None:
 @main_cli.command("distill")
 @click.option("--teacher", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True, help="Teacher checkpoint.")
 @click.option("--arch", type=ARCH_CHOICES, default="student_v2", show_default=True, help="Student architecture.")
-@click.option("--noise-weight", type=click.FloatRange(0), default=1.0, show_default=True, help="Weight of MSE(noise, student).")
-@click.option("--teacher-weight", type=click.FloatRange(0), default=1.0, show_default=True, help="Weight of MSE(teacher, student).")
+@click.option("--noise-weight", type=FiniteFloat(0), default=1.0, show_default=True, help="Weight of MSE(noise, student).")
+@click.option("--teacher-weight", type=FiniteFloat(0), default=1.0, show_default=True, help="Weight of MSE(teacher, student).")
 @train_options
 @handle_errors
 def distill_command(teacher, arch, noise_weight, teacher_weight, **kw) -> None:
@@ -337,16 +351,16 @@ def distill_command(teacher, arch, noise_weight, teacher_weight, **kw) -> None:
 
 @main_cli.command("prune")
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--ratio", type=float, default=0.0, show_default=True, help="Fraction of the channels of every prunable group to remove, in [0, 1).")
-@click.option("--head-ratio", type=float, default=0.0, show_default=True, help="Fraction of every attention block's heads to remove, in [0, 1).")
+@click.option("--ratio", type=FiniteFloat(), default=0.0, show_default=True, help="Fraction of the channels of every prunable group to remove, in [0, 1).")
+@click.option("--head-ratio", type=FiniteFloat(), default=0.0, show_default=True, help="Fraction of every attention block's heads to remove, in [0, 1).")
 @click.option("--data", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="CIFAR-10 layout folder for the fine-tune: DATA/train/<class>/*.png (+ DATA/test/).")
 @click.option("--steps", type=click.IntRange(0), default=200, show_default=True, help="Fine-tune steps (0: prune only).")
 @click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Run folder.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True, help="One-cycle peak LR (AdamW).")
-@click.option("--noise-weight", type=click.FloatRange(0), default=0.0, show_default=True, help="Weight of MSE(noise, pruned).")
-@click.option("--teacher-weight", type=click.FloatRange(0), default=1.0, show_default=True,
+@click.option("--lr", type=FiniteFloat(0, min_open=True), default=1e-4, show_default=True, help="One-cycle peak LR (AdamW).")
+@click.option("--noise-weight", type=FiniteFloat(0), default=0.0, show_default=True, help="Weight of MSE(noise, pruned).")
+@click.option("--teacher-weight", type=FiniteFloat(0), default=1.0, show_default=True,
               help="Weight of MSE(unpruned, pruned): distillation from CHECKPOINT.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(0), default=500, show_default=True)
@@ -416,22 +430,22 @@ def demo_data_command(out, per_class, seed) -> None:
 @click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True,
               help="Default for requests that do not choose (the app never does).")
 @click.option("--steps", type=click.IntRange(1, 999), default=50, show_default=True, help="Default DDIM steps.")
-@click.option("--guidance", type=click.FloatRange(0, 50), default=3.0, show_default=True, help="Default guidance (0 = off).")
+@click.option("--guidance", type=FiniteFloat(0, 50), default=3.0, show_default=True, help="Default guidance (0 = off).")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=32, show_default=True,
               help="Images per model call across requests (guidance doubles a request's); 1 turns batching off. "
                    "On CUDA every call runs exactly this many (at least 2; padded), so batching never changes an image: "
                    "lower it for lower single-request latency.")
-@click.option("--max-wait-ms", type=click.FloatRange(0, 1000), default=5.0, show_default=True,
+@click.option("--max-wait-ms", type=FiniteFloat(0, 1000), default=5.0, show_default=True,
               help="How long a waiting denoiser call holds the model for others to join.")
 @click.option("--max-n", type=click.IntRange(1, 1024), default=16, show_default=True, help="Most images per request.")
 @click.option("--max-steps", type=click.IntRange(1, 999), default=250, show_default=True,
               help="Most steps per request; 999 allows the ddpm sampler.")
-@click.option("--max-guidance", type=click.FloatRange(0, 1000), default=50.0, show_default=True)
+@click.option("--max-guidance", type=FiniteFloat(0, 1000), default=50.0, show_default=True)
 @click.option("--max-body-bytes", type=click.IntRange(256, 1 << 30), default=64 * 1024, show_default=True,
               help="Larger request bodies get 413.")
 @click.option("--max-pending", type=click.IntRange(1, 1024), default=128, show_default=True,
               help="Requests generating at once; more get 503.")
-@click.option("--timeout-s", type=click.FloatRange(0.1, 86400), default=120.0, show_default=True,
+@click.option("--timeout-s", type=FiniteFloat(0.1, 86400), default=120.0, show_default=True,
               help="Per-request limit, upload included; 504 after it.")
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
               help="Allow browsers on ORIGIN (e.g. https://app.example); repeatable; none by default; never with credentials.")

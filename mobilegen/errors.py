@@ -15,6 +15,16 @@ class ExportError(MobileGenError):
     """An export stage failed (converter missing or broken, output folder in the way)."""
 
 
+class ManifestError(MobileGenError):
+    """A manifest.json (or a file it lists) that does not follow the export contract."""
+
+
+class NonFiniteError(MobileGenError):
+    """A computation turned NaN or Inf: its result is not trustworthy, and nothing was written."""
+
+    exit_code = 1
+
+
 class GateError(MobileGenError):
     """A verification gate failed: the artifact is not trustworthy."""
 

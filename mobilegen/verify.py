@@ -11,8 +11,9 @@ from mobilegen.calibration import forward_process_cases
 from mobilegen.checkpoint import LoadedModel, default_model, load_checkpoint, sha256_file
 from mobilegen.diffusion import SamplerConfig
 from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
-from mobilegen.errors import MobileGenError
+from mobilegen.errors import ManifestError, MobileGenError, NonFiniteError
 from mobilegen.exporter import manifest as mf
+from mobilegen.exporter.parity import float64_outputs
 from mobilegen.exporter.pipeline import PRECISION, run_parity
 from mobilegen.exporter.prune import prune_l1
 from mobilegen.trajectory import TRAJECTORY_GATES, Run, TrajectoryResult, compare_runs, record
@@ -37,14 +38,53 @@ def reference_model(manifest: dict, checkpoint: Path | None = None) -> LoadedMod
     return loaded
 
 
+def inside(directory: Path, name: str) -> Path:
+    """directory/name, refused unless it stays in the folder (a symlink may not lead out)."""
+    path = directory / name
+    if path.resolve().parent != directory.resolve():
+        raise ManifestError(f"{directory}: manifest file {name!r} resolves to {path.resolve()}, outside the export folder")
+    return path
+
+
+def slot_problem(path: Path, precision: str) -> str | None:
+    """Whether the file is what its slot says: an ONNX model, or a TFLite file of that precision."""
+    if precision == "text":
+        return None
+    if precision == "onnx":
+        import onnx
+
+        try:
+            onnx.checker.check_model(onnx.load(str(path)))
+        except Exception as exc:  # onnx raises DecodeError, ValidationError, ...
+            return f"is not a valid ONNX model ({type(exc).__name__})"
+        return None
+    from mobilegen.exporter.tflite_export import tflite_op_types, tflite_tensor_types
+
+    if path.read_bytes()[4:8] != b"TFL3":
+        return "is not a TFLite flatbuffer (no TFL3 identifier)"
+    types, ops = tflite_tensor_types(path), tflite_op_types(path)
+    half, dequantize, int8 = types.get("FLOAT16", 0) > 0, "DEQUANTIZE" in ops, types.get("INT8", 0) > 0
+    expected = {"float32": (False, False, False), "float16": (True, True, False)}.get(precision)
+    if expected is None:  # int8_dynamic / int8_full
+        return None if int8 and not half else f"holds no int8 weights (tensor types {sorted(types)}): not an {precision} file"
+    if (half, dequantize, int8) != expected:
+        return (f"is not a {precision} file: float16 tensors {types.get('FLOAT16', 0)}, DEQUANTIZE {'yes' if dequantize else 'no'}, "
+                f"int8 tensors {types.get('INT8', 0)}")  # fmt: skip
+    return None
+
+
 def check_hashes(directory: Path, manifest: dict) -> list[str]:
+    """Each listed file that is missing or changed (sha256); a file outside the folder, or one
+    that is not of its slot's kind although its hash matches, is a malformed export (raised)."""
     problems = []
     for name, entry in manifest["files"].items():
-        path = directory / name
+        path = inside(directory, name)
         if not path.is_file():
             problems.append(f"{name}: missing")
         elif sha256_file(path) != entry["sha256"]:
             problems.append(f"{name}: sha256 mismatch (file changed since export)")
+        elif problem := slot_problem(path, entry["precision"]):
+            raise ManifestError(f"{directory}: files[{name!r}]: the file {problem}; the manifest does not describe this folder")
     return problems
 
 
@@ -91,11 +131,14 @@ def verify_directory(directory: Path, threads: int | None = None, checkpoint: Pa
         model = reference_model(manifest, checkpoint).model
         cases = forward_process_cases(schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"]))
         ref = TorchBackend(model, "cpu")(cases.x, cases.t, cases.y)
-        parity = run_parity(artifacts(directory, manifest), spec, cases, ref, threads)
+        parity = run_parity(artifacts(directory, manifest), spec, cases, ref, threads, float64_outputs(model, cases))
         problems += [f"{name}: {f}" for name, r in parity.items() for f in r.failures[:3]]
         if classes:
-            trajectories = run_trajectories(directory, manifest, model, list(classes), config, threads)
-            problems += [f"{name}: {f}" for name, r in trajectories.results.items() for f in r.failures]
+            try:
+                trajectories = run_trajectories(directory, manifest, model, list(classes), config, threads)
+                problems += [f"{name}: {f}" for name, r in trajectories.results.items() for f in r.failures]
+            except NonFiniteError as exc:  # a backend's sampling run went NaN/Inf: a failed check, reported with the rest
+                problems.append(f"trajectory: {exc}")
     lines = [f"verify {directory}: {'PASS' if not problems else 'FAIL'}"]
     lines += [f"  sha256 ok: {name}" for name in manifest["files"] if not any(p.startswith(name + ":") for p in problems)]
     lines += [f"  {r.summary()}" for r in parity.values()]

@@ -147,3 +147,40 @@ def test_real_v2_weights_load_strictly(real_v2):
     loaded = load_checkpoint(real_v2)
     assert loaded.arch == "student_v2"
     assert loaded.sha256 == "091c4755d1ce28c3aa8ce944a47142cb1d2765985253d50e3f9243032bb29df7"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, value):
+    sd = probe_state_dict("student_v2")
+    sd["sa2.mha.in_proj_weight"][3, 5] = value
+    path = tmp_path / "bad.pt"
+    torch.save({"ema_model": {f"module.{k}": v for k, v in sd.items()}}, path)
+    with pytest.raises(CheckpointError, match=r"'sa2\.mha\.in_proj_weight' holds 1 NaN/Inf"):
+        load_checkpoint(path)
+
+
+def test_float64_weights_beyond_float32_range_are_refused(tmp_path):
+    sd = {k: v.double() for k, v in probe_state_dict("student_v1").items()}
+    sd["outc.bias"][0] = 1e300  # finite in float64, Inf once cast to the float32 the model runs in
+    path = tmp_path / "big.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(CheckpointError, match=r"'outc\.bias' holds 1 NaN/Inf value\(s\) \(as float32\)"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.uint8])
+def test_non_floating_weights_are_refused(tmp_path, dtype):
+    """An int64 .safetensors used to be cast to float32 silently and exported as 'passed'."""
+    sd = {k: (v * 100).to(dtype) for k, v in probe_state_dict("student_v2").items()}
+    path = tmp_path / "ints.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(CheckpointError, match=rf"has dtype {str(dtype).removeprefix('torch.')}; UNet weights must be floating point"):
+        load_checkpoint(path)
+
+
+def test_half_precision_weights_still_load(tmp_path):
+    sd = {k: v.half() for k, v in probe_state_dict("student_v2").items()}
+    path = tmp_path / "half.pt"
+    torch.save(sd, path)
+    loaded = load_checkpoint(path)
+    assert all(v.dtype == torch.float32 for v in loaded.model.state_dict().values())

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -96,3 +97,62 @@ def test_wrong_arguments_are_rejected():
     assert res.exit_code == 2 and "1.5" in res.output
     res = CliRunner().invoke(export_cli, ["onnx", "--arch", "student_v9"])
     assert res.exit_code == 2 and "student_v9" in res.output
+
+
+@pytest.mark.parametrize("option, value", [("--guidance", "nan"), ("--eta", "nan"), ("--guidance", "inf"), ("--eta", "-inf")])
+def test_non_finite_sampling_options_are_refused(tmp_path, option, value):
+    """click's FloatRange lets NaN through every bound; these used to write a black PNG."""
+    out = tmp_path / "x.png"
+    res = run(main_cli, "sample", option, value, "--steps", "1", "-o", out)
+    assert res.exit_code == 2 and "is not a finite number" in res.output + res.stderr, res.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["verify", "{dir}", "--guidance", "nan"], ["serve", "--max-wait-ms", "nan"], ["serve", "--timeout-s", "nan"],
+     ["tflite", "--prune", "nan"]],
+    ids=["verify-guidance", "serve-max-wait", "serve-timeout", "tflite-prune"],
+)  # fmt: skip
+def test_every_float_option_refuses_nan(tmp_path, args):
+    from mobilegen.cli import FiniteFloat
+
+    cli = main_cli if args[0] == "serve" else export_cli
+    res = run(cli, *[a.replace("{dir}", str(tmp_path)) for a in args])
+    assert res.exit_code == 2 and "is not a finite number" in res.output + res.stderr
+    for command in (*export_cli.commands.values(), *main_cli.commands.values()):
+        floats = [p.name for p in command.params if isinstance(p.type, click.types.FloatParamType)]
+        assert all(isinstance(p.type, FiniteFloat) for p in command.params if p.name in floats), command.name
+
+
+def test_nan_weights_are_refused_by_sample_with_the_tensor_named(tmp_path):
+    sd = probe_state_dict("student_v2")
+    sd["outc.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save(sd, path)
+    out = tmp_path / "x.png"
+    res = run(main_cli, "sample", path, "--steps", "1", "-o", out)
+    assert res.exit_code == 2 and "'outc.weight' holds 1 NaN/Inf" in res.stderr and res.stderr.count("\n") == 1
+    assert not out.exists()
+
+
+def test_a_model_that_overflows_stops_sampling_with_exit_1_and_no_png(tmp_path):
+    """Finite weights whose eps overflows float32: the sampler state turns Inf, the run stops."""
+    sd = probe_state_dict("student_v2")
+    sd["outc.bias"][:] = 3e38
+    path = tmp_path / "overflow.pt"
+    torch.save(sd, path)
+    out = tmp_path / "x.png"
+    res = run(main_cli, "sample", path, "--steps", "3", "--guidance", "0", "-o", out)
+    assert res.exit_code == 1, res.output + res.stderr
+    assert "sampler state turned NaN/Inf at timestep 999" in res.stderr and "Traceback" not in res.output + res.stderr
+    assert not out.exists()
+
+
+def test_nan_weights_are_refused_by_serve_before_it_listens(tmp_path):
+    sd = probe_state_dict("student_v2")
+    sd["label_emb.weight"][7, 1] = float("inf")
+    path = tmp_path / "inf.pt"
+    torch.save(sd, path)
+    res = run(main_cli, "serve", path, "--port", "0")
+    assert res.exit_code == 2 and "'label_emb.weight' holds 1 NaN/Inf" in res.stderr

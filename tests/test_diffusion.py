@@ -168,3 +168,40 @@ def test_sampler_config_is_validated():
         SamplerConfig(sampler="euler")
     with pytest.raises(ValueError, match=">= 0"):
         SamplerConfig(guidance=-1)
+    for bad in (dict(guidance=float("nan")), dict(eta=float("nan")), dict(guidance=float("inf"))):
+        with pytest.raises(ValueError, match="must be finite"):
+            SamplerConfig(**bad)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda ab: ab.__setitem__(500, np.nan), "NaN/Inf"),
+        (lambda ab: ab.__setitem__(3, 1.5), "outside"),
+        (lambda ab: ab.__setitem__(999, 0.0), "outside"),
+        (lambda ab: ab.__setitem__(10, ab[9] + 1e-9), "not strictly decreasing"),
+    ],
+    ids=["nan", "above-1", "zero", "rising"],
+)
+def test_malformed_alphas_cumprod_is_refused(edit, message):
+    ab = S.alphas_cumprod.copy()
+    edit(ab)
+    with pytest.raises(ValueError, match=message):
+        schedule_from_alphas_cumprod(ab)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_a_state_that_turns_non_finite_stops_the_run(sampler):
+    """A denoiser that overflows at t=500 must stop the sampler, not produce a black image."""
+    from mobilegen.errors import NonFiniteError
+
+    seen = []
+
+    def overflowing(x, t, y):
+        seen.append(int(t[0]))
+        return torch.full_like(x, float("inf")) if t[0] <= 500 else torch.zeros_like(x)
+
+    with pytest.raises(NonFiniteError, match="turned NaN/Inf at timestep") as info:
+        run_sampler(overflowing, torch.tensor([3]), S, SamplerConfig(sampler=sampler, steps=10, guidance=0))
+    assert info.value.exit_code == 1
+    assert min(seen) <= 500 < max(seen) and seen.count(min(seen)) == 1, "stopped at the first bad step"

@@ -6,6 +6,7 @@ step's z in order), so every backend and device sees identical noise.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -15,6 +16,7 @@ from mobilegen.diffusion.ddim import ddim_sample, ddim_timesteps
 from mobilegen.diffusion.ddpm import Noise, ddpm_sample, ddpm_timesteps
 from mobilegen.diffusion.denoiser import Denoiser, guided
 from mobilegen.diffusion.schedule import Schedule
+from mobilegen.errors import NonFiniteError
 
 SAMPLERS = ("ddim", "ddpm")
 
@@ -30,6 +32,8 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        if not (math.isfinite(self.guidance) and math.isfinite(self.eta)):
+            raise ValueError(f"guidance and eta must be finite numbers, got guidance={self.guidance}, eta={self.eta}")
         if self.guidance < 0:
             raise ValueError(f"guidance must be >= 0 (0 turns it off), got {self.guidance}")
 
@@ -60,6 +64,13 @@ def run_sampler(
     else:
         loop = ddim_sample(step, x, y, schedule, config.steps, noise, config.eta)
     for t, x in loop:
+        # One reduction per step (cheap next to a model call): a NaN/Inf state would
+        # only turn into a black image, so the run stops here instead.
+        if not bool(torch.isfinite(x).all()):
+            raise NonFiniteError(
+                f"the sampler state turned NaN/Inf at timestep {t} (the denoiser returned non-finite or "
+                "overflowing values); no image was written"
+            )
         if on_step is not None:
             on_step(t, x)
     return x.cpu()

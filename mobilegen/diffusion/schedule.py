@@ -47,8 +47,33 @@ class Schedule:
         }
 
 
+def alphas_cumprod_problem(alphas_cumprod, T: int | None = None) -> str | None:
+    """Why these values are not an alpha_bar schedule (None if they are): finite, in (0, 1),
+    strictly decreasing, T of them."""
+    try:
+        ab = np.asarray(alphas_cumprod, dtype=np.float64)
+    except (TypeError, ValueError):
+        return "must be a list of numbers"
+    if ab.ndim != 1 or len(ab) < 2:
+        return f"must be a flat list of at least 2 numbers, got shape {list(ab.shape)}"
+    if T is not None and len(ab) != T:
+        return f"has {len(ab)} values, expected T = {T}"
+    if not np.isfinite(ab).all():
+        return f"holds NaN/Inf (first at index {int(np.flatnonzero(~np.isfinite(ab))[0])})"
+    outside = np.flatnonzero((ab <= 0) | (ab >= 1))
+    if len(outside):
+        return f"value {float(ab[outside[0]])!r} at index {int(outside[0])} is outside (0, 1)"
+    rising = np.flatnonzero(np.diff(ab) >= 0)
+    if len(rising):
+        return f"is not strictly decreasing (index {int(rising[0]) + 1}: {float(ab[rising[0] + 1])!r} >= {float(ab[rising[0]])!r})"
+    return None
+
+
 def schedule_from_alphas_cumprod(alphas_cumprod) -> Schedule:
-    """Rebuild a schedule from alpha_bar (what a manifest stores)."""
+    """Rebuild a schedule from alpha_bar (what a manifest stores); refuses a malformed one."""
+    problem = alphas_cumprod_problem(alphas_cumprod)
+    if problem:
+        raise ValueError(f"alphas_cumprod {problem}")
     ab = np.asarray(alphas_cumprod, dtype=np.float64)
     return Schedule(1.0 - ab / np.concatenate([[1.0], ab[:-1]]))
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from mobilegen.checkpoint import LoadedModel, atomic_write, sha256_file
 from mobilegen.diffusion import SamplerConfig, Schedule
-from mobilegen.exporter.spec import DenoiserSpec
+from mobilegen.exporter.schema import SCHEMA_VERSION, validate_manifest
+from mobilegen.exporter.spec import LABELS_FILE, DenoiserSpec
 from mobilegen.labels import CIFAR10_LABELS
 
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-LABELS = "labels.txt"
+LABELS = LABELS_FILE
 LIBRARIES = ("mobilegen", "torch", "onnx", "onnxruntime", "onnxsim", "onnx2tf", "ai-edge-litert", "numpy")
 
 
@@ -94,9 +94,10 @@ def read_manifest(directory: Path) -> dict:
     if not path.is_file():
         raise MobileGenError(f"{directory}: no {MANIFEST}; expected a folder written by mobilegen-export")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MobileGenError(f"{path}: not valid JSON ({exc})") from None
+    return validate_manifest(data, path)
 
 
 def spec_from_manifest(manifest: dict) -> DenoiserSpec:

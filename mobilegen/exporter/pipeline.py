@@ -29,23 +29,16 @@ from mobilegen.errors import ExportError
 from mobilegen.exporter import manifest as mf
 from mobilegen.exporter.metadata import About, add_metadata
 from mobilegen.exporter.onnx_export import export_onnx, onnx_op_types
-from mobilegen.exporter.parity import ParityResult, check_parity, psnr
+from mobilegen.exporter.parity import ParityResult, check_parity, float64_outputs, psnr
 from mobilegen.exporter.prune import prune_l1, sparsity
 from mobilegen.exporter.quantize import quantize_tflite
 from mobilegen.exporter.report import write_report
-from mobilegen.exporter.spec import DenoiserSpec, Layout
+from mobilegen.exporter.spec import ONNX_FILE, PRECISION, TFLITE_FP16, TFLITE_FP32, TFLITE_INT8, DenoiserSpec, Layout
 from mobilegen.exporter.tflite_export import check_builtin_only, convert_onnx_to_tflite, to_fp16_weights
 from mobilegen.labels import CIFAR10_LABELS
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "denoiser.onnx"
-TFLITE_FP32 = "denoiser_float32.tflite"
-TFLITE_FP16 = "denoiser_float16.tflite"
-TFLITE_INT8 = {"dynamic": "denoiser_int8_dynamic.tflite", "full": "denoiser_int8_full.tflite"}
-PRECISION = {ONNX_FILE: "onnx", TFLITE_FP32: "float32", TFLITE_FP16: "float16"} | {
-    name: f"int8_{mode}" for mode, name in TFLITE_INT8.items()
-}
 
 
 @dataclass(frozen=True)
@@ -128,11 +121,13 @@ def compression_info(loaded: LoadedModel, pruned, spec: DenoiserSpec, opts: Expo
     return info
 
 
-def run_parity(files: dict[str, Path], spec: DenoiserSpec, cases, ref: np.ndarray, threads: int | None) -> dict[str, ParityResult]:
+def run_parity(files: dict[str, Path], spec: DenoiserSpec, cases, ref: np.ndarray, threads: int | None,
+               truth: np.ndarray | None = None) -> dict[str, ParityResult]:  # fmt: skip
+    """Every file against the fp32 reference ref (and, for the float32 gates, the float64 truth)."""
     results = {}
     for name, path in files.items():
         out = open_artifact(path, spec, threads)(cases.x, cases.t, cases.y)
-        results[name] = check_parity(name, ref, out, cases, spec.tolerances[PRECISION[name]])
+        results[name] = check_parity(name, ref, out, cases, spec.tolerances[PRECISION[name]], truth)
         log.info(results[name].summary())
     return results
 
@@ -149,7 +144,7 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
         files = build_artifacts(model, spec, stage, opts, quant, source_sha256=loaded.sha256)
         cases = forward_process_cases(schedule)
         ref = TorchBackend(model, "cpu")(cases.x, cases.t, cases.y)  # the (pruned) fp32 reference
-        parity = run_parity(files, spec, cases, ref, opts.threads)
+        parity = run_parity(files, spec, cases, ref, opts.threads, float64_outputs(model, cases))
         status = "passed" if all(r.passed for r in parity.values()) else "failed"
         entries = {name: mf.file_entry(path, PRECISION[name], op_types(path)) for name, path in files.items()}
         (stage / mf.LABELS).write_text("\n".join(CIFAR10_LABELS) + "\n")

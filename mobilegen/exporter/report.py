@@ -29,11 +29,18 @@ def render(manifest: dict) -> str:
     ]
     for name, f in m["files"].items():
         lines.append(f"| {name} | {f['bytes']:,} | {f['gzip_bytes']:,} | `{f['sha256'][:16]}...` |")
-    lines += ["", "## Parity against the PyTorch fp32 reference", "",
-              "| artifact | result | min PSNR dB | gate dB | max abs error | worst case |", "|---|---|---:|---:|---:|---|"]  # fmt: skip
+    lines += ["", "## Parity against the PyTorch fp32 reference (float32 files: against float64)", "",
+              "| artifact | result | min PSNR dB | gate dB | max abs error | max abs vs float64: file / pytorch fp32 | worst case |",
+              "|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
     for name, p in m["parity"].items():
+        f64 = p.get("float64")
+        truth = f"{f64['artifact_max_abs_error']:.2e} / {f64['reference_max_abs_error']:.2e}" if f64 else "-"
         lines.append(f"| {name} | {'pass' if p['passed'] else 'FAIL'} | {p['min_psnr_db']:.1f} | {p['gate']['min_psnr']:g} "
-                     f"| {p['max_abs_error']:.2e} | {p['worst_case']} |")  # fmt: skip
+                     f"| {p['max_abs_error']:.2e} | {truth} | {p['worst_case']} |")  # fmt: skip
+    if any("float64" in p for p in m["parity"].values()):
+        multiple = next(p["float64"]["multiple"] for p in m["parity"].values() if "float64" in p)
+        lines += ["", f"A float32 file passes when its error against a float64 run of the same model is within the gate, "
+                  f"or at most {multiple:g}x the PyTorch fp32 reference's own error against float64."]  # fmt: skip
     prune = m["compression"]["prune"]
     lines += ["", "## Compression", ""]
     if prune["amount"]:
