@@ -662,3 +662,17 @@ def test_serve_entry_point_in_its_own_process():
         proc.terminate()
         # uvicorn shuts down gracefully on SIGTERM, then re-raises it: exit status -SIGTERM.
         assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
+
+
+def test_a_state_that_turns_non_finite_gets_a_clear_500_and_no_image(tmp_path):
+    """Finite weights pass the loader; scaled up they overflow float32 inside the forward pass.
+    The sampler stops at that step and the server answers with the reason, never a black PNG."""
+    state = seeded_model("student_v2", seed=1).model.state_dict()
+    state["outc.weight"] = state["outc.weight"] * 3e38
+    path = tmp_path / "overflow.pt"
+    torch.save(state, path)
+    with running(ServeConfig(models=(ModelSource(path),), steps=2, log_level="critical")) as base:
+        res = httpx.post(f"{base}/v1/images", json={"label": "cat", "seed": 1}, timeout=60)
+        assert res.status_code == 500 and res.headers["content-type"] == "application/json"
+        assert "non-finite state" in res.json()["error"]
+        assert httpx.get(f"{base}/healthz").status_code == 200

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from mobilegen.diffusion import run_sampler, to_uint8
+from mobilegen.errors import NonFiniteError
 from mobilegen.labels import ALIASES
 from mobilegen.serve.config import ServeConfig
 from mobilegen.serve.metrics import Metrics
@@ -213,6 +214,11 @@ def create_app(config: ServeConfig = ServeConfig()):
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, exc: RequestValidationError):
         return json_error(422, "invalid request", problems=json.loads(json.dumps(exc.errors(), default=str)))
+
+    @app.exception_handler(NonFiniteError)
+    async def non_finite(request, exc: NonFiniteError):
+        log.error("%s on %s", exc, request.url.path)
+        return json_error(500, f"the model produced a non-finite state; no image was made ({exc})")
 
     @app.exception_handler(Exception)
     async def internal_error(request, exc: Exception):
