@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -293,7 +294,8 @@ def _train(arch, teacher=None, noise_weight=1.0, teacher_weight=1.0, **kw) -> No
         on_bad_image=kw["on_bad_image"], resume=kw["resume"], teacher=teacher, noise_weight=noise_weight,
         teacher_weight=teacher_weight,
     )  # fmt: skip
-    bar = tqdm(desc=f"{'distill' if teacher else 'train'} {arch}", unit="step", file=sys.stderr)
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    bar = tqdm(desc=f"{'distill' if teacher else 'train'} {arch}", unit="step", file=sys.stderr, disable=not rank0)
 
     def on_step(step: int, end: int, loss: float, ips: float) -> None:
         bar.total = end
@@ -307,6 +309,8 @@ def _train(arch, teacher=None, noise_weight=1.0, teacher_weight=1.0, **kw) -> No
         bar.close()
         fail(f"interrupted; the last finished step is saved in {config.out}/last.pt: continue with --resume", 130)
     bar.close()
+    if not rank0:
+        return
     val = ", ".join(f"step {k}: {v:.4f}" for k, v in result.val_losses.items()) or "no test/ split"
     skipped = f", {result.skipped_images} unreadable images skipped" if result.skipped_images else ""
     click.echo(f"{arch}: step {result.step}, last loss {result.losses[-1] if result.losses else float('nan'):.4f}, "
@@ -378,6 +382,8 @@ def prune_command(checkpoint, ratio, head_ratio, data, steps, out, batch_size, l
         bar.close()
         fail(f"interrupted; the pruned weights are in {out}/pruned.pt and the last finished step in {out}/last.pt", 130)
     bar.close()
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     (p0, p1), (m0, m1), (h0, h1) = result.params, result.macs, result.heads
     click.echo(f"params {p0:,} -> {p1:,} ({p0 / p1:.2f}x fewer); MACs per step {m0 / 1e9:.3f} G -> {m1 / 1e9:.3f} G "
                f"({m0 / m1:.2f}x fewer); attention heads {h0} -> {h1}")  # fmt: skip
