@@ -442,9 +442,15 @@ def demo_data_command(out, per_class, seed) -> None:
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
               help="Allow browsers on ORIGIN (e.g. https://app.example); repeatable; none by default; never with credentials.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True)
+@click.option("--ray", "use_ray", is_flag=True, help="Serve on Ray Serve with --replicas copies of the app (docs/serving.md).")
+@click.option("--replicas", type=click.IntRange(1), default=2, show_default=True, help="With --ray: replicas of the app.")
+@click.option("--replica-cpus", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True, help="With --ray: CPUs per replica.")
+@click.option("--replica-gpus", type=click.FloatRange(0), default=0.0, show_default=True, help="With --ray: GPUs per replica.")
+@click.option("--ray-address", metavar="HOST:PORT", help="With --ray: join this running cluster (ray start --head) instead of a local one.")
 @handle_errors
 def serve_command(checkpoint, models, arch, host, port, device, sampler, steps, guidance, max_batch, max_wait_ms,
-                  max_n, max_steps, max_guidance, max_body_bytes, max_pending, timeout_s, cors_origins, log_level) -> None:
+                  max_n, max_steps, max_guidance, max_body_bytes, max_pending, timeout_s, cors_origins, log_level,
+                  use_ray, replicas, replica_cpus, replica_gpus, ray_address) -> None:
     """Serve images over HTTP: POST /generate_image (the app), POST /v1/images, GET /v1/models, /healthz, /metrics.
 
     CHECKPOINT (default: the untrained v2) is served under its architecture's name (v1, v2),
@@ -453,6 +459,11 @@ def serve_command(checkpoint, models, arch, host, port, device, sampler, steps, 
     from mobilegen.serve import ModelSource, ServeConfig, parse_model_option, serve
 
     sources = ([ModelSource(checkpoint, arch=arch)] if checkpoint else []) + [parse_model_option(m) for m in models]
+    if use_ray:  # the same app, as Ray Serve replicas
+        from mobilegen.serve.ray_app import RayOptions, serve_ray
+
+        options = RayOptions(replicas=replicas, cpus_per_replica=replica_cpus, gpus_per_replica=replica_gpus, address=ray_address)
+        serve = functools.partial(serve_ray, options=options)
     serve(ServeConfig(models=tuple(sources), host=host, port=port, device=device, sampler=sampler, steps=steps,
                       guidance=guidance, max_batch=max_batch, max_wait_ms=max_wait_ms, max_n=max_n, max_steps=max_steps,
                       max_guidance=max_guidance, max_body_bytes=max_body_bytes, max_pending=max_pending,
