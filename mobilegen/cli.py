@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -307,7 +308,8 @@ def _train(arch, teacher=None, noise_weight=1.0, teacher_weight=1.0, **kw) -> No
         on_bad_image=kw["on_bad_image"], resume=kw["resume"], teacher=teacher, noise_weight=noise_weight,
         teacher_weight=teacher_weight,
     )  # fmt: skip
-    bar = tqdm(desc=f"{'distill' if teacher else 'train'} {arch}", unit="step", file=sys.stderr)
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    bar = tqdm(desc=f"{'distill' if teacher else 'train'} {arch}", unit="step", file=sys.stderr, disable=not rank0)
 
     def on_step(step: int, end: int, loss: float, ips: float) -> None:
         bar.total = end
@@ -321,6 +323,8 @@ def _train(arch, teacher=None, noise_weight=1.0, teacher_weight=1.0, **kw) -> No
         bar.close()
         fail(f"interrupted; the last finished step is saved in {config.out}/last.pt: continue with --resume", 130)
     bar.close()
+    if not rank0:
+        return
     val = ", ".join(f"step {k}: {v:.4f}" for k, v in result.val_losses.items()) or "no test/ split"
     skipped = f", {result.skipped_images} unreadable images skipped" if result.skipped_images else ""
     click.echo(f"{arch}: step {result.step}, last loss {result.losses[-1] if result.losses else float('nan'):.4f}, "
@@ -392,6 +396,8 @@ def prune_command(checkpoint, ratio, head_ratio, data, steps, out, batch_size, l
         bar.close()
         fail(f"interrupted; the pruned weights are in {out}/pruned.pt and the last finished step in {out}/last.pt", 130)
     bar.close()
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     (p0, p1), (m0, m1), (h0, h1) = result.params, result.macs, result.heads
     click.echo(f"params {p0:,} -> {p1:,} ({p0 / p1:.2f}x fewer); MACs per step {m0 / 1e9:.3f} G -> {m1 / 1e9:.3f} G "
                f"({m0 / m1:.2f}x fewer); attention heads {h0} -> {h1}")  # fmt: skip
@@ -450,9 +456,15 @@ def demo_data_command(out, per_class, seed) -> None:
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
               help="Allow browsers on ORIGIN (e.g. https://app.example); repeatable; none by default; never with credentials.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True)
+@click.option("--ray", "use_ray", is_flag=True, help="Serve on Ray Serve with --replicas copies of the app (docs/serving.md).")
+@click.option("--replicas", type=click.IntRange(1), default=2, show_default=True, help="With --ray: replicas of the app.")
+@click.option("--replica-cpus", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True, help="With --ray: CPUs per replica.")
+@click.option("--replica-gpus", type=click.FloatRange(0), default=0.0, show_default=True, help="With --ray: GPUs per replica.")
+@click.option("--ray-address", metavar="HOST:PORT", help="With --ray: join this running cluster (ray start --head) instead of a local one.")
 @handle_errors
 def serve_command(checkpoint, models, arch, host, port, device, sampler, steps, guidance, max_batch, max_wait_ms,
-                  max_n, max_steps, max_guidance, max_body_bytes, max_pending, timeout_s, cors_origins, log_level) -> None:
+                  max_n, max_steps, max_guidance, max_body_bytes, max_pending, timeout_s, cors_origins, log_level,
+                  use_ray, replicas, replica_cpus, replica_gpus, ray_address) -> None:
     """Serve images over HTTP: POST /generate_image (the app), POST /v1/images, GET /v1/models, /healthz, /metrics.
 
     CHECKPOINT (default: the untrained v2) is served under its architecture's name (v1, v2),
@@ -461,6 +473,11 @@ def serve_command(checkpoint, models, arch, host, port, device, sampler, steps, 
     from mobilegen.serve import ModelSource, ServeConfig, parse_model_option, serve
 
     sources = ([ModelSource(checkpoint, arch=arch)] if checkpoint else []) + [parse_model_option(m) for m in models]
+    if use_ray:  # the same app, as Ray Serve replicas
+        from mobilegen.serve.ray_app import RayOptions, serve_ray
+
+        options = RayOptions(replicas=replicas, cpus_per_replica=replica_cpus, gpus_per_replica=replica_gpus, address=ray_address)
+        serve = functools.partial(serve_ray, options=options)
     serve(ServeConfig(models=tuple(sources), host=host, port=port, device=device, sampler=sampler, steps=steps,
                       guidance=guidance, max_batch=max_batch, max_wait_ms=max_wait_ms, max_n=max_n, max_steps=max_steps,
                       max_guidance=max_guidance, max_body_bytes=max_body_bytes, max_pending=max_pending,

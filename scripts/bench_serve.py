@@ -5,9 +5,12 @@ Starts the server itself (a separate process, on 127.0.0.1, a free port) once pe
 mode, runs N clients that each send POST /v1/images back to back for a bounded
 time, and reports requests/s, p50/p95 latency, errors and the mean batch (from the
 server's /metrics) per mode, then the throughput ratio on/off. "off" is the same
-server with --max-batch 1: every denoiser call runs alone.
+server with --max-batch 1: every denoiser call runs alone. "ray1" and "ray2" are
+`mobilegen serve --ray --replicas 1|2` (Ray Serve, batching on in every replica),
+each starting its own local Ray cluster.
 
     .venv/bin/python scripts/bench_serve.py --clients 8 --duration 25 --steps 10
+    .venv/bin/python scripts/bench_serve.py --modes ray1,ray2 --clients 8 --duration 30
 
 Not a unit test; nothing leaves the machine.
 """
@@ -19,6 +22,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -53,6 +57,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_ray_server(port: int, args, max_batch: int, replicas: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "mobilegen", "serve", *args.checkpoint[:1], "--ray", "--replicas", str(replicas),
+           "--port", str(port), "--steps", str(args.steps), "--guidance", str(args.guidance), "--max-batch", str(max_batch),
+           "--max-wait-ms", str(args.max_wait_ms), "--max-pending", str(max(64, 2 * args.clients)),
+           "--max-n", str(max(16, args.n)), "--timeout-s", "600", "--log-level", "warning"]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=ROOT)
+
+
 def start_server(port: int, args, max_batch: int) -> subprocess.Popen:
     models = [{"path": p} for p in args.checkpoint]
     code = (
@@ -68,7 +80,7 @@ def start_server(port: int, args, max_batch: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code, json.dumps(config)], cwd=ROOT)
 
 
-async def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+async def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient() as client:
         while True:
@@ -136,14 +148,15 @@ async def load(base: str, args) -> dict:
 
 def run_mode(args, name: str, max_batch: int) -> dict:
     port = free_port()
-    proc = start_server(port, args, max_batch)
+    ray = name.startswith("ray")
+    proc = start_ray_server(port, args, max_batch, int(name[3:])) if ray else start_server(port, args, max_batch)
     base = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(wait_ready(base, proc))
         result = asyncio.run(load(base, args))
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        proc.send_signal(signal.SIGINT) if ray else proc.terminate()  # SIGINT: the Ray cluster shuts down with it
+        proc.wait(timeout=60)
     return {"mode": name, "max_batch": max_batch, **result}
 
 
@@ -157,7 +170,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="images per model call with batching on")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--checkpoint", action="append", default=[], help="model file (default: the untrained v2)")
-    parser.add_argument("--modes", default="on,off", help="comma-separated: on, off")
+    parser.add_argument("--modes", default="on,off", help="comma-separated: on, off, ray1, ray2 (Ray Serve replicas)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -166,7 +179,7 @@ def main() -> None:
         print(f"load average before the run (1/5/15 min): {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"load: {args.clients} clients x {args.duration:g} s per mode; ddim {args.steps} steps, guidance "
           f"{args.guidance:g}, n={args.n}; max wait {args.max_wait_ms:g} ms", flush=True)  # fmt: skip
-    modes = {"on": args.max_batch, "off": 1}  # a mode may repeat (on,off,on,off) to see the spread
+    modes = {"on": args.max_batch, "off": 1, "ray1": args.max_batch, "ray2": args.max_batch}  # a mode may repeat (on,off,on,off) to see the spread
     results = []
     for name in args.modes.split(","):
         print(f"running batching {name} (max batch {modes[name]}) ...", flush=True)
@@ -181,6 +194,8 @@ def main() -> None:
     rps = {m: statistics.mean(r["rps"] for r in results if r["mode"] == m) for m in {r["mode"] for r in results}}
     if rps.get("off"):
         print(f"throughput ratio on/off: {rps.get('on', 0) / rps['off']:.2f}x")
+    if rps.get("ray1"):
+        print(f"throughput ratio 2 replicas / 1 replica: {rps.get('ray2', 0) / rps['ray1']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "args": vars(args) | {"json": str(args.json)},
                                          "results": results}, indent=2, default=str))  # fmt: skip

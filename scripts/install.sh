@@ -7,7 +7,8 @@ python="${PYTHON:-python3}"
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # torch first and exactly pinned, so nothing later can pull a CUDA build.
 "${pip[@]}" torch==2.13.0
-"${pip[@]}" -e '.[dev]'
+# dev: the test tools; ray: Ray Serve for `mobilegen serve --ray` (pinned in pyproject.toml).
+"${pip[@]}" -e '.[dev,ray]'
 # onnx2tf 2.6.9 declares Python >= 3.12 but runs on 3.11 (its 3.12-only syntax is not
 # on our code path; the test suite converts with it). --ignore-requires-python would
 # apply to every dependency, so it is installed alone, without dependencies; the
@@ -36,4 +37,4 @@ fi
 [ -f .deps/tflite-support/tensorflow_lite_support/metadata/metadata_schema_py_generated.py ] ||
   "${pip[@]}" --no-deps --target .deps/tflite-support tflite-support==0.4.4
 .venv/bin/mobilegen-export --help > /dev/null
-echo "installed: $(.venv/bin/python -c 'import mobilegen, torch, onnx2tf; print("torch", torch.__version__, "onnx2tf", onnx2tf.__version__)')"
+echo "installed: $(.venv/bin/python -c 'import mobilegen, torch, onnx2tf, ray; print("torch", torch.__version__, "onnx2tf", onnx2tf.__version__, "ray", ray.__version__)')"

@@ -17,7 +17,9 @@ computes the same function as the fp32 one.
 
 Every random draw of step k (batch order, augmentation, t, eps, label dropout)
 comes from generators seeded with (seed, k), so `--resume` continues exactly where
-an uninterrupted run would be.
+an uninterrupted run would be. Under torchrun (train/distributed.py) every rank
+draws the whole global batch's t, eps and dropout and keeps its own share, so N
+ranks x batch B follow the single-process run with batch N*B.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from mobilegen.errors import MobileGenError
 from mobilegen.images import save_png
 from mobilegen.models import UNet
 from mobilegen.train.data import ImageFolder, OnBadImage, StepSampler, steps_per_epoch
+from mobilegen.train.distributed import (DistributedStepSampler, World, close_world, init_world, mean_over_ranks,
+                                       ranks_agree, wrap_ddp)
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,7 @@ class TrainResult:
     val_losses: dict[int, float] = field(default_factory=dict)
     images_per_second: float = 0.0
     skipped_images: int = 0
+    world: World = field(default_factory=World)
 
 
 @torch.no_grad()
@@ -120,13 +125,13 @@ def ema_update_(ema: UNet, model: UNet, step: int, beta: float, start: int) -> N
         e.lerp_(p, 1 - beta)
 
 
-def diffusion_batch(x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator, label_dropout: float):
-    """(x_t, t, eps, y with dropout) for one step, all drawn from gen."""
+def diffusion_batch(x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator, label_dropout: float, world: World = World()):
+    """(x_t, t, eps, y with dropout) for one step, all drawn from gen; this rank's share of the global batch."""
     schedule = linear_schedule()
-    n = x0.shape[0]
-    t = torch.randint(1, schedule.T, (n,), generator=gen)
-    eps = torch.randn(x0.shape, generator=gen)
-    drop = torch.rand(n, generator=gen) < label_dropout
+    n, r, size = x0.shape[0] * world.size, world.rank, world.size
+    t = torch.randint(1, schedule.T, (n,), generator=gen)[r::size]
+    eps = torch.randn((n, *x0.shape[1:]), generator=gen)[r::size]
+    drop = torch.rand(n, generator=gen)[r::size] < label_dropout
     y = torch.where(drop, torch.full_like(y, -1), y)
     return schedule.q_sample(x0, t, eps), t.float(), eps, y
 
@@ -142,6 +147,7 @@ class Trainer:
     config: TrainConfig
     total_steps: int
     device: torch.device
+    world: World = field(default_factory=World)
     model: UNet = field(init=False)
     ema: UNet = field(init=False)
     teacher: UNet | None = field(init=False, default=None)
@@ -154,6 +160,7 @@ class Trainer:
             raise MobileGenError(f"{cfg.init} holds a {start.arch}, but the run is for {cfg.arch}")
         self.model = start.to(self.device).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.net = wrap_ddp(self.model, self.world, self.device)  # DDP averages the ranks' gradients in backward()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=cfg.lr, total_steps=self.total_steps)
         self.amp = cfg.amp and self.device.type == "cuda"
@@ -164,9 +171,9 @@ class Trainer:
 
     def train_step(self, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> float:
         cfg = self.config
-        x_t, t, eps, y = (a.to(self.device) for a in diffusion_batch(x0, y, gen, cfg.label_dropout))
+        x_t, t, eps, y = (a.to(self.device) for a in diffusion_batch(x0, y, gen, cfg.label_dropout, self.world))
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-            pred = self.model(x_t, t, y)
+            pred = self.net(x_t, t, y)
             loss = cfg.noise_weight * F.mse_loss(pred.float(), eps)
             if self.teacher is not None:
                 with torch.no_grad():
@@ -185,7 +192,7 @@ class Trainer:
         if cfg.qat_every and self.step % cfg.qat_every == 0:
             round_to_fp16_(self.model)
         ema_update_(self.ema, self.model, self.step, cfg.ema_beta, cfg.ema_start)
-        return loss.item()
+        return mean_over_ranks(loss.item(), self.world, self.device)
 
     def state(self) -> dict:
         return {
@@ -196,9 +203,9 @@ class Trainer:
             "train_config": self.config.to_dict(),
         }
 
-    def save(self) -> None:
+    def save(self, **extra) -> None:
         out = self.config.out
-        save_checkpoint(out / LAST, self.model, ema=self.ema, **self.state())
+        save_checkpoint(out / LAST, self.model, ema=self.ema, **self.state(), **extra)
         ema = copy.deepcopy(self.ema)
         if self.config.qat_every:
             round_to_fp16_(ema)
@@ -246,23 +253,33 @@ def sample_grid(model: UNet, path: Path, device: torch.device, steps: int = 20) 
 
 
 def train(config: TrainConfig, on_step: Callable[[int, int, float, float], None] | None = None) -> TrainResult:
-    """Run (or resume) training; on_step(step, end, loss, images_per_second) drives a progress bar."""
-    device = resolve_device(config.device)
+    """Run (or resume) training; on_step(step, end, loss, images_per_second) drives a progress bar.
+
+    Under torchrun every rank runs this; rank 0 alone writes files and calls on_step.
+    """
+    world, device = init_world(resolve_device(config.device))
+    try:
+        return _train(config, on_step, world, device)
+    finally:
+        close_world(world)
+
+
+def _train(config: TrainConfig, on_step, world: World, device: torch.device) -> TrainResult:
     data = ImageFolder(config.data / "train", on_bad_image=config.on_bad_image)
     val = ImageFolder(config.data / "test", augment=False, on_bad_image=config.on_bad_image) if (config.data / "test").is_dir() else None
-    total = config.epochs * steps_per_epoch(len(data), config.batch_size)
+    total = config.epochs * steps_per_epoch(len(data), config.batch_size * world.size)  # global batches
     end = min(total, config.max_steps or total)
     if (config.out / LAST).exists() and not config.resume:
         raise MobileGenError(f"{config.out} already holds a run ({LAST}); pass --resume to continue it or choose another -o")
-    trainer = Trainer(config, total, device)
+    trainer = Trainer(config, total, device, world)
     if config.resume:
         trainer.restore()
     config.out.mkdir(parents=True, exist_ok=True)
-    result = TrainResult(config.out, trainer.step, skipped_images=len(data.skipped))
-    loader = torch.utils.data.DataLoader(
-        data, batch_sampler=StepSampler(len(data), config.batch_size, config.seed, trainer.step, end),
-        num_workers=config.num_workers,
-    )  # fmt: skip
+    result = TrainResult(config.out, trainer.step, skipped_images=len(data.skipped), world=world)
+    batches = (DistributedStepSampler(len(data), config.batch_size, config.seed, trainer.step, end, world) if world.distributed
+               else StepSampler(len(data), config.batch_size, config.seed, trainer.step, end))  # fmt: skip
+    loader = torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=config.num_workers)
+    writes = world.main  # rank 0 alone writes; the others only train
     busy, seen = 0.0, 0
     try:
         for x0, y in loader:
@@ -270,10 +287,12 @@ def train(config: TrainConfig, on_step: Callable[[int, int, float, float], None]
             loss = trainer.train_step(x0, y, step_generator(config.seed, trainer.step))
             busy += time.perf_counter() - start
             result.losses.append(loss)
-            seen += len(y)
+            seen += len(y) * world.size
             result.images_per_second = seen / busy  # training steps only: not loading, sampling or validation
-            if on_step:
+            if on_step and writes:
                 on_step(trainer.step, end, loss, result.images_per_second)
+            if not writes:
+                continue
             if config.val_every and val and trainer.step % config.val_every == 0:
                 result.val_losses[trainer.step] = validation_loss(trainer.ema, val, device)
                 log.info("step %d: validation eps-MSE %.4f", trainer.step, result.val_losses[trainer.step])
@@ -282,10 +301,14 @@ def train(config: TrainConfig, on_step: Callable[[int, int, float, float], None]
             if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:
                 trainer.save()
     except KeyboardInterrupt:
-        trainer.save()  # atomic: an interrupted run resumes from the last finished step
+        if writes:
+            trainer.save()  # atomic: an interrupted run resumes from the last finished step
         raise
-    trainer.save()
-    if val is not None and trainer.step not in result.val_losses:
+    if world.distributed:  # at the end, every rank proves it holds the same weights, bit for bit
+        digests = ranks_agree(world, trainer.model, trainer.ema)
+    if writes:
+        trainer.save(**({"ranks_sha256": digests} if world.distributed else {}))
+    if writes and val is not None and trainer.step not in result.val_losses:
         result.val_losses[trainer.step] = validation_loss(trainer.ema, val, device)
     result.step = trainer.step
     return result

@@ -5,7 +5,9 @@
 The fine-tune is the ordinary training loop with the unpruned model as teacher, so
 OUT/ema.pt and OUT/last.pt are the usual self-describing checkpoints; they carry
 the pruned widths in their config, and mobilegen-export takes OUT/ema.pt as it is.
-Every input is checked before anything is written.
+Every input is checked before anything is written. Under torchrun every rank
+prunes (the same, deterministic result), rank 0 alone writes pruned.pt, and the
+fine-tune is the data-parallel training loop.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from mobilegen.backends import resolve_device
 from mobilegen.checkpoint import load_checkpoint, save_checkpoint
 from mobilegen.compress import count_macs, count_params, prune_channels
 from mobilegen.errors import MobileGenError
 from mobilegen.train.data import scan_split, steps_per_epoch
+from mobilegen.train.distributed import barrier, init_world
 from mobilegen.train.loop import LAST, TrainConfig, TrainResult, train
 
 PRUNED = "pruned.pt"  # the pruned weights before the fine-tune
@@ -50,12 +54,17 @@ def prune_and_distill(checkpoint: Path, ratio: float, head_ratio: float, steps: 
     if steps < 0:
         raise MobileGenError(f"--steps must be >= 0, got {steps}")
     images = len(scan_split(Path(config.data) / "train")) if steps else 0  # layout errors before any work
+    world, _ = init_world(resolve_device(config.device))  # a plain run: World(0, 1), nothing to join
     if (config.out / LAST).exists() or (config.out / PRUNED).exists():
         raise MobileGenError(f"{config.out} already holds a run; choose another -o")
+    barrier(world)  # every rank has checked -o before rank 0 writes into it
     loaded = load_checkpoint(checkpoint)
     pruned = prune_channels(loaded.model, ratio, head_ratio)
-    path = save_checkpoint(config.out / PRUNED, pruned, source=str(checkpoint), source_sha256=loaded.sha256,
-                           prune={"ratio": ratio, "head_ratio": head_ratio, "method": "torch-pruning L2 magnitude"})  # fmt: skip
+    path = config.out / PRUNED
+    if world.main:
+        save_checkpoint(path, pruned, source=str(checkpoint), source_sha256=loaded.sha256,
+                        prune={"ratio": ratio, "head_ratio": head_ratio, "method": "torch-pruning L2 magnitude"})  # fmt: skip
+    barrier(world)  # the other ranks start the fine-tune from the file rank 0 wrote
     result = PruneResult(
         pruned=path,
         params=(count_params(loaded.model), count_params(pruned)),
