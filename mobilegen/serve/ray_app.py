@@ -118,8 +118,8 @@ def start(config: ServeConfig, options: RayOptions) -> None:
     elif options.address:
         check_reachable(options.address)
         ray.init(address=options.address, include_dashboard=False, logging_level=logging.WARNING)
-    else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    else:  # a one-machine cluster of our own: keep its nodes on loopback (multi-node: ray start, --ray-address)
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
     total = ray.cluster_resources()
     for key, need in (("CPU", options.cpus_per_replica), ("GPU", options.gpus_per_replica)):
         if need and need * options.replicas > total.get(key, 0):
