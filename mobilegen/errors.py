@@ -15,6 +15,10 @@ class ExportError(MobileGenError):
     """An export stage failed (converter missing or broken, output folder in the way)."""
 
 
+class OutputError(MobileGenError):
+    """An output path in the way: it exists, it is an input, or it is not ours to replace."""
+
+
 class GateError(MobileGenError):
     """A verification gate failed: the artifact is not trustworthy."""
 

@@ -8,10 +8,11 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from mobilegen.checkpoint import LoadedModel, atomic_write, sha256_file
+from mobilegen.checkpoint import LoadedModel, sha256_file
 from mobilegen.diffusion import SamplerConfig, Schedule
 from mobilegen.exporter.spec import DenoiserSpec
 from mobilegen.labels import CIFAR10_LABELS
+from mobilegen.outputs import write_json  # noqa: F401  mf.write_json: strict JSON (no NaN/Infinity), atomic
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -80,11 +81,6 @@ def build_manifest(
         "files": files,
         "parity": parity,
     }
-
-
-def write_json(path: Path, data: dict) -> Path:
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def read_manifest(directory: Path) -> dict:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobilegen.checkpoint import atomic_write
+from mobilegen.outputs import atomic_write
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"  # written by `mobilegen-export report`
 
 UNSTRUCTURED_NOTE = (
     "Unstructured pruning sets weights to zero but keeps every tensor dense: the kernels do "
@@ -32,8 +35,9 @@ def render(manifest: dict) -> str:
     lines += ["", "## Parity against the PyTorch fp32 reference", "",
               "| artifact | result | min PSNR dB | gate dB | max abs error | worst case |", "|---|---|---:|---:|---:|---|"]  # fmt: skip
     for name, p in m["parity"].items():
-        lines.append(f"| {name} | {'pass' if p['passed'] else 'FAIL'} | {p['min_psnr_db']:.1f} | {p['gate']['min_psnr']:g} "
-                     f"| {p['max_abs_error']:.2e} | {p['worst_case']} |")  # fmt: skip
+        psnr = "NaN/Inf" if p["min_psnr_db"] is None else f"{p['min_psnr_db']:.1f}"
+        err = "NaN/Inf" if p["max_abs_error"] is None else f"{p['max_abs_error']:.2e}"
+        lines.append(f"| {name} | {'pass' if p['passed'] else 'FAIL'} | {psnr} | {p['gate']['min_psnr']:g} | {err} | {p['worst_case']} |")
     prune = m["compression"]["prune"]
     lines += ["", "## Compression", ""]
     if prune["amount"]:
@@ -64,4 +68,4 @@ def render(manifest: dict) -> str:
 
 def write_report(directory: Path, manifest: dict) -> Path:
     text = render(manifest)
-    return atomic_write(directory / "report.md", lambda tmp: tmp.write_text(text))
+    return atomic_write(directory / REPORT_MD, lambda tmp: tmp.write_text(text))

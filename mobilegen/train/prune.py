@@ -19,7 +19,8 @@ from mobilegen.checkpoint import load_checkpoint, save_checkpoint
 from mobilegen.compress import count_macs, count_params, prune_channels
 from mobilegen.errors import MobileGenError
 from mobilegen.train.data import scan_split, steps_per_epoch
-from mobilegen.train.loop import LAST, TrainConfig, TrainResult, train
+from mobilegen.outputs import check_output_file
+from mobilegen.train.loop import EMA, LAST, TrainConfig, TrainResult, train
 
 PRUNED = "pruned.pt"  # the pruned weights before the fine-tune
 
@@ -50,8 +51,8 @@ def prune_and_distill(checkpoint: Path, ratio: float, head_ratio: float, steps: 
     if steps < 0:
         raise MobileGenError(f"--steps must be >= 0, got {steps}")
     images = len(scan_split(Path(config.data) / "train")) if steps else 0  # layout errors before any work
-    if (config.out / LAST).exists() or (config.out / PRUNED).exists():
-        raise MobileGenError(f"{config.out} already holds a run; choose another -o")
+    for name in (PRUNED, LAST, EMA):  # the fine-tune's teacher is the input: never overwritten
+        check_output_file(config.out / name, config.overwrite, [checkpoint])
     loaded = load_checkpoint(checkpoint)
     pruned = prune_channels(loaded.model, ratio, head_ratio)
     path = save_checkpoint(config.out / PRUNED, pruned, source=str(checkpoint), source_sha256=loaded.sha256,
