@@ -8,12 +8,13 @@ are read with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
-import os
+import math
 import pickle
 import re
-import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 
 from mobilegen.errors import CheckpointError
 from mobilegen.models import ARCHS, UNet, UNetConfig
+from mobilegen.outputs import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,10 @@ SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 WRAPPER_KEYS = ("ema", "ema_model", "model_ema", "ema_state_dict", "state_dict", "model", "model_state_dict", "net")
 PREFIXES = ("module.", "_orig_mod.")
 DEFAULT_SEED = 0
+# What one .pt archive may declare, in multiples of the largest architecture's float32
+# weights: a training checkpoint holds weights, EMA and two Adam moments, float64 at most.
+ZIP_TOTAL_SLACK = 8
+ZIP_OTHER_RECORD_BYTES = 64 << 20  # data.pkl, version, ...: kilobytes in a real checkpoint
 
 
 @dataclass
@@ -45,6 +51,11 @@ class LoadedModel:
     @property
     def arch(self) -> str:
         return self.model.arch
+
+    @property
+    def path(self) -> Path | None:
+        """The checkpoint file (absolute); None for the default model."""
+        return Path(self.source) if self.sha256 is not None else None
 
 
 def sha256_file(path: str | Path) -> str:
@@ -80,6 +91,36 @@ def default_model() -> LoadedModel:
     return seeded_model("student_v2", DEFAULT_SEED)
 
 
+@functools.lru_cache(maxsize=1)
+def largest_weights() -> tuple[str, int]:
+    """(arch, bytes of its float32 state_dict) of the largest architecture."""
+    sizes = {arch: 4 * sum(math.prod(s) for s in expected_shapes(arch).values()) for arch in ARCHS}
+    return max(sizes.items(), key=lambda kv: kv[1])
+
+
+def check_zip_sizes(path: Path) -> None:
+    """Refuse a torch zip archive whose records declare more bytes than a checkpoint of ours
+    can hold, from the zip directory alone: torch.load would inflate every record first."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip archive (or a broken one): torch.load reports it without inflating anything
+    arch, weights = largest_weights()
+    total_limit, record_limit = ZIP_TOTAL_SLACK * weights, 2 * weights  # one storage: a whole model in float64
+    data = [r for r in records if "/data/" in r.filename]
+    biggest = max(records, key=lambda r: r.file_size, default=None)
+    total = sum(r.file_size for r in data)
+    too_big = [r for r in records if r.file_size > (record_limit if r in data else ZIP_OTHER_RECORD_BYTES)]
+    if too_big or total > total_limit:
+        raise CheckpointError(
+            f"{path}: refused before reading any tensor: its zip records declare {total / 1e6:,.0f} MB of tensor data "
+            f"(largest record {biggest.filename}: {biggest.file_size / 1e6:,.0f} MB), more than any MobileGen checkpoint "
+            f"holds (at most {total_limit / 1e6:,.0f} MB in all and {record_limit / 1e6:,.0f} MB per tensor record; the "
+            f"largest architecture, {arch}, has {weights / 1e6:,.0f} MB of float32 weights). The file is corrupt or a zip bomb"
+        )
+
+
 def _read_file(path: Path) -> tuple[Any, dict]:
     """Raw object from disk, plus safetensors metadata (empty for torch files)."""
     if not path.is_file():
@@ -96,6 +137,7 @@ def _read_file(path: Path) -> tuple[Any, dict]:
             return load_file(str(path)), meta
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    check_zip_sizes(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True), {}
     except pickle.UnpicklingError as exc:
@@ -209,33 +251,11 @@ def load_checkpoint(path: str | Path, arch: str | None = None) -> LoadedModel:
     model = UNet(config or UNetConfig(arch=name))
     model.load_state_dict(float32_weights(state, path), strict=True)
     log.info("loaded %s from %s (%s)", name, path, detail)
-    return LoadedModel(model.eval(), str(path), sha256_file(path), detail, meta)
+    return LoadedModel(model.eval(), str(path.resolve()), sha256_file(path), detail, meta)
 
 
 def load_or_default(path: str | Path | None, arch: str | None = None) -> LoadedModel:
     return default_model() if path is None else load_checkpoint(path, arch)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | Path, write) -> Path:
-    """Call write(tmp_path), then rename into place: a reader never sees a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; published files get normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_checkpoint(path: str | Path, model: UNet, ema: UNet | None = None, **extra: Any) -> Path:

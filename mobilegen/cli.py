@@ -39,14 +39,20 @@ def fail(message: str, code: int) -> None:
 
 
 def handle_errors(fn):
-    """Domain errors become one clear line and a non-zero exit code, never a traceback."""
+    """Domain errors become one clear line and a non-zero exit code, never a traceback.
+    SIGTERM is handled like Ctrl-C: clean-up runs, then exit 130 with one line."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from mobilegen.errors import MobileGenError
+        from mobilegen.outputs import sigterm_as_interrupt
 
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return fn(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            fail(f"interrupted ({exc.args[0] if exc.args else 'Ctrl-C'}); stopped and cleaned up: "
+                 "outputs are only ever published whole", 130)  # fmt: skip
         except MobileGenError as exc:
             fail(str(exc), exc.exit_code)
         except ValueError as exc:
@@ -78,7 +84,7 @@ def main_cli() -> None:
 def _export(checkpoint, arch, out, overwrite, batch, threads, **kw) -> None:
     from mobilegen.exporter.pipeline import ExportOptions, check_output_dir, export_artifacts
 
-    check_output_dir(out, overwrite)  # before any work
+    check_output_dir(out, overwrite, checkpoint)  # before any work
     loaded = load_model(checkpoint, arch)
     start = time.perf_counter()
     result = export_artifacts(loaded, ExportOptions(out_dir=out, overwrite=overwrite, batch=batch, threads=threads, **kw))
@@ -97,7 +103,8 @@ def export_options(fn):
     fn = click.option("--arch", type=ARCH_CHOICES, help="Override the architecture detected from the keys.")(fn)
     fn = click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), default=Path("artifacts/default"),
                       show_default=True, help="Output folder (created; refused if it exists without --overwrite).")(fn)  # fmt: skip
-    fn = click.option("--overwrite", is_flag=True, help="Replace an existing output folder once the new export passed.")(fn)
+    fn = click.option("--overwrite", is_flag=True, help="Replace an existing export folder once the new export passed "
+                      "(only a MobileGen export: anything else is refused).")(fn)  # fmt: skip
     fn = click.option("--batch", type=click.IntRange(1, 16), default=1, show_default=True,
                       help="Fixed batch of the exported graph (2 runs a guided step in one call).")(fn)  # fmt: skip
     fn = click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads for every backend [all cores].")(fn)
@@ -173,15 +180,17 @@ def verify_command(directory, as_json, classes, sampler, steps, guidance, seed, 
 @export_cli.command("report")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @trajectory_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing DIR/report.html.")
 @handle_errors
-def report_command(directory, classes, sampler, steps, guidance, seed, checkpoint, threads) -> None:
-    """Write DIR/report.html: sample grids per backend, per-step error curves, latency, sizes, sparsity."""
+def report_command(directory, classes, sampler, steps, guidance, seed, checkpoint, threads, overwrite) -> None:
+    """Write DIR/report.html: sample grids per backend, per-step error curves, latency, sizes, sparsity
+    (and the trajectory results into DIR/manifest.json)."""
     from mobilegen.diffusion import SamplerConfig
     from mobilegen.htmlreport import write_html_report
 
     config = SamplerConfig(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
     labels = parse_classes(classes) or (3, 8)
-    path, summary = write_html_report(directory, labels, config, checkpoint, threads)
+    path, summary = write_html_report(directory, labels, config, checkpoint, threads, overwrite)
     click.echo(summary)
     click.echo(f"wrote {path}")
 
@@ -211,8 +220,9 @@ def bench_command(directory, checkpoint, threads, repeats) -> None:
 @click.option("--calibration-samples", type=click.IntRange(22, 5000), default=320, show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 1000), default=5, show_default=True, help="Latency rounds (files take turns).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads for every backend [all cores].")
+@click.option("--overwrite", is_flag=True, help="Replace compare.md, compare.json and samples.png in OUT.")
 @handle_errors
-def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples, rounds, threads) -> None:
+def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples, rounds, threads, overwrite) -> None:
     """fp32, fp16, int8 dynamic, int8 full (and --pruned) measured side by side: compare.md/.json, samples.png."""
     from mobilegen.checkpoint import load_checkpoint
     from mobilegen.diffusion import SamplerConfig
@@ -223,7 +233,7 @@ def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples
         raise ValueError("--classes needs at least one label")
     unpruned = load_model(checkpoint, None)
     result = compare(unpruned, load_checkpoint(pruned) if pruned else None, out, threads, labels,
-                     SamplerConfig(steps=steps), calibration_samples, rounds)  # fmt: skip
+                     SamplerConfig(steps=steps), calibration_samples, rounds, overwrite=overwrite)  # fmt: skip
     click.echo(render(result))
     click.echo(f"wrote {out}/compare.md, compare.json, samples.png")
 
@@ -239,13 +249,14 @@ def sample_command(fn):
     fn = click.option("--eta", type=FiniteFloat(0, 1), default=0.0, show_default=True, help="DDIM noise (0 = deterministic).")(fn)
     fn = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(fn)
     fn = click.option("--arch", type=ARCH_CHOICES)(fn)
+    fn = click.option("--overwrite", is_flag=True, help="Replace an existing --out file (never the input).")(fn)
     fn = click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("sample.png"), show_default=True)(fn)
     fn = click.argument("model_path", required=False, type=click.Path(path_type=Path, dir_okay=False))(fn)
     return click.command("sample")(fn)
 
 
 @sample_command
-def sample(model_path, label, n, seed, steps, sampler, guidance, eta, device, arch, out) -> None:
+def sample(model_path, label, n, seed, steps, sampler, guidance, eta, device, arch, out, overwrite) -> None:
     """Generate images from a checkpoint, an ONNX or a TFLite artifact (default: untrained v2)."""
     from tqdm import tqdm
 
@@ -255,7 +266,7 @@ def sample(model_path, label, n, seed, steps, sampler, guidance, eta, device, ar
     config = SamplerConfig(sampler=sampler, steps=steps, guidance=guidance, eta=eta, seed=seed)
     total = len(config.timesteps(linear_schedule()))
     with tqdm(total=total, desc="denoising", unit="step", file=sys.stderr, leave=False) as bar:
-        result = generate(model_path, label, n, config, device, arch, out, on_step=lambda *_: bar.update())
+        result = generate(model_path, label, n, config, device, arch, out, lambda *_: bar.update(), overwrite)
     click.echo(f"model: {result.model}", err=True)
     click.echo(f"{result.backend}: {result.label_name} x{n}, {config.sampler} {total} steps, guidance {guidance:g}, "
                f"seed {seed}: {result.seconds:.2f} s total, {result.seconds / n:.2f} s/image, "
@@ -289,6 +300,7 @@ def train_options(fn):
         click.option("--on-bad-image", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
                      help="Unreadable images: skip and count them, or stop."),
         click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped."),
+        click.option("--overwrite", is_flag=True, help="Start over in an --out that holds a run (replaces last.pt, ema.pt)."),
     ]  # fmt: skip
     for opt in reversed(opts):
         fn = opt(fn)
@@ -305,7 +317,7 @@ def _train(arch, teacher=None, noise_weight=1.0, teacher_weight=1.0, **kw) -> No
         max_steps=kw["max_steps"], qat_every=kw["qat_every"], label_dropout=kw["label_dropout"], ema_beta=kw["ema_beta"],
         ema_start=kw["ema_start"], seed=kw["seed"], sample_every=kw["sample_every"], val_every=kw["val_every"],
         checkpoint_every=kw["checkpoint_every"], device=kw["device"], num_workers=kw["workers"],
-        on_bad_image=kw["on_bad_image"], resume=kw["resume"], teacher=teacher, noise_weight=noise_weight,
+        on_bad_image=kw["on_bad_image"], resume=kw["resume"], overwrite=kw["overwrite"], teacher=teacher, noise_weight=noise_weight,
         teacher_weight=teacher_weight,
     )  # fmt: skip
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
@@ -369,9 +381,10 @@ def distill_command(teacher, arch, noise_weight, teacher_weight, **kw) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(0), default=500, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace pruned.pt, last.pt and ema.pt in --out (never CHECKPOINT).")
 @handle_errors
 def prune_command(checkpoint, ratio, head_ratio, data, steps, out, batch_size, lr, noise_weight, teacher_weight, seed,
-                  checkpoint_every, device) -> None:  # fmt: skip
+                  checkpoint_every, device, overwrite) -> None:  # fmt: skip
     """Structured pruning of CHECKPOINT (whole channels and heads), then a distillation fine-tune from it."""
     from tqdm import tqdm
 
@@ -379,7 +392,7 @@ def prune_command(checkpoint, ratio, head_ratio, data, steps, out, batch_size, l
     from mobilegen.train.prune import prune_and_distill
 
     config = TrainConfig(data=data, out=out, batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
-                         device=device, noise_weight=noise_weight, teacher_weight=teacher_weight)  # fmt: skip
+                         device=device, noise_weight=noise_weight, teacher_weight=teacher_weight, overwrite=overwrite)  # fmt: skip
     bar = tqdm(desc="fine-tune pruned", unit="step", file=sys.stderr, total=steps, disable=True)  # shown from step 1
 
     def on_step(step: int, end: int, loss: float, ips: float) -> None:
@@ -413,14 +426,13 @@ def prune_command(checkpoint, ratio, head_ratio, data, steps, out, batch_size, l
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--per-class", type=click.IntRange(1, 10000), default=20, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an OUT that demo-data wrote (anything else is refused).")
 @handle_errors
-def demo_data_command(out, per_class, seed) -> None:
+def demo_data_command(out, per_class, seed, overwrite) -> None:
     """Write a small CIFAR-10-layout folder of coloured shapes (for trying train/distill)."""
-    from mobilegen.train import write_demo_folder
+    from mobilegen.train import write_demo_data
 
-    if out.exists() and any(out.iterdir()):
-        fail(f"{out} exists and is not empty; choose a new folder", 2)
-    write_demo_folder(out, per_class, seed)
+    write_demo_data(out, per_class, seed, overwrite)
     click.echo(f"wrote {out}/train and {out}/test with the ten CIFAR-10 class folders")
 
 

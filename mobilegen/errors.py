@@ -25,6 +25,10 @@ class NonFiniteError(MobileGenError):
     exit_code = 1
 
 
+class OutputError(MobileGenError):
+    """An output path in the way: it exists, it is an input, or it is not ours to replace."""
+
+
 class GateError(MobileGenError):
     """A verification gate failed: the artifact is not trustworthy."""
 

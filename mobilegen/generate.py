@@ -17,9 +17,10 @@ from mobilegen.backends import OnnxBackend, TFLiteBackend, TorchBackend, open_ar
 from mobilegen.checkpoint import load_or_default
 from mobilegen.diffusion import SamplerConfig, Schedule, linear_schedule, run_sampler, to_uint8
 from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
-from mobilegen.exporter.manifest import read_manifest, spec_from_manifest
+from mobilegen.exporter.manifest import MANIFEST, read_manifest, spec_from_manifest
 from mobilegen.images import save_png
 from mobilegen.labels import CIFAR10_LABELS, parse_label
+from mobilegen.outputs import check_output_file
 
 ARTIFACT_SUFFIXES = (".onnx", ".tflite")
 
@@ -72,8 +73,13 @@ def generate(
     arch: str | None = None,
     out: Path | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    overwrite: bool = False,
 ) -> Generated:
     manifest = artifact_manifest(model_path)
+    if out is not None:  # the input, and for an artifact every file of its export, is never overwritten
+        folder = model_path.parent if manifest else None
+        inputs = [model_path] + ([folder / MANIFEST] + [folder / name for name in manifest["files"]] if manifest else [])
+        check_output_file(out, overwrite, inputs)
     y = parse_label(label, tuple(manifest["labels"]) if manifest else CIFAR10_LABELS)  # before loading anything
     opened = open_backend(model_path, device, arch, manifest)
     backend = opened.backend

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,7 @@ def render(manifest: dict, traj: Trajectories, ips: dict) -> str:
 
     def error_curves(ax):
         for name, r in traj.results.items():
-            ax.plot(range(1, len(r.per_step) + 1), [min(s["psnr"], 200) for s in r.per_step], label=name)
+            ax.plot(range(1, len(r.per_step) + 1), [math.nan if s["psnr"] is None else min(s["psnr"], 200) for s in r.per_step], label=name)
         ax.set_xlabel("sampling step (t decreasing)")
         ax.set_ylabel("PSNR of x_t vs PyTorch (dB)")
         ax.legend(fontsize=8)
@@ -149,15 +150,18 @@ def render(manifest: dict, traj: Trajectories, ips: dict) -> str:
 
 
 def write_html_report(directory: Path, labels: tuple[int, ...], config: SamplerConfig, checkpoint: Path | None,
-                      threads: int | None) -> tuple[Path, str]:  # fmt: skip
-    from mobilegen.checkpoint import atomic_write
+                      threads: int | None, overwrite: bool = False) -> tuple[Path, str]:  # fmt: skip
+    """DIR/report.html (refused if it exists, unless overwrite); also stores the trajectory results in the manifest."""
     from mobilegen.errors import MobileGenError
+    from mobilegen.exporter.report import REPORT_HTML
+    from mobilegen.outputs import atomic_write, check_output_file
 
+    path = check_output_file(directory / REPORT_HTML, overwrite)
     manifest = mf.read_manifest(directory)
     problems = check_hashes(directory, manifest)
     if problems:
         raise MobileGenError(f"{directory}: " + "; ".join(problems))
-    model = reference_model(manifest, checkpoint).model
+    model = reference_model(manifest, checkpoint, directory).model
     traj = run_trajectories(directory, manifest, model, list(labels), config, threads)
     ips = images_per_second(manifest, labels[0], traj)
     manifest["trajectory"] = {
@@ -167,5 +171,5 @@ def write_html_report(directory: Path, labels: tuple[int, ...], config: SamplerC
     }  # fmt: skip
     mf.write_json(directory / mf.MANIFEST, manifest)
     page = render(manifest, traj, ips)
-    path = atomic_write(directory / "report.html", lambda tmp: tmp.write_text(page))
+    atomic_write(path, lambda tmp: tmp.write_text(page))
     return path, "\n".join(r.summary() for r in traj.results.values())

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mobilegen.checkpoint import atomic_write
+from mobilegen.outputs import atomic_write
 
 
 def grid(images: torch.Tensor, pad: int = 2, cols: int | None = None) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mobilegen.diffusion import SamplerConfig, Schedule, run_sampler, to_uint8
-from mobilegen.exporter.parity import PSNR_IDENTICAL, psnr
+from mobilegen.exporter.parity import PSNR_IDENTICAL, finite_or_none, psnr
 
 # Final-image gates for DDIM-50 with guidance 3 (issue: fp32 >= 40 dB; fp16 >= 30 dB and SSIM >= 0.95).
 TRAJECTORY_GATES: dict[str, tuple[float, float | None]] = {
@@ -81,7 +81,7 @@ class TrajectoryResult:
         return not self.failures
 
     def worst_step(self) -> dict:
-        return min(self.per_step, key=lambda s: s["psnr"])
+        return min(self.per_step, key=lambda s: -math.inf if s["psnr"] is None else s["psnr"])  # None: NaN/Inf
 
     def summary(self) -> str:
         worst = min(self.per_class.items(), key=lambda kv: kv[1]["psnr"])
@@ -89,7 +89,8 @@ class TrajectoryResult:
         return (
             f"{'PASS' if self.passed else 'FAIL'} {self.artifact} trajectory: final image PSNR min "
             f"{worst[1]['psnr']:.1f} dB ({worst[0]}), SSIM min {min(c['ssim'] for c in self.per_class.values()):.4f} "
-            f"(gate {gate}); worst state at t={self.worst_step()['t']} ({self.worst_step()['psnr']:.1f} dB)"
+            f"(gate {gate}); worst state at t={self.worst_step()['t']} "
+            + ("(NaN/Inf)" if self.worst_step()["psnr"] is None else f"({self.worst_step()['psnr']:.1f} dB)")
         )
 
     def to_dict(self) -> dict:
@@ -105,7 +106,7 @@ class TrajectoryResult:
 
 def compare_runs(name: str, reference: Run, run: Run, label_names: list[str], gate: tuple[float, float | None]) -> TrajectoryResult:
     per_step = [
-        {"t": t, "max_abs": float(np.abs(a - b).max()), "psnr": round(min(psnr(a, b), PSNR_IDENTICAL), 3)}
+        {"t": t, "max_abs": finite_or_none(float(np.abs(a - b).max())), "psnr": finite_or_none(min(psnr(a, b), PSNR_IDENTICAL), 3)}
         for t, a, b in zip(reference.timesteps, reference.states, run.states)
     ]
     per_class, failures = {}, []

@@ -8,7 +8,7 @@ from typing import Callable
 
 from mobilegen.backends import TorchBackend, open_artifact
 from mobilegen.calibration import forward_process_cases
-from mobilegen.checkpoint import LoadedModel, default_model, load_checkpoint, sha256_file
+from mobilegen.checkpoint import SUFFIXES, LoadedModel, default_model, load_checkpoint, sha256_file
 from mobilegen.diffusion import SamplerConfig
 from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
 from mobilegen.errors import ManifestError, MobileGenError, NonFiniteError
@@ -22,18 +22,36 @@ REFERENCE = "pytorch fp32"
 DEFAULT_CLASSES = (3, 8)  # cat, ship: a CI-sized trajectory check
 
 
-def reference_model(manifest: dict, checkpoint: Path | None = None) -> LoadedModel:
+def find_checkpoint(manifest: dict, checkpoint: Path | None = None, directory: Path | None = None) -> Path:
+    """The checkpoint an export was made from, identified by the manifest's sha256: --checkpoint
+    (refused if its sha256 differs), else the stored path, else a file beside the export folder."""
+    stored, want = Path(manifest["source"]["checkpoint"]), manifest["source"]["sha256"]
+    made_from = "the untrained default model (no checkpoint)" if want is None else f"a checkpoint with sha256 {want}"
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            raise MobileGenError(f"--checkpoint {checkpoint}: no such file")
+        got = sha256_file(checkpoint)
+        if got != want:
+            raise MobileGenError(f"--checkpoint {checkpoint} has sha256 {got}, but the export was made from {made_from}; "
+                                 "give the checkpoint it was exported from")  # fmt: skip
+        return checkpoint
+    candidates = [stored]
+    if directory is not None:  # the export folder and its checkpoint moved together
+        parent = Path(directory).resolve().parent
+        candidates += [parent / stored.name] + sorted(p for p in parent.iterdir() if p.suffix in SUFFIXES)
+    for path in dict.fromkeys(candidates):
+        if path.is_file() and sha256_file(path) == want:
+            return path
+    where = f" nor beside {directory}" if directory is not None else ""
+    raise MobileGenError(f"the source checkpoint ({made_from}) is not at {stored}{where}; pass --checkpoint PATH")
+
+
+def reference_model(manifest: dict, checkpoint: Path | None = None, directory: Path | None = None) -> LoadedModel:
     """Rebuild the PyTorch model the export was made from (pruned the same way)."""
-    source = manifest["source"]
-    if checkpoint is None and source["sha256"] is None:
+    if checkpoint is None and manifest["source"]["sha256"] is None:
         loaded = default_model()
     else:
-        path = checkpoint or Path(source["checkpoint"])
-        if not path.is_file():
-            raise MobileGenError(f"the source checkpoint {path} is not here; pass --checkpoint PATH")
-        loaded = load_checkpoint(path, manifest["model"]["arch"])
-        if loaded.sha256 != source["sha256"]:
-            raise MobileGenError(f"{path} has sha256 {loaded.sha256}, but the export was made from {source['sha256']}")
+        loaded = load_checkpoint(find_checkpoint(manifest, checkpoint, directory), manifest["model"]["arch"])
     loaded.model = prune_l1(loaded.model, manifest["compression"]["prune"]["amount"])
     return loaded
 
@@ -128,7 +146,7 @@ def verify_directory(directory: Path, threads: int | None = None, checkpoint: Pa
     parity, trajectories = {}, None
     if intact:
         spec = mf.spec_from_manifest(manifest)
-        model = reference_model(manifest, checkpoint).model
+        model = reference_model(manifest, checkpoint, directory).model
         cases = forward_process_cases(schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"]))
         ref = TorchBackend(model, "cpu")(cases.x, cases.t, cases.y)
         parity = run_parity(artifacts(directory, manifest), spec, cases, ref, threads, float64_outputs(model, cases))
@@ -166,7 +184,7 @@ def bench_directory(directory: Path, checkpoint: Path | None, threads: int | Non
     problems = check_hashes(directory, manifest)
     if problems:
         raise MobileGenError(f"{directory}: " + "; ".join(problems))
-    model = reference_model(manifest, checkpoint).model
+    model = reference_model(manifest, checkpoint, directory).model
     manifest["latency"] = bench_directory_files(model, artifacts(directory, manifest), mf.spec_from_manifest(manifest), threads, repeats=repeats)
     mf.write_json(directory / mf.MANIFEST, manifest)
     write_report(directory, manifest)

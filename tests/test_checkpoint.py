@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import pickle
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -184,3 +188,38 @@ def test_half_precision_weights_still_load(tmp_path):
     torch.save(sd, path)
     loaded = load_checkpoint(path)
     assert all(v.dtype == torch.float32 for v in loaded.model.state_dict().values())
+
+
+def zip_bomb(path: Path, declared: int) -> Path:
+    """A real torch.save archive whose tensor record is `declared` bytes of deflated zeros (~1/500 on disk)."""
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(4)}, buf)
+    buf.seek(0)
+    with zipfile.ZipFile(buf) as src, zipfile.ZipFile(path, "w", compresslevel=1) as dst:
+        for info in src.infolist():
+            if "/data/" not in info.filename:
+                dst.writestr(info, src.read(info))
+                continue
+            record = zipfile.ZipInfo(info.filename)
+            record.compress_type = zipfile.ZIP_DEFLATED
+            with dst.open(record, "w") as fh:
+                for _ in range(declared >> 20):
+                    fh.write(bytes(1 << 20))
+    return path
+
+
+def test_zip_bomb_is_refused_from_its_declared_sizes_before_inflating(tmp_path):
+    """torch.load inflates every record before it checks one (1.2 GB of RSS for a 1 MB file
+    declaring 1 GB): the zip directory's declared sizes are checked first."""
+    bomb = zip_bomb(tmp_path / "bomb.pt", 512 << 20)
+    assert bomb.stat().st_size < 4e6
+    # VmHWM: this process's peak RSS (ru_maxrss would include the forking parent's)
+    code = ("import re, sys\nfrom mobilegen.checkpoint import load_checkpoint\ntry:\n    load_checkpoint(sys.argv[1])\n"
+            "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+            "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) >> 10)")  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code, str(bomb)], cwd=root, capture_output=True, text=True, check=True).stdout
+    error, rss_mb = out.strip().splitlines()
+    assert error.startswith("CheckpointError") and "refused before reading any tensor" in error, error
+    assert "declare 537 MB of tensor data" in error and "zip bomb" in error
+    assert int(rss_mb) < 450, f"peak RSS {rss_mb} MB: the record was inflated"

@@ -12,7 +12,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from mobilegen.checkpoint import save_checkpoint, seeded_model
 from mobilegen.cli import export_cli, main_cli
+from mobilegen.train import write_demo_folder
 from probe import probe_state_dict
 
 
@@ -156,3 +158,58 @@ def test_nan_weights_are_refused_by_serve_before_it_listens(tmp_path):
     torch.save(sd, path)
     res = run(main_cli, "serve", path, "--port", "0")
     assert res.exit_code == 2 and "'label_emb.weight' holds 1 NaN/Inf" in res.stderr
+
+
+def test_sample_refuses_an_existing_output_and_never_overwrites_its_input(tmp_path, v2_checkpoint):
+    before = v2_checkpoint.read_bytes()
+    for extra in ((), ("--overwrite",)):  # `sample ckpt.pt -o ckpt.pt` once turned a checkpoint into a PNG
+        res = run(main_cli, "sample", v2_checkpoint, "--steps", "1", "-o", v2_checkpoint, *extra)
+        assert res.exit_code == 2 and "is an input of this command" in res.stderr, res.output + res.stderr
+    assert v2_checkpoint.read_bytes() == before
+    out = tmp_path / "cat.png"
+    out.write_bytes(b"mine")
+    res = run(main_cli, "sample", "--steps", "1", "-o", out)
+    assert res.exit_code == 2 and f"{out} already exists; pass --overwrite" in res.stderr and out.read_bytes() == b"mine"
+    assert run(main_cli, "sample", "--steps", "1", "-o", out, "--overwrite").exit_code == 0
+    assert Image.open(out).size == (64, 64) and sorted(p.name for p in tmp_path.iterdir()) == ["cat.png", "v2.pt"]
+
+
+def test_demo_data_replaces_only_a_folder_it_wrote(tmp_path):
+    out = tmp_path / "data"
+    assert run(main_cli, "demo-data", out, "--per-class", "1").exit_code == 0
+    res = run(main_cli, "demo-data", out, "--per-class", "1")
+    assert res.exit_code == 2 and "already exists; pass --overwrite" in res.stderr
+    assert run(main_cli, "demo-data", out, "--per-class", "2", "--overwrite").exit_code == 0
+    assert len(list((out / "train" / "cat").iterdir())) == 2
+    (out / "train" / "cat" / "my_photo.jpg").write_bytes(b"precious")
+    res = run(main_cli, "demo-data", out, "--overwrite")
+    assert res.exit_code == 2 and "train/cat/my_photo.jpg, which demo-data does not write" in res.stderr
+    assert (out / "train" / "cat" / "my_photo.jpg").read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["data"], "no staging folder left"
+
+
+def test_compare_and_report_refuse_existing_outputs_before_any_work(tmp_path):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "compare.json").write_text("mine")
+    res = run(export_cli, "compare", "-o", out)
+    assert res.exit_code == 2 and "compare.json already exists; pass --overwrite" in res.stderr
+    (out / "report.html").write_text("mine")
+    res = run(export_cli, "report", out)
+    assert res.exit_code == 2 and "report.html already exists; pass --overwrite" in res.stderr
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"compare.json": "mine", "report.html": "mine"}
+
+
+def test_train_distill_and_prune_never_overwrite_an_input_or_a_run_without_overwrite(tmp_path):
+    data = write_demo_folder(tmp_path / "data", per_class=1)
+    run_dir = tmp_path / "run"
+    ema = save_checkpoint(run_dir / "ema.pt", seeded_model().model)
+    before = ema.read_bytes()
+    common = ("--data", data, "-o", run_dir, "--max-steps", "1", "--batch-size", "2")
+    res = run(main_cli, "train", "--arch", "student_v2", *common)
+    assert res.exit_code == 2 and "ema.pt already exists; pass --resume to continue the run, --overwrite to start it over" in res.stderr
+    res = run(main_cli, "distill", "--teacher", ema, *common, "--overwrite")
+    assert res.exit_code == 2 and "is an input of this command" in res.stderr
+    res = run(main_cli, "prune", ema, "--ratio", "0.3", "--data", data, "--steps", "0", "-o", run_dir, "--overwrite")
+    assert res.exit_code == 2 and "is an input of this command" in res.stderr
+    assert ema.read_bytes() == before and [p.name for p in run_dir.iterdir()] == ["ema.pt"]

@@ -139,7 +139,7 @@ def test_cli_prunes_fine_tunes_and_refuses_to_overwrite(tmp_path, v2_checkpoint,
     assert ema.model.config.widths == load_checkpoint(out / "pruned.pt").model.config.widths != ()
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 2
     again = prune_cli(v2_checkpoint, "--ratio", "0.3", "--data", tiny_data, "--steps", "1", "-o", out)
-    assert again.exit_code == 2 and "already holds a run" in again.output
+    assert again.exit_code == 2 and "pruned.pt already exists; pass --overwrite" in again.output
 
 
 @pytest.mark.slow

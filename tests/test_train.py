@@ -92,7 +92,7 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(data, tmp_path):
         train(config(data, tmp_path / "cut", max_steps=4), on_step=interrupt)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"] == 2
     assert not list((tmp_path / "cut").glob(".*tmp")), "no half-written checkpoint"
-    with pytest.raises(Exception, match="already holds a run"):
+    with pytest.raises(Exception, match="last.pt already exists; pass --resume to continue the run, --overwrite"):
         train(config(data, tmp_path / "cut", max_steps=4))
     with pytest.raises(Exception, match="settings differ.*lr"):
         train(config(data, tmp_path / "cut", max_steps=4, resume=True, lr=5e-4))

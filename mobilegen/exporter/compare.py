@@ -15,7 +15,6 @@ model, on the same machine, in the same process, with the same thread count:
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import torch
 
 from mobilegen.backends import TorchBackend, default_threads, open_artifact
 from mobilegen.calibration import forward_process_cases
-from mobilegen.checkpoint import LoadedModel, atomic_write
+from mobilegen.checkpoint import LoadedModel
 from mobilegen.compress import count_macs, count_params
 from mobilegen.diffusion import SamplerConfig, linear_schedule
 from mobilegen.exporter.parity import PSNR_IDENTICAL, psnr
@@ -36,9 +35,11 @@ from mobilegen.exporter.tflite_export import check_builtin_only
 from mobilegen.exporter.timing import machine, time_calls
 from mobilegen.images import save_png
 from mobilegen.labels import CIFAR10_LABELS
+from mobilegen.outputs import atomic_write, check_output_file, write_json
 from mobilegen.trajectory import compare_runs, record
 
 SPEC = DenoiserSpec(layout="NHWC")
+OUTPUTS = ("compare.json", "compare.md", "samples.png")
 PYTORCH_SDPA = "PyTorch fp32, fused SDPA"
 
 
@@ -85,8 +86,11 @@ def latency(backends: dict, reference: TorchBackend, rounds: int, repeats: int) 
 
 def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, threads: int | None = None,
             labels: tuple[int, ...] = (3, 8), config: SamplerConfig = SamplerConfig(), calibration_size: int = 320,
-            rounds: int = 5, repeats: int = 10) -> dict:  # fmt: skip
+            rounds: int = 5, repeats: int = 10, overwrite: bool = False) -> dict:  # fmt: skip
     """Measure every variant; write out/compare.json, out/compare.md and out/samples.png."""
+    inputs = [unpruned.path, pruned.path if pruned else None]
+    for name in OUTPUTS:
+        check_output_file(out / name, overwrite, inputs)
     threads = threads or default_threads()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -132,7 +136,7 @@ def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, thread
         "pytorch_sdpa_latency": timing[PYTORCH_SDPA] | {"speedup_vs_fp32": round(base / timing[PYTORCH_SDPA]["median_ms"], 3)},
     }  # fmt: skip
     save_png(torch.cat(images), out / "samples.png", cols=len(labels))
-    atomic_write(out / "compare.json", lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    write_json(out / "compare.json", result)
     atomic_write(out / "compare.md", lambda p: p.write_text(render(result)))
     return result
 

@@ -8,11 +8,12 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from mobilegen.checkpoint import LoadedModel, atomic_write, sha256_file
+from mobilegen.checkpoint import LoadedModel, sha256_file
 from mobilegen.diffusion import SamplerConfig, Schedule
 from mobilegen.exporter.schema import SCHEMA_VERSION, validate_manifest
 from mobilegen.exporter.spec import LABELS_FILE, DenoiserSpec
 from mobilegen.labels import CIFAR10_LABELS
+from mobilegen.outputs import write_json  # noqa: F401  mf.write_json: strict JSON (no NaN/Infinity), atomic
 
 MANIFEST = "manifest.json"
 LABELS = LABELS_FILE
@@ -80,11 +81,6 @@ def build_manifest(
         "files": files,
         "parity": parity,
     }
-
-
-def write_json(path: Path, data: dict) -> Path:
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def read_manifest(directory: Path) -> dict:

@@ -31,6 +31,13 @@ PSNR_IDENTICAL = 999.0  # what JSON gets for identical outputs (infinite PSNR)
 FLOAT64_CHUNK = 8  # cases per float64 call: bounds the attention matrices' memory
 
 
+def finite_or_none(value: float, digits: int | None = None) -> float | None:
+    """JSON has no NaN or Infinity: a non-finite number is stored as null (the failures say why)."""
+    if not math.isfinite(value):
+        return None
+    return value if digits is None else round(value, digits)
+
+
 @dataclass(frozen=True)
 class CaseError:
     case: str
@@ -111,8 +118,8 @@ class ParityResult:
             "passed": self.passed,
             "gate": asdict(self.tolerance),
             "cases": len(self.cases),
-            "min_psnr_db": round(min(self.min_psnr, PSNR_IDENTICAL), 3),
-            "max_abs_error": self.max_abs,
+            "min_psnr_db": finite_or_none(min(self.min_psnr, PSNR_IDENTICAL), 3),  # null: an output was NaN/Inf
+            "max_abs_error": finite_or_none(self.max_abs),
             "worst_case": self.worst.case,
             "failures": self.failures,
             **({"float64": self.float64.to_dict()} if self.float64 else {}),

@@ -12,8 +12,9 @@ bad or half-written one. A failed export lands in ``<out>.failed/`` with
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,20 +26,23 @@ from mobilegen.backends import TorchBackend, open_artifact
 from mobilegen.calibration import calibration_cases, forward_process_cases
 from mobilegen.checkpoint import LoadedModel
 from mobilegen.diffusion import linear_schedule
-from mobilegen.errors import ExportError
 from mobilegen.exporter import manifest as mf
 from mobilegen.exporter.metadata import About, add_metadata
 from mobilegen.exporter.onnx_export import export_onnx, onnx_op_types
-from mobilegen.exporter.parity import ParityResult, check_parity, float64_outputs, psnr
+from mobilegen.exporter.parity import PSNR_IDENTICAL, ParityResult, check_parity, float64_outputs, psnr
 from mobilegen.exporter.prune import prune_l1, sparsity
 from mobilegen.exporter.quantize import quantize_tflite
-from mobilegen.exporter.report import write_report
+from mobilegen.exporter.report import REPORT_HTML, REPORT_MD, write_report
 from mobilegen.exporter.spec import ONNX_FILE, PRECISION, TFLITE_FP16, TFLITE_FP32, TFLITE_INT8, DenoiserSpec, Layout
 from mobilegen.exporter.tflite_export import check_builtin_only, convert_onnx_to_tflite, to_fp16_weights
 from mobilegen.labels import CIFAR10_LABELS
+from mobilegen.outputs import check_output_folder, make_staging, publish_folder
 
 log = logging.getLogger(__name__)
 
+OWN_FILES = frozenset({*PRECISION, mf.LABELS, mf.MANIFEST, REPORT_MD, REPORT_HTML})
+TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]+\.tmp$")  # atomic_write's, if a writer was killed
+EXPORT = "a MobileGen export"
 
 
 @dataclass(frozen=True)
@@ -67,11 +71,38 @@ class ExportResult:
         return self.manifest["status"] == "passed"
 
 
-def check_output_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not overwrite:
-        raise ExportError(f"output folder {out_dir} already exists; pass --overwrite to replace it (it is kept if the new export fails)")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"output path {out_dir} exists and is not a folder")
+def failed_dir(out_dir: Path) -> Path:
+    return out_dir.with_name(out_dir.name + ".failed")
+
+
+def export_folder_problem(folder: Path) -> str | None:
+    """None when folder is an export of ours (or its .failed twin): a manifest.json with our
+    schema_version, beside nothing but files an export writes; else what is wrong."""
+    try:
+        manifest = json.loads((folder / mf.MANIFEST).read_text())
+    except FileNotFoundError:
+        return f"no {mf.MANIFEST}"
+    except (OSError, ValueError):
+        return f"its {mf.MANIFEST} is not readable JSON"
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != mf.SCHEMA_VERSION:
+        return f"its {mf.MANIFEST} has no schema_version {mf.SCHEMA_VERSION}"
+
+    def own(p: Path) -> bool:
+        temp = TEMP_FILE.match(p.name)
+        return p.is_file() and not p.is_symlink() and (p.name in OWN_FILES or bool(temp and temp["name"] in OWN_FILES))
+
+    foreign = sorted(p.name for p in folder.iterdir() if not own(p))
+    if foreign:
+        more = f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else ""
+        return f"it also holds {', '.join(foreign[:5])}{more}, which no export writes"
+    return None
+
+
+def check_output_dir(out_dir: Path, overwrite: bool, checkpoint: Path | None = None) -> None:
+    """Before any work: out_dir may be replaced only with overwrite and only if it is an export;
+    <out>.failed, replaced by a failed export, must be one too; neither may hold the checkpoint."""
+    check_output_folder(out_dir, overwrite, [checkpoint], EXPORT, export_folder_problem)
+    check_output_folder(failed_dir(out_dir), True, [checkpoint], EXPORT, export_folder_problem)
 
 
 def build_artifacts(model, spec: DenoiserSpec, stage: Path, opts: ExportOptions, quant: dict | None = None, *,
@@ -111,7 +142,7 @@ def compression_info(loaded: LoadedModel, pruned, spec: DenoiserSpec, opts: Expo
     if opts.prune == 0:
         return info
     unpruned = TorchBackend(loaded.model, "cpu")(cases.x, cases.t, cases.y)
-    per_case = [psnr(unpruned[i], ref[i]) for i in range(len(cases))]
+    per_case = [min(psnr(unpruned[i], ref[i]), PSNR_IDENTICAL) for i in range(len(cases))]
     info["prune"].update(sparsity(pruned))
     info["prune"]["pruned_vs_unpruned_psnr_db"] = {"min": round(min(per_case), 2), "mean": round(float(np.mean(per_case)), 2)}
     with tempfile.TemporaryDirectory(prefix="mobilegen-unpruned-") as tmp:
@@ -133,11 +164,10 @@ def run_parity(files: dict[str, Path], spec: DenoiserSpec, cases, ref: np.ndarra
 
 
 def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
-    check_output_dir(opts.out_dir, opts.overwrite)
+    check_output_dir(opts.out_dir, opts.overwrite, loaded.path)
     spec = DenoiserSpec(batch=opts.batch, layout=opts.layout)
     schedule = linear_schedule()
-    opts.out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{opts.out_dir.name}.staging-", dir=opts.out_dir.parent))
+    stage = make_staging(opts.out_dir)  # also removes what killed exports left beside it
     try:
         model = prune_l1(loaded.model, opts.prune)
         quant: dict = {}
@@ -160,25 +190,11 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
             manifest["latency"] = bench_directory_files(model, files, spec, opts.threads)
         mf.write_json(stage / mf.MANIFEST, manifest)
         write_report(stage, manifest)
-        target = opts.out_dir if status == "passed" else opts.out_dir.with_name(opts.out_dir.name + ".failed")
-        publish(stage, target, overwrite=opts.overwrite or status != "passed")
+        target = opts.out_dir if status == "passed" else failed_dir(opts.out_dir)
+        # Checked again: the folder may have changed during the export.
+        check_output_folder(target, opts.overwrite or status != "passed", [loaded.path], EXPORT, export_folder_problem)
+        publish_folder(stage, target)
         return ExportResult(target, manifest, parity)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
-
-def publish(stage: Path, target: Path, overwrite: bool) -> None:
-    """Move the staging folder into place; an existing folder is swapped out only now."""
-    from mobilegen.checkpoint import _umask
-
-    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700
-    for path in stage.iterdir():
-        os.chmod(path, 0o666 & ~_umask())
-    if target.exists():
-        check_output_dir(target, overwrite)
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.rename(target, old)
-        os.rename(stage, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(stage, target)

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobilegen.checkpoint import atomic_write
+from mobilegen.outputs import atomic_write
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"  # written by `mobilegen-export report`
 
 UNSTRUCTURED_NOTE = (
     "Unstructured pruning sets weights to zero but keeps every tensor dense: the kernels do "
     "the same work, so it shrinks the gzip'd download only and makes nothing faster."
 )
+
+
+def number(value: float | None) -> str:
+    """An error figure; None is what the manifest holds for a non-finite one."""
+    return "NaN/Inf" if value is None else f"{value:.2e}"
 
 
 def render(manifest: dict) -> str:
@@ -34,9 +42,10 @@ def render(manifest: dict) -> str:
               "|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
     for name, p in m["parity"].items():
         f64 = p.get("float64")
-        truth = f"{f64['artifact_max_abs_error']:.2e} / {f64['reference_max_abs_error']:.2e}" if f64 else "-"
-        lines.append(f"| {name} | {'pass' if p['passed'] else 'FAIL'} | {p['min_psnr_db']:.1f} | {p['gate']['min_psnr']:g} "
-                     f"| {p['max_abs_error']:.2e} | {truth} | {p['worst_case']} |")  # fmt: skip
+        truth = f"{number(f64['artifact_max_abs_error'])} / {number(f64['reference_max_abs_error'])}" if f64 else "-"
+        psnr = "NaN/Inf" if p["min_psnr_db"] is None else f"{p['min_psnr_db']:.1f}"
+        lines.append(f"| {name} | {'pass' if p['passed'] else 'FAIL'} | {psnr} | {p['gate']['min_psnr']:g} "
+                     f"| {number(p['max_abs_error'])} | {truth} | {p['worst_case']} |")  # fmt: skip
     if any("float64" in p for p in m["parity"].values()):
         multiple = next(p["float64"]["multiple"] for p in m["parity"].values() if "float64" in p)
         lines += ["", f"A float32 file passes when its error against a float64 run of the same model is within the gate, "
@@ -71,4 +80,4 @@ def render(manifest: dict) -> str:
 
 def write_report(directory: Path, manifest: dict) -> Path:
     text = render(manifest)
-    return atomic_write(directory / "report.md", lambda tmp: tmp.write_text(text))
+    return atomic_write(directory / REPORT_MD, lambda tmp: tmp.write_text(text))

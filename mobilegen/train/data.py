@@ -11,8 +11,11 @@ worker and after a resume.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,11 +26,14 @@ from torch.utils.data import Dataset
 
 from mobilegen.errors import MobileGenError
 from mobilegen.labels import CIFAR10_LABELS
+from mobilegen.outputs import check_output_folder, make_staging, publish_folder
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 OnBadImage = Literal["skip", "stop"]
+DEMO_MARKER = "mobilegen-demo-data.json"  # what tells a demo-data folder from a real data set
+DEMO_IMAGE = re.compile(r"^\d{4}\.png$")
 
 
 class DataError(MobileGenError):
@@ -181,3 +187,32 @@ def write_demo_folder(root: Path, per_class: int = 8, seed: int = 0, size: int =
                     draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colours[c])
                 img.save(folder / f"{i:04d}.png")
     return root
+
+
+def demo_folder_problem(root: Path) -> str | None:
+    """None when root holds only what demo-data writes (its marker, train/ and test/ of
+    class folders of NNNN.png); else what else it holds."""
+    if not (root / DEMO_MARKER).is_file():
+        return f"no {DEMO_MARKER}"
+    for path in sorted(root.rglob("*")):
+        parts = path.relative_to(root).parts
+        ours = parts == (DEMO_MARKER,) or (
+            parts[0] in ("train", "test") and (len(parts) < 2 or parts[1] in CIFAR10_LABELS)
+            and (len(parts) < 3 or (len(parts) == 3 and bool(DEMO_IMAGE.match(parts[2]))))
+        )  # fmt: skip
+        if not ours or path.is_symlink():
+            return f"it also holds {path.relative_to(root)}, which demo-data does not write"
+    return None
+
+
+def write_demo_data(out: Path, per_class: int, seed: int = 0, overwrite: bool = False) -> Path:
+    """write_demo_folder into a staging folder, moved into place whole; an existing OUT is
+    replaced only with overwrite and only if demo-data wrote it."""
+    check_output_folder(out, overwrite, [], "a demo-data folder", demo_folder_problem)
+    stage = make_staging(out)
+    try:
+        write_demo_folder(stage, per_class, seed)
+        (stage / DEMO_MARKER).write_text(json.dumps({"written_by": "mobilegen demo-data", "per_class": per_class, "seed": seed}) + "\n")
+        return publish_folder(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

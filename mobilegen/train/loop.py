@@ -35,11 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from mobilegen.backends import resolve_device
-from mobilegen.checkpoint import load_checkpoint, save_checkpoint, seeded_model
+from mobilegen.checkpoint import check_zip_sizes, load_checkpoint, save_checkpoint, seeded_model
 from mobilegen.diffusion import SamplerConfig, linear_schedule, run_sampler, to_uint8
 from mobilegen.errors import MobileGenError
 from mobilegen.images import save_png
 from mobilegen.models import UNet
+from mobilegen.outputs import check_output_file
 from mobilegen.train.data import ImageFolder, OnBadImage, StepSampler, steps_per_epoch
 from mobilegen.train.distributed import (DistributedStepSampler, World, close_world, init_world, mean_over_ranks,
                                        ranks_agree, wrap_ddp)
@@ -76,6 +77,7 @@ class TrainConfig:
     num_workers: int = 0
     on_bad_image: OnBadImage = "skip"
     resume: bool = False
+    overwrite: bool = False  # start over in a run folder that holds a run (never with resume)
     teacher: Path | None = None
     init: Path | None = None  # start from this checkpoint (its weights and widths) instead of a seeded init
     noise_weight: float = 1.0
@@ -89,6 +91,8 @@ class TrainConfig:
             raise ValueError("label_dropout must be in [0, 1)")
         if self.qat_every < 0:
             raise ValueError("qat_every must be >= 0 (0 = off)")
+        if self.resume and self.overwrite:
+            raise MobileGenError("--resume continues the run in --out and --overwrite starts it over: give one of them")
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -215,6 +219,7 @@ class Trainer:
         path = self.config.out / LAST
         if not path.is_file():
             raise MobileGenError(f"--resume: {path} not found; nothing to resume")
+        check_zip_sizes(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
         saved = state["train_config"]
         changed = [k for k in RESUME_KEYS if saved.get(k) != self.config.to_dict()[k]]
@@ -252,6 +257,16 @@ def sample_grid(model: UNet, path: Path, device: torch.device, steps: int = 20) 
     return save_png(to_uint8(x), path)
 
 
+def check_run_folder(config: TrainConfig) -> None:
+    """last.pt and ema.pt are replaced only by --resume (the same run) or --overwrite, and never
+    when one is an input (the teacher, the starting weights)."""
+    if config.resume and not (config.out / LAST).is_file():
+        raise MobileGenError(f"--resume: {config.out / LAST} not found; nothing to resume")
+    hint = "pass --resume to continue the run, --overwrite to start it over, or choose another -o"
+    for name in (LAST, EMA):
+        check_output_file(config.out / name, config.overwrite or config.resume, [config.teacher, config.init], hint)
+
+
 def train(config: TrainConfig, on_step: Callable[[int, int, float, float], None] | None = None) -> TrainResult:
     """Run (or resume) training; on_step(step, end, loss, images_per_second) drives a progress bar.
 
@@ -269,8 +284,7 @@ def _train(config: TrainConfig, on_step, world: World, device: torch.device) -> 
     val = ImageFolder(config.data / "test", augment=False, on_bad_image=config.on_bad_image) if (config.data / "test").is_dir() else None
     total = config.epochs * steps_per_epoch(len(data), config.batch_size * world.size)  # global batches
     end = min(total, config.max_steps or total)
-    if (config.out / LAST).exists() and not config.resume:
-        raise MobileGenError(f"{config.out} already holds a run ({LAST}); pass --resume to continue it or choose another -o")
+    check_run_folder(config)
     trainer = Trainer(config, total, device, world)
     if config.resume:
         trainer.restore()

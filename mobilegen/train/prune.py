@@ -22,8 +22,9 @@ from mobilegen.checkpoint import load_checkpoint, save_checkpoint
 from mobilegen.compress import count_macs, count_params, prune_channels
 from mobilegen.errors import MobileGenError
 from mobilegen.train.data import scan_split, steps_per_epoch
+from mobilegen.outputs import check_output_file
 from mobilegen.train.distributed import barrier, init_world
-from mobilegen.train.loop import LAST, TrainConfig, TrainResult, train
+from mobilegen.train.loop import EMA, LAST, TrainConfig, TrainResult, train
 
 PRUNED = "pruned.pt"  # the pruned weights before the fine-tune
 
@@ -55,8 +56,8 @@ def prune_and_distill(checkpoint: Path, ratio: float, head_ratio: float, steps: 
         raise MobileGenError(f"--steps must be >= 0, got {steps}")
     images = len(scan_split(Path(config.data) / "train")) if steps else 0  # layout errors before any work
     world, _ = init_world(resolve_device(config.device))  # a plain run: World(0, 1), nothing to join
-    if (config.out / LAST).exists() or (config.out / PRUNED).exists():
-        raise MobileGenError(f"{config.out} already holds a run; choose another -o")
+    for name in (PRUNED, LAST, EMA):  # the fine-tune's teacher is the input: never overwritten
+        check_output_file(config.out / name, config.overwrite, [checkpoint])
     barrier(world)  # every rank has checked -o before rank 0 writes into it
     loaded = load_checkpoint(checkpoint)
     pruned = prune_channels(loaded.model, ratio, head_ratio)

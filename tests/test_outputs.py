@@ -1,0 +1,89 @@
+"""The one rule every writer follows: no existing output replaced without --overwrite, no input
+ever, folders only when ours, and nothing half-written or left behind by a killed run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mobilegen.errors import OutputError
+from mobilegen.outputs import check_output_file, check_output_folder, make_staging, publish_folder, remove_leftovers, write_json
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_an_input_is_never_overwritten_even_through_links(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(b"weights")
+    (tmp_path / "link.pt").symlink_to(ckpt)
+    os.link(ckpt, tmp_path / "hard.pt")
+    for out in (ckpt, tmp_path / "link.pt", tmp_path / "hard.pt", tmp_path / "." / "ckpt.pt"):
+        with pytest.raises(OutputError, match="is an input of this command.*with or without --overwrite"):
+            check_output_file(out, True, [ckpt])
+    with pytest.raises(OutputError, match="already exists; pass --overwrite"):
+        check_output_file(tmp_path / "link.pt", False, [])
+    assert check_output_file(tmp_path / "new.png", False, [ckpt]) == tmp_path / "new.png"
+    assert ckpt.read_bytes() == b"weights"
+
+
+def test_a_folder_is_replaced_only_when_ours_and_never_when_it_holds_an_input(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious")
+    ours = lambda f: None  # noqa: E731
+    with pytest.raises(OutputError, match="already exists; pass --overwrite"):
+        check_output_folder(folder, False, [], "ours", ours)
+    with pytest.raises(OutputError, match="refusing to replace .*not ours \\(why\\)"):
+        check_output_folder(folder, True, [], "ours", lambda f: "why")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "ckpt.pt").symlink_to(folder / "notes.txt")
+    with pytest.raises(OutputError, match="contains the input"):
+        check_output_folder(folder, True, [tmp_path / "elsewhere" / "ckpt.pt"], "ours", ours)  # resolved through the link
+    (tmp_path / "alias").symlink_to(folder)
+    with pytest.raises(OutputError, match="contains the input"):
+        check_output_folder(tmp_path / "alias", True, [folder / "notes.txt"], "ours", ours)
+    check_output_folder(folder, True, [tmp_path / "other.pt"], "ours", ours)  # ours, no input inside: allowed
+    assert (folder / "notes.txt").read_text() == "precious"
+
+
+def test_leftovers_of_dead_processes_are_removed_and_nothing_else(tmp_path):
+    dead = dead_pid()
+    stale = tmp_path / f".out.staging-{dead}-abcd_123"
+    live = tmp_path / f".out.staging-{os.getpid()}-abcdefgh"
+    foreign = tmp_path / ".out.staging-notes"
+    for folder in (stale, live, foreign):
+        folder.mkdir()
+        (folder / "denoiser.onnx").write_bytes(b"x" * 100)
+    swapped = tmp_path / f".gone.old-{dead}-0123abcd"  # killed between the two renames of a swap
+    swapped.mkdir()
+    (swapped / "manifest.json").write_text("{}")
+    assert remove_leftovers(tmp_path) == [stale]
+    assert live.is_dir() and foreign.is_dir() and not stale.exists()
+    assert (tmp_path / "gone" / "manifest.json").is_file(), "the previous export is put back, not deleted"
+
+
+def test_publish_swaps_whole_folders(tmp_path):
+    target = tmp_path / "out"
+    for content in ("first", "second"):
+        stage = make_staging(target)
+        assert stage.name.startswith(f".out.staging-{os.getpid()}-")
+        (stage / "a.txt").write_text(content)
+        publish_folder(stage, target)
+        assert (target / "a.txt").read_text() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_write_json_never_writes_nan_or_infinity(tmp_path):
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "m.json", {"x": float("inf")})
+    assert not list(tmp_path.iterdir()), "no file and no temporary left"
+    write_json(tmp_path / "m.json", {"x": None})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"x": None}
