@@ -67,8 +67,8 @@ class Float64Check:
         return {
             "truth": "pytorch float64, same model and inputs",
             "multiple": self.multiple,
-            "artifact_max_abs_error": max(c.max_abs for c in self.artifact),
-            "artifact_min_psnr_db": round(min(min(c.psnr for c in self.artifact), PSNR_IDENTICAL), 3),
+            "artifact_max_abs_error": finite_or_none(max(c.max_abs for c in self.artifact)),
+            "artifact_min_psnr_db": finite_or_none(min(min(c.psnr for c in self.artifact), PSNR_IDENTICAL), 3),
             "reference_max_abs_error": self.floor_max_abs,
             "reference_min_psnr_db": round(min(self.floor_psnr, PSNR_IDENTICAL), 3),
         }
