@@ -69,9 +69,17 @@ def _export(checkpoint, arch, out, overwrite, batch, threads, **kw) -> None:
     result = export_artifacts(loaded, ExportOptions(out_dir=out, overwrite=overwrite, batch=batch, threads=threads, **kw))
     for name, parity in result.parity.items():
         click.echo(parity.summary())
+    for name, entry in result.manifest["files"].items():
+        if "memory" in entry:
+            m = entry["memory"]
+            click.echo(f"{name}: peak RSS {m['peak_rss_mb']:.1f} MB (limit {m['limit_mb']:g})"
+                       + (f", largest tensor {m['graph']['largest_tensor_mb']:.2f} MB" if "graph" in m else ""))  # fmt: skip
     if "latency" in result.manifest:
         click.echo(result.manifest["latency"]["table"])
     took = time.perf_counter() - start
+    if result.memory_failures:
+        fail("a memory gate failed: " + "; ".join(result.memory_failures)
+             + f". Nothing was published to {out}. Failed export kept in {result.out_dir}", 1)  # fmt: skip
     if not result.passed:
         fail(f"a parity gate failed; nothing was published to {out}. Failed export kept in {result.out_dir}", 1)
     files = ", ".join(result.manifest["files"])
@@ -86,6 +94,11 @@ def export_options(fn):
     fn = click.option("--batch", type=click.IntRange(1, 16), default=1, show_default=True,
                       help="Fixed batch of the exported graph (2 runs a guided step in one call).")(fn)  # fmt: skip
     fn = click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads for every backend [all cores].")(fn)
+    fn = click.option("--max-tensor-mb", type=click.FloatRange(0, min_open=True), default=None,
+                      help="Largest tensor of the graph: attention runs in chunks to fit [4 x batch]; inf: unbounded.")(fn)  # fmt: skip
+    fn = click.option("--max-memory-mb", type=click.FloatRange(0, min_open=True), default=None,
+                      help="Memory gate: peak RSS of a fresh process running a file, over the bare process "
+                           "[fp32 64, others 48 at batch 1; x0.75 x batch above; ONNX 96].")(fn)  # fmt: skip
     return fn
 
 
@@ -94,9 +107,10 @@ def export_options(fn):
 @export_options
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
 @handle_errors
-def onnx_command(checkpoint, arch, out, overwrite, batch, threads, layout) -> None:
+def onnx_command(checkpoint, arch, out, overwrite, batch, threads, max_tensor_mb, max_memory_mb, layout) -> None:
     """Export CHECKPOINT (default: untrained v2) to a verified denoiser.onnx."""
-    _export(checkpoint, arch, out, overwrite, batch, threads, tflite=False, fp16=False, layout=layout, bench=False)
+    _export(checkpoint, arch, out, overwrite, batch, threads, tflite=False, fp16=False, layout=layout, bench=False,
+            max_tensor_mb=max_tensor_mb, max_memory_mb=max_memory_mb)  # fmt: skip
 
 
 @export_cli.command("tflite")
@@ -113,10 +127,12 @@ def onnx_command(checkpoint, arch, out, overwrite, batch, threads, layout) -> No
               help="Inputs that calibrate --int8 full (half forward-process x_t, half from real DDIM sampling).")  # fmt: skip
 @click.option("--no-bench", is_flag=True, help="Skip the latency benchmark.")
 @handle_errors
-def tflite_command(checkpoint, arch, out, overwrite, batch, threads, fp16, prune, int8, calibration_samples, no_bench) -> None:
+def tflite_command(checkpoint, arch, out, overwrite, batch, threads, max_tensor_mb, max_memory_mb, fp16, prune, int8,
+                   calibration_samples, no_bench) -> None:  # fmt: skip
     """Export CHECKPOINT (default: untrained v2) to ONNX + TFLite, verified, with manifest and report."""
     _export(checkpoint, arch, out, overwrite, batch, threads, tflite=True, fp16=fp16, prune=prune, layout="NHWC",
-            bench=not no_bench, int8=tuple(dict.fromkeys(int8)), calibration_size=calibration_samples)  # fmt: skip
+            bench=not no_bench, int8=tuple(dict.fromkeys(int8)), calibration_size=calibration_samples,
+            max_tensor_mb=max_tensor_mb, max_memory_mb=max_memory_mb)  # fmt: skip
 
 
 def parse_classes(value: str) -> tuple[int, ...]:
@@ -184,6 +200,10 @@ def bench_command(directory, checkpoint, threads, repeats) -> None:
     latency = bench_directory(directory, checkpoint, threads, repeats)
     click.echo(f"{latency['machine']['cpu']}, {latency['threads']} threads, batch {latency['batch']}")
     click.echo(latency["table"])
+    click.echo(f"{'memory (fresh process)':<34} {'peak RSS MB':>11} {'largest tensor MB':>18}")
+    for name, m in latency["memory"].items():
+        largest = f"{m['graph']['largest_tensor_mb']:.2f}" if "graph" in m else "-"
+        click.echo(f"{name:<34} {m['peak_rss_mb']:>11.1f} {largest:>18}")
 
 
 @export_cli.command("compare")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -34,6 +35,7 @@ from mobilegen.exporter.quantize import quantize_tflite
 from mobilegen.exporter.report import write_report
 from mobilegen.exporter.spec import DenoiserSpec, Layout
 from mobilegen.exporter.tflite_export import check_builtin_only, convert_onnx_to_tflite, to_fp16_weights
+from mobilegen.exporter.tflite_memory import schedule_depth_first
 from mobilegen.labels import CIFAR10_LABELS
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,9 @@ ONNX_FILE = "denoiser.onnx"
 TFLITE_FP32 = "denoiser_float32.tflite"
 TFLITE_FP16 = "denoiser_float16.tflite"
 TFLITE_INT8 = {"dynamic": "denoiser_int8_dynamic.tflite", "full": "denoiser_int8_full.tflite"}
+# 4 MB per image: the sa6 scores in chunks of 64 query rows; measured on the real v2
+# the fastest budget that meets the memory targets (README "Memory").
+DEFAULT_TENSOR_MB = 4.0
 PRECISION = {ONNX_FILE: "onnx", TFLITE_FP32: "float32", TFLITE_FP16: "float16"} | {
     name: f"int8_{mode}" for mode, name in TFLITE_INT8.items()
 }
@@ -60,6 +65,9 @@ class ExportOptions:
     threads: int | None = None
     int8: tuple[str, ...] = ()  # "dynamic", "full"
     calibration_size: int = 320
+    max_tensor_mb: float | None = None  # None: DEFAULT_TENSOR_MB x batch; inf: attention unbounded
+    max_memory_mb: float | None = None  # None: memory.MAX_MEMORY_MB per precision and batch
+    memory: bool = True  # measure every file's memory and gate on it
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class ExportResult:
     out_dir: Path
     manifest: dict
     parity: dict[str, ParityResult]
+    memory_failures: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -80,9 +89,16 @@ def check_output_dir(out_dir: Path, overwrite: bool) -> None:
         raise ExportError(f"output path {out_dir} exists and is not a folder")
 
 
+def tensor_budget(opts: ExportOptions) -> float | None:
+    """The --max-tensor-mb in effect: None when attention is unbounded."""
+    if opts.max_tensor_mb is None:
+        return DEFAULT_TENSOR_MB * opts.batch
+    return None if math.isinf(opts.max_tensor_mb) else opts.max_tensor_mb
+
+
 def build_artifacts(model, spec: DenoiserSpec, stage: Path, opts: ExportOptions, quant: dict | None = None) -> dict[str, Path]:
     """Write every file into stage; quant (if given) receives each int8 file's details."""
-    files = {ONNX_FILE: export_onnx(model, spec, stage / ONNX_FILE)}
+    files = {ONNX_FILE: export_onnx(model, spec, stage / ONNX_FILE, tensor_budget(opts))}
     if opts.tflite:
         files[TFLITE_FP32] = convert_onnx_to_tflite(files[ONNX_FILE], spec, stage)
         if opts.fp16:
@@ -97,6 +113,9 @@ def build_artifacts(model, spec: DenoiserSpec, stage: Path, opts: ExportOptions,
             files[path.name] = path
             if quant is not None:
                 quant[mode] = info
+    for path in files.values():
+        if path.suffix == ".tflite":
+            schedule_depth_first(path)  # chunk after chunk, so the chunks' memory is reused
     return files
 
 
@@ -132,6 +151,7 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
     check_output_dir(opts.out_dir, opts.overwrite)
     spec = DenoiserSpec(batch=opts.batch, layout=opts.layout)
     schedule = linear_schedule()
+    check_tensor_budget(loaded.model, opts)  # before anything is written
     opts.out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{opts.out_dir.name}.staging-", dir=opts.out_dir.parent))
     try:
@@ -141,8 +161,10 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
         cases = forward_process_cases(schedule)
         ref = TorchBackend(model, "cpu")(cases.x, cases.t, cases.y)  # the (pruned) fp32 reference
         parity = run_parity(files, spec, cases, ref, opts.threads)
-        status = "passed" if all(r.passed for r in parity.values()) else "failed"
         entries = {name: mf.file_entry(path, PRECISION[name], op_types(path)) for name, path in files.items()}
+        memory_failures = gate_memory(files, entries, spec, opts) if opts.memory else []
+        passed = all(r.passed for r in parity.values()) and not memory_failures
+        status = "passed" if passed else "failed"
         (stage / mf.LABELS).write_text("\n".join(CIFAR10_LABELS) + "\n")
         entries[mf.LABELS] = mf.file_entry(stage / mf.LABELS, "text", [])
         manifest = mf.build_manifest(
@@ -158,9 +180,36 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
         write_report(stage, manifest)
         target = opts.out_dir if status == "passed" else opts.out_dir.with_name(opts.out_dir.name + ".failed")
         publish(stage, target, overwrite=opts.overwrite or status != "passed")
-        return ExportResult(target, manifest, parity)
+        return ExportResult(target, manifest, parity, tuple(memory_failures))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def check_tensor_budget(model, opts: ExportOptions) -> None:
+    from mobilegen.models.budget import plan_attention
+
+    if (budget := tensor_budget(opts)) is not None:
+        plan_attention(model, opts.batch, budget)  # ValueError naming the smallest feasible budget
+
+
+def gate_memory(files: dict[str, Path], entries: dict[str, dict], spec: DenoiserSpec, opts: ExportOptions) -> list[str]:
+    """Measure every file in a fresh process (exporter/memory.py) into its manifest entry; the failures."""
+    from mobilegen.backends import default_threads
+    from mobilegen.exporter.memory import check_memory, contract_feeds, measure_file, memory_limit
+
+    failures, budget = [], tensor_budget(opts)
+    for name, path in files.items():
+        measured = measure_file(path, contract_feeds(spec), opts.threads or default_threads())
+        limit = memory_limit(PRECISION[name], spec.batch, opts.max_memory_mb)
+        problems = check_memory(name, measured, limit)
+        graph = measured.get("graph")
+        if graph and budget is not None and graph["largest_tensor_bytes"] > budget * 2**20:
+            problems.append(f"{name}: tensor {graph['largest_tensor']!r} {graph['largest_tensor_shape']} is "
+                            f"{graph['largest_tensor_mb']:.2f} MB, over --max-tensor-mb {budget:g}")  # fmt: skip
+        entries[name]["memory"] = measured | {"limit_mb": limit, "max_tensor_mb": budget, "passed": not problems}
+        failures += problems
+        log.info("%s: peak RSS %.1f MB (limit %g)", name, measured["peak_rss_mb"], limit)
+    return failures
 
 
 def publish(stage: Path, target: Path, overwrite: bool) -> None:
