@@ -216,19 +216,25 @@ def bench_command(directory, checkpoint, threads, repeats) -> None:
 @click.option("--calibration-samples", type=click.IntRange(22, 5000), default=320, show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 1000), default=5, show_default=True, help="Latency rounds (files take turns).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads for every backend [all cores].")
+@click.option("--foreign", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Another .tflite denoiser (e.g. the original project's) measured in the same rounds.")  # fmt: skip
+@click.option("--foreign-inputs", default="x=input,t=onnx__Unsqueeze_1,y=onnx__Cast_2", show_default=True,
+              help="Its signature inputs for x, t and y (the default names the original v2 file's).")  # fmt: skip
 @handle_errors
-def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples, rounds, threads) -> None:
+def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples, rounds, threads, foreign, foreign_inputs) -> None:
     """fp32, fp16, int8 dynamic, int8 full (and --pruned) measured side by side: compare.md/.json, samples.png."""
     from mobilegen.checkpoint import load_checkpoint
     from mobilegen.diffusion import SamplerConfig
     from mobilegen.exporter.compare import compare, render
+    from mobilegen.exporter.foreign import parse_inputs
 
     labels = parse_classes(classes)
+    foreign_arg = (foreign, parse_inputs(foreign_inputs)) if foreign else None
     if not labels:
         raise ValueError("--classes needs at least one label")
     unpruned = load_model(checkpoint, None)
     result = compare(unpruned, load_checkpoint(pruned) if pruned else None, out, threads, labels,
-                     SamplerConfig(steps=steps), calibration_samples, rounds)  # fmt: skip
+                     SamplerConfig(steps=steps), calibration_samples, rounds, foreign=foreign_arg)  # fmt: skip
     click.echo(render(result))
     click.echo(f"wrote {out}/compare.md, compare.json, samples.png")
 
@@ -243,6 +249,8 @@ def sample_command(fn):
     fn = click.option("--guidance", type=click.FloatRange(0, 50), default=3.0, show_default=True, help="0 turns guidance off.")(fn)
     fn = click.option("--eta", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="DDIM noise (0 = deterministic).")(fn)
     fn = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(fn)
+    fn = click.option("--max-tensor-mb", type=click.FloatRange(0, min_open=True), default=None,
+                      help="Checkpoints: attention in chunks so that no tensor exceeds this [unbounded].")(fn)  # fmt: skip
     fn = click.option("--arch", type=ARCH_CHOICES)(fn)
     fn = click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("sample.png"), show_default=True)(fn)
     fn = click.argument("model_path", required=False, type=click.Path(path_type=Path, dir_okay=False))(fn)
@@ -250,7 +258,7 @@ def sample_command(fn):
 
 
 @sample_command
-def sample(model_path, label, n, seed, steps, sampler, guidance, eta, device, arch, out) -> None:
+def sample(model_path, label, n, seed, steps, sampler, guidance, eta, device, max_tensor_mb, arch, out) -> None:
     """Generate images from a checkpoint, an ONNX or a TFLite artifact (default: untrained v2)."""
     from tqdm import tqdm
 
@@ -260,7 +268,8 @@ def sample(model_path, label, n, seed, steps, sampler, guidance, eta, device, ar
     config = SamplerConfig(sampler=sampler, steps=steps, guidance=guidance, eta=eta, seed=seed)
     total = len(config.timesteps(linear_schedule()))
     with tqdm(total=total, desc="denoising", unit="step", file=sys.stderr, leave=False) as bar:
-        result = generate(model_path, label, n, config, device, arch, out, on_step=lambda *_: bar.update())
+        result = generate(model_path, label, n, config, device, arch, out, on_step=lambda *_: bar.update(),
+                          max_tensor_mb=max_tensor_mb)  # fmt: skip
     click.echo(f"model: {result.model}", err=True)
     click.echo(f"{result.backend}: {result.label_name} x{n}, {config.sampler} {total} steps, guidance {guidance:g}, "
                f"seed {seed}: {result.seconds:.2f} s total, {result.seconds / n:.2f} s/image, "
@@ -456,9 +465,12 @@ def demo_data_command(out, per_class, seed) -> None:
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
               help="Allow browsers on ORIGIN (e.g. https://app.example); repeatable; none by default; never with credentials.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True)
+@click.option("--max-tensor-mb", type=click.FloatRange(0, min_open=True), default=None,
+              help="Checkpoints: attention in chunks so that no tensor of a --max-batch call exceeds this [unbounded].")
 @handle_errors
 def serve_command(checkpoint, models, arch, host, port, device, sampler, steps, guidance, max_batch, max_wait_ms,
-                  max_n, max_steps, max_guidance, max_body_bytes, max_pending, timeout_s, cors_origins, log_level) -> None:
+                  max_n, max_steps, max_guidance, max_body_bytes, max_pending, timeout_s, cors_origins, log_level,
+                  max_tensor_mb) -> None:  # fmt: skip
     """Serve images over HTTP: POST /generate_image (the app), POST /v1/images, GET /v1/models, /healthz, /metrics.
 
     CHECKPOINT (default: the untrained v2) is served under its architecture's name (v1, v2),
@@ -470,7 +482,8 @@ def serve_command(checkpoint, models, arch, host, port, device, sampler, steps, 
     serve(ServeConfig(models=tuple(sources), host=host, port=port, device=device, sampler=sampler, steps=steps,
                       guidance=guidance, max_batch=max_batch, max_wait_ms=max_wait_ms, max_n=max_n, max_steps=max_steps,
                       max_guidance=max_guidance, max_body_bytes=max_body_bytes, max_pending=max_pending,
-                      timeout_s=timeout_s, cors_origins=tuple(cors_origins), log_level=log_level))  # fmt: skip
+                      timeout_s=timeout_s, cors_origins=tuple(cors_origins), log_level=log_level,
+                      max_tensor_mb=max_tensor_mb))  # fmt: skip
 
 
 if __name__ == "__main__":

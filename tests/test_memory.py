@@ -94,3 +94,27 @@ def test_a_tiny_memory_limit_fails_like_a_parity_gate_and_keeps_the_earlier_expo
     failed = json.loads((tmp_path / "v2.failed" / "manifest.json").read_text())
     assert failed["status"] == "failed"
     assert failed["files"]["denoiser_float32.tflite"]["memory"]["passed"] is False
+
+
+def test_sample_with_bounded_attention_draws_the_same_image(tmp_path):
+    from mobilegen.cli import main_cli
+
+    paths = [tmp_path / "plain.png", tmp_path / "bounded.png"]
+    for path, extra in zip(paths, ([], ["--max-tensor-mb", "8"])):
+        res = CliRunner().invoke(main_cli, ["sample", "--steps", "2", "--device", "cpu", "-o", str(path), *extra])
+        assert res.exit_code == 0, res.output
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    res = CliRunner().invoke(main_cli, ["sample", "--steps", "2", "--max-tensor-mb", "1", "-o", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "smallest feasible" in res.stderr
+
+
+def test_server_models_get_bounded_attention():
+    from mobilegen.serve.config import ModelSource, ServeConfig
+    from mobilegen.serve.models import load_model
+
+    served = load_model(ModelSource(None), ServeConfig(device="cpu", max_batch=4, max_tensor_mb=16.0))
+    try:
+        sa6 = served.batcher.run.model.sa6  # the TorchRunner's model
+        assert 0 < sa6.query_chunk < 4096 and 4 * sa6.head_group * sa6.query_chunk * 4096 * 4 <= 16 * MB
+    finally:
+        served.batcher.close()
