@@ -19,7 +19,7 @@ from mobilegen.exporter.spec import DenoiserSpec, Tolerance
 EXPECTED_V2_OPS = [
     "Add", "Cast", "Clip", "Concat", "Constant", "Conv", "Cos", "Div", "Erf", "Gather", "Gemm", "GreaterOrEqual",
     "InstanceNormalization", "LayerNormalization", "MatMul", "MaxPool", "Mul", "Reshape", "Resize",
-    "Sigmoid", "Sin", "Softmax", "Split", "Squeeze", "Transpose", "Unsqueeze",
+    "Sigmoid", "Sin", "Slice", "Softmax", "Split", "Squeeze", "Transpose", "Unsqueeze",
 ]  # fmt: skip
 
 
