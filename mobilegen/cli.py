@@ -22,9 +22,13 @@ class FiniteFloat(click.FloatRange):
 
     name = "finite float"
 
+    def __init__(self, *args, allow_inf: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.allow_inf = allow_inf  # +inf as "no limit" (--max-tensor-mb inf); NaN never
+
     def convert(self, value, param, ctx):
         number = click.FLOAT.convert(value, param, ctx)
-        if not math.isfinite(number):
+        if math.isnan(number) or (math.isinf(number) and not (self.allow_inf and number > 0)):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return super().convert(number, param, ctx)
 
@@ -90,9 +94,17 @@ def _export(checkpoint, arch, out, overwrite, batch, threads, **kw) -> None:
     result = export_artifacts(loaded, ExportOptions(out_dir=out, overwrite=overwrite, batch=batch, threads=threads, **kw))
     for name, parity in result.parity.items():
         click.echo(parity.summary())
+    for name, entry in result.manifest["files"].items():
+        if "memory" in entry:
+            m = entry["memory"]
+            click.echo(f"{name}: peak RSS {m['peak_rss_mb']:.1f} MB (limit {m['limit_mb']:g})"
+                       + (f", largest tensor {m['graph']['largest_tensor_mb']:.2f} MB" if "graph" in m else ""))  # fmt: skip
     if "latency" in result.manifest:
         click.echo(result.manifest["latency"]["table"])
     took = time.perf_counter() - start
+    if result.memory_failures:
+        fail("a memory gate failed: " + "; ".join(result.memory_failures)
+             + f". Nothing was published to {out}. Failed export kept in {result.out_dir}", 1)  # fmt: skip
     if not result.passed:
         fail(f"a parity gate failed; nothing was published to {out}. Failed export kept in {result.out_dir}", 1)
     files = ", ".join(result.manifest["files"])
@@ -108,6 +120,11 @@ def export_options(fn):
     fn = click.option("--batch", type=click.IntRange(1, 16), default=1, show_default=True,
                       help="Fixed batch of the exported graph (2 runs a guided step in one call).")(fn)  # fmt: skip
     fn = click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads for every backend [all cores].")(fn)
+    fn = click.option("--max-tensor-mb", type=FiniteFloat(0, min_open=True, allow_inf=True), default=None,
+                      help="Largest tensor of the graph: attention runs in chunks to fit [4 x batch]; inf: unbounded.")(fn)  # fmt: skip
+    fn = click.option("--max-memory-mb", type=FiniteFloat(0, min_open=True), default=None,
+                      help="Memory gate: peak RSS of a fresh process running a file, over the bare process "
+                           "[fp32 64, others 48 at batch 1; x0.75 x batch above; ONNX 96].")(fn)  # fmt: skip
     return fn
 
 
@@ -116,9 +133,10 @@ def export_options(fn):
 @export_options
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
 @handle_errors
-def onnx_command(checkpoint, arch, out, overwrite, batch, threads, layout) -> None:
+def onnx_command(checkpoint, arch, out, overwrite, batch, threads, max_tensor_mb, max_memory_mb, layout) -> None:
     """Export CHECKPOINT (default: untrained v2) to a verified denoiser.onnx."""
-    _export(checkpoint, arch, out, overwrite, batch, threads, tflite=False, fp16=False, layout=layout, bench=False)
+    _export(checkpoint, arch, out, overwrite, batch, threads, tflite=False, fp16=False, layout=layout, bench=False,
+            max_tensor_mb=max_tensor_mb, max_memory_mb=max_memory_mb)  # fmt: skip
 
 
 @export_cli.command("tflite")
@@ -135,10 +153,12 @@ def onnx_command(checkpoint, arch, out, overwrite, batch, threads, layout) -> No
               help="Inputs that calibrate --int8 full (half forward-process x_t, half from real DDIM sampling).")  # fmt: skip
 @click.option("--no-bench", is_flag=True, help="Skip the latency benchmark.")
 @handle_errors
-def tflite_command(checkpoint, arch, out, overwrite, batch, threads, fp16, prune, int8, calibration_samples, no_bench) -> None:
+def tflite_command(checkpoint, arch, out, overwrite, batch, threads, max_tensor_mb, max_memory_mb, fp16, prune, int8,
+                   calibration_samples, no_bench) -> None:  # fmt: skip
     """Export CHECKPOINT (default: untrained v2) to ONNX + TFLite, verified, with manifest and report."""
     _export(checkpoint, arch, out, overwrite, batch, threads, tflite=True, fp16=fp16, prune=prune, layout="NHWC",
-            bench=not no_bench, int8=tuple(dict.fromkeys(int8)), calibration_size=calibration_samples)  # fmt: skip
+            bench=not no_bench, int8=tuple(dict.fromkeys(int8)), calibration_size=calibration_samples,
+            max_tensor_mb=max_tensor_mb, max_memory_mb=max_memory_mb)  # fmt: skip
 
 
 def parse_classes(value: str) -> tuple[int, ...]:
@@ -208,6 +228,10 @@ def bench_command(directory, checkpoint, threads, repeats) -> None:
     latency = bench_directory(directory, checkpoint, threads, repeats)
     click.echo(f"{latency['machine']['cpu']}, {latency['threads']} threads, batch {latency['batch']}")
     click.echo(latency["table"])
+    click.echo(f"{'memory (fresh process)':<34} {'peak RSS MB':>11} {'largest tensor MB':>18}")
+    for name, m in latency["memory"].items():
+        largest = f"{m['graph']['largest_tensor_mb']:.2f}" if "graph" in m else "-"
+        click.echo(f"{name:<34} {m['peak_rss_mb']:>11.1f} {largest:>18}")
 
 
 @export_cli.command("compare")
@@ -221,19 +245,26 @@ def bench_command(directory, checkpoint, threads, repeats) -> None:
 @click.option("--rounds", type=click.IntRange(1, 1000), default=5, show_default=True, help="Latency rounds (files take turns).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads for every backend [all cores].")
 @click.option("--overwrite", is_flag=True, help="Replace compare.md, compare.json and samples.png in OUT.")
+@click.option("--foreign", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Another .tflite denoiser (e.g. the original project's) measured in the same rounds.")  # fmt: skip
+@click.option("--foreign-inputs", default="x=input,t=onnx__Unsqueeze_1,y=onnx__Cast_2", show_default=True,
+              help="Its signature inputs for x, t and y (the default names the original v2 file's).")  # fmt: skip
 @handle_errors
-def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples, rounds, threads, overwrite) -> None:
+def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples, rounds, threads, overwrite, foreign,
+                    foreign_inputs) -> None:  # fmt: skip
     """fp32, fp16, int8 dynamic, int8 full (and --pruned) measured side by side: compare.md/.json, samples.png."""
     from mobilegen.checkpoint import load_checkpoint
     from mobilegen.diffusion import SamplerConfig
     from mobilegen.exporter.compare import compare, render
+    from mobilegen.exporter.foreign import parse_inputs
 
     labels = parse_classes(classes)
+    foreign_arg = (foreign, parse_inputs(foreign_inputs)) if foreign else None
     if not labels:
         raise ValueError("--classes needs at least one label")
     unpruned = load_model(checkpoint, None)
     result = compare(unpruned, load_checkpoint(pruned) if pruned else None, out, threads, labels,
-                     SamplerConfig(steps=steps), calibration_samples, rounds, overwrite=overwrite)  # fmt: skip
+                     SamplerConfig(steps=steps), calibration_samples, rounds, overwrite=overwrite, foreign=foreign_arg)  # fmt: skip
     click.echo(render(result))
     click.echo(f"wrote {out}/compare.md, compare.json, samples.png")
 
@@ -248,6 +279,8 @@ def sample_command(fn):
     fn = click.option("--guidance", type=FiniteFloat(0, 50), default=3.0, show_default=True, help="0 turns guidance off.")(fn)
     fn = click.option("--eta", type=FiniteFloat(0, 1), default=0.0, show_default=True, help="DDIM noise (0 = deterministic).")(fn)
     fn = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(fn)
+    fn = click.option("--max-tensor-mb", type=FiniteFloat(0, min_open=True, allow_inf=True), default=None,
+                      help="Checkpoints: attention in chunks so that no tensor exceeds this [unbounded].")(fn)  # fmt: skip
     fn = click.option("--arch", type=ARCH_CHOICES)(fn)
     fn = click.option("--overwrite", is_flag=True, help="Replace an existing --out file (never the input).")(fn)
     fn = click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("sample.png"), show_default=True)(fn)
@@ -256,7 +289,7 @@ def sample_command(fn):
 
 
 @sample_command
-def sample(model_path, label, n, seed, steps, sampler, guidance, eta, device, arch, out, overwrite) -> None:
+def sample(model_path, label, n, seed, steps, sampler, guidance, eta, device, max_tensor_mb, arch, out, overwrite) -> None:
     """Generate images from a checkpoint, an ONNX or a TFLite artifact (default: untrained v2)."""
     from tqdm import tqdm
 
@@ -266,7 +299,8 @@ def sample(model_path, label, n, seed, steps, sampler, guidance, eta, device, ar
     config = SamplerConfig(sampler=sampler, steps=steps, guidance=guidance, eta=eta, seed=seed)
     total = len(config.timesteps(linear_schedule()))
     with tqdm(total=total, desc="denoising", unit="step", file=sys.stderr, leave=False) as bar:
-        result = generate(model_path, label, n, config, device, arch, out, lambda *_: bar.update(), overwrite)
+        result = generate(model_path, label, n, config, device, arch, out, on_step=lambda *_: bar.update(),
+                          overwrite=overwrite, max_tensor_mb=max_tensor_mb)  # fmt: skip
     click.echo(f"model: {result.model}", err=True)
     click.echo(f"{result.backend}: {result.label_name} x{n}, {config.sampler} {total} steps, guidance {guidance:g}, "
                f"seed {seed}: {result.seconds:.2f} s total, {result.seconds / n:.2f} s/image, "
@@ -470,13 +504,15 @@ def demo_data_command(out, per_class, seed, overwrite) -> None:
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True)
 @click.option("--ray", "use_ray", is_flag=True, help="Serve on Ray Serve with --replicas copies of the app (docs/serving.md).")
 @click.option("--replicas", type=click.IntRange(1), default=2, show_default=True, help="With --ray: replicas of the app.")
-@click.option("--replica-cpus", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True, help="With --ray: CPUs per replica.")
-@click.option("--replica-gpus", type=click.FloatRange(0), default=0.0, show_default=True, help="With --ray: GPUs per replica.")
+@click.option("--replica-cpus", type=FiniteFloat(0, min_open=True), default=1.0, show_default=True, help="With --ray: CPUs per replica.")
+@click.option("--replica-gpus", type=FiniteFloat(0), default=0.0, show_default=True, help="With --ray: GPUs per replica.")
 @click.option("--ray-address", metavar="HOST:PORT", help="With --ray: join this running cluster (ray start --head) instead of a local one.")
+@click.option("--max-tensor-mb", type=FiniteFloat(0, min_open=True, allow_inf=True), default=None,
+              help="Checkpoints: attention in chunks so that no tensor of a --max-batch call exceeds this [unbounded].")
 @handle_errors
 def serve_command(checkpoint, models, arch, host, port, device, sampler, steps, guidance, max_batch, max_wait_ms,
                   max_n, max_steps, max_guidance, max_body_bytes, max_pending, timeout_s, cors_origins, log_level,
-                  use_ray, replicas, replica_cpus, replica_gpus, ray_address) -> None:
+                  use_ray, replicas, replica_cpus, replica_gpus, ray_address, max_tensor_mb) -> None:
     """Serve images over HTTP: POST /generate_image (the app), POST /v1/images, GET /v1/models, /healthz, /metrics.
 
     CHECKPOINT (default: the untrained v2) is served under its architecture's name (v1, v2),
@@ -493,7 +529,8 @@ def serve_command(checkpoint, models, arch, host, port, device, sampler, steps, 
     serve(ServeConfig(models=tuple(sources), host=host, port=port, device=device, sampler=sampler, steps=steps,
                       guidance=guidance, max_batch=max_batch, max_wait_ms=max_wait_ms, max_n=max_n, max_steps=max_steps,
                       max_guidance=max_guidance, max_body_bytes=max_body_bytes, max_pending=max_pending,
-                      timeout_s=timeout_s, cors_origins=tuple(cors_origins), log_level=log_level))  # fmt: skip
+                      timeout_s=timeout_s, cors_origins=tuple(cors_origins), log_level=log_level,
+                      max_tensor_mb=max_tensor_mb))  # fmt: skip
 
 
 if __name__ == "__main__":

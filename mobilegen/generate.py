@@ -50,8 +50,10 @@ def artifact_manifest(model_path: Path | None) -> dict | None:
     return None
 
 
-def open_backend(model_path: Path | None, device: str, arch: str | None, manifest: dict | None = None) -> OpenedModel:
-    """A checkpoint (or the default model) on PyTorch, or an artifact described by its manifest."""
+def open_backend(model_path: Path | None, device: str, arch: str | None, manifest: dict | None = None,
+                 bounded: tuple[int, float] | None = None) -> OpenedModel:  # fmt: skip
+    """A checkpoint (or the default model) on PyTorch, or an artifact described by its manifest.
+    bounded = (rows per call, max tensor MB): PyTorch runs attention in chunks (models/budget.py)."""
     manifest = manifest or artifact_manifest(model_path)
     if manifest is not None:
         schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
@@ -60,6 +62,11 @@ def open_backend(model_path: Path | None, device: str, arch: str | None, manifes
                            f"{arch_name} exported from {manifest['source']['checkpoint']}", schedule,
                            tuple(manifest["labels"]))  # fmt: skip
     loaded = load_or_default(model_path, arch)
+    if bounded is not None:
+        from mobilegen.models.budget import bound_heap, set_bounded_attention
+
+        set_bounded_attention(loaded.model, *bounded)
+        bound_heap()
     return OpenedModel(TorchBackend(loaded.model, device), loaded.arch, f"{loaded.arch} from {loaded.source}",
                        linear_schedule(), CIFAR10_LABELS)  # fmt: skip
 
@@ -74,6 +81,7 @@ def generate(
     out: Path | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     overwrite: bool = False,
+    max_tensor_mb: float | None = None,
 ) -> Generated:
     manifest = artifact_manifest(model_path)
     if out is not None:  # the input, and for an artifact every file of its export, is never overwritten
@@ -81,7 +89,8 @@ def generate(
         inputs = [model_path] + ([folder / MANIFEST] + [folder / name for name in manifest["files"]] if manifest else [])
         check_output_file(out, overwrite, inputs)
     y = parse_label(label, tuple(manifest["labels"]) if manifest else CIFAR10_LABELS)  # before loading anything
-    opened = open_backend(model_path, device, arch, manifest)
+    rows = n * (2 if config.guidance else 1)  # a guided step runs both passes as one batch
+    opened = open_backend(model_path, device, arch, manifest, (rows, max_tensor_mb) if max_tensor_mb else None)
     backend = opened.backend
     start = time.perf_counter()
     x = run_sampler(backend.torch_denoise, torch.full((n,), y), opened.schedule, config,

@@ -122,6 +122,16 @@ def render(manifest: dict, traj: Trajectories, ips: dict) -> str:
             ax.invert_yaxis()
 
         parts.append("<h2>Latency per denoising step</h2>" + _figure(latency))
+    measured = {n: f["memory"] for n, f in m["files"].items() if "memory" in f}
+    if measured:
+        parts.append("<h2>Memory of one step</h2><p>" + esc(next(iter(measured.values()))["method"]) + "</p><table><tr>"
+                     "<th>file</th><th>peak RSS MB</th><th>limit MB</th><th>largest tensor</th><th>tensor MB</th>"
+                     "<th>alive at once MB</th></tr>")  # fmt: skip
+        for name, r in measured.items():
+            g = r.get("graph") or {"largest_tensor": "-", "largest_tensor_mb": float("nan"), "peak_live_mb": float("nan")}
+            parts.append(f"<tr><td>{esc(name)}</td><td>{r['peak_rss_mb']:.1f}</td><td>{r['limit_mb']:g}</td>"
+                         f"<td>{esc(g['largest_tensor'])}</td><td>{g['largest_tensor_mb']:.2f}</td><td>{g['peak_live_mb']:.1f}</td></tr>")  # fmt: skip
+        parts.append("</table>")
     files = {n: f for n, f in m["files"].items() if n != mf.LABELS}
 
     def sizes(ax):

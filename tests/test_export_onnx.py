@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_V2_OPS = [
     "Add", "Cast", "Clip", "Concat", "Constant", "Conv", "Cos", "Div", "Erf", "Gather", "Gemm", "GreaterOrEqual",
     "InstanceNormalization", "LayerNormalization", "MatMul", "MaxPool", "Mul", "Reshape", "Resize",
-    "Sigmoid", "Sin", "Softmax", "Split", "Squeeze", "Transpose", "Unsqueeze",
+    "Sigmoid", "Sin", "Slice", "Softmax", "Split", "Squeeze", "Transpose", "Unsqueeze",
 ]  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from mobilegen.exporter.metadata import About, add_metadata
 from mobilegen.exporter.quantize import quantize_tflite
 from mobilegen.exporter.spec import DenoiserSpec
 from mobilegen.exporter.tflite_export import convert_onnx_to_tflite, to_fp16_weights
+from mobilegen.exporter.tflite_memory import schedule_depth_first
 from mobilegen.labels import CIFAR10_LABELS
 from tflite_metadata_reader import check_metadata, read
 
@@ -30,7 +31,8 @@ def test_exported_files_carry_metadata(v2_b1, name):
 
 
 def test_metadata_changes_no_output_bit_and_the_export_is_plain_plus_metadata(v2_b1, tmp_path):
-    """The stages without metadata, from the export's own ONNX file; then add_metadata. The
+    """The stages without metadata, from the export's own ONNX file (with the depth-first
+    operator order); then add_metadata. The
     exported fp32/fp16 files are exactly those bytes, and every file (int8 included) gives
     bit-identical eps with and without the block, through the signature runner."""
     manifest = json.loads((v2_b1 / "manifest.json").read_text())
@@ -42,6 +44,7 @@ def test_metadata_changes_no_output_bit_and_the_export_is_plain_plus_metadata(v2
         plain[f"int8_{mode}"] = tmp_path / f"denoiser_int8_{mode}.tflite"
         quantize_tflite(plain["float32"], plain[f"int8_{mode}"], mode, SPEC, few)
     for precision, path in plain.items():
+        schedule_depth_first(path)  # as the pipeline does, before the metadata
         with_meta = shutil.copy(path, tmp_path / f"meta_{precision}.tflite")
         add_metadata(with_meta, SPEC, About(manifest["model"]["arch"], precision, manifest["source"]["sha256"], 1000, CIFAR10_LABELS))
         if precision in ("float32", "float16"):

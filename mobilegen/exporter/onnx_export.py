@@ -33,8 +33,8 @@ def onnx_op_types(path: str | Path) -> list[str]:
     return sorted({node.op_type for node in onnx.load(str(path)).graph.node})
 
 
-def export_onnx(unet: UNet, spec: DenoiserSpec, path: Path) -> Path:
-    """Write a simplified, static-shape ONNX of (x, t, y) -> eps to path."""
+def export_onnx(unet: UNet, spec: DenoiserSpec, path: Path, max_tensor_mb: float | None = None) -> Path:
+    """Write a simplified, static-shape ONNX of (x, t, y) -> eps to path (attention bounded to max_tensor_mb)."""
     try:
         import onnx
         import onnxsim
@@ -44,7 +44,7 @@ def export_onnx(unet: UNet, spec: DenoiserSpec, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
-            ExportedDenoiser(unet, spec),
+            ExportedDenoiser(unet, spec, max_tensor_mb),
             example_inputs(spec),
             str(raw),
             dynamo=False,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ from mobilegen.exporter.quantize import quantize_tflite
 from mobilegen.exporter.report import REPORT_HTML, REPORT_MD, write_report
 from mobilegen.exporter.spec import ONNX_FILE, PRECISION, TFLITE_FP16, TFLITE_FP32, TFLITE_INT8, DenoiserSpec, Layout
 from mobilegen.exporter.tflite_export import check_builtin_only, convert_onnx_to_tflite, to_fp16_weights
+from mobilegen.exporter.tflite_memory import schedule_depth_first
 from mobilegen.labels import CIFAR10_LABELS
 from mobilegen.outputs import check_output_folder, make_staging, publish_folder
 
@@ -43,6 +45,9 @@ log = logging.getLogger(__name__)
 OWN_FILES = frozenset({*PRECISION, mf.LABELS, mf.MANIFEST, REPORT_MD, REPORT_HTML})
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]+\.tmp$")  # atomic_write's, if a writer was killed
 EXPORT = "a MobileGen export"
+# 4 MB per image: the sa6 scores in chunks of 64 query rows; measured on the real v2
+# the fastest budget that meets the memory targets (README "Memory").
+DEFAULT_TENSOR_MB = 4.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,9 @@ class ExportOptions:
     threads: int | None = None
     int8: tuple[str, ...] = ()  # "dynamic", "full"
     calibration_size: int = 320
+    max_tensor_mb: float | None = None  # None: DEFAULT_TENSOR_MB x batch; inf: attention unbounded
+    max_memory_mb: float | None = None  # None: memory.MAX_MEMORY_MB per precision and batch
+    memory: bool = True  # measure every file's memory and gate on it
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class ExportResult:
     out_dir: Path
     manifest: dict
     parity: dict[str, ParityResult]
+    memory_failures: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -105,12 +114,19 @@ def check_output_dir(out_dir: Path, overwrite: bool, checkpoint: Path | None = N
     check_output_folder(failed_dir(out_dir), True, [checkpoint], EXPORT, export_folder_problem)
 
 
+def tensor_budget(opts: ExportOptions) -> float | None:
+    """The --max-tensor-mb in effect: None when attention is unbounded."""
+    if opts.max_tensor_mb is None:
+        return DEFAULT_TENSOR_MB * opts.batch
+    return None if math.isinf(opts.max_tensor_mb) else opts.max_tensor_mb
+
+
 def build_artifacts(model, spec: DenoiserSpec, stage: Path, opts: ExportOptions, quant: dict | None = None, *,
                     source_sha256: str | None) -> dict[str, Path]:
     """Write every file into stage; quant (if given) receives each int8 file's details. Every
     .tflite file gets its metadata (with source_sha256, the checkpoint's) before anything
     measures or hashes it."""
-    files = {ONNX_FILE: export_onnx(model, spec, stage / ONNX_FILE)}
+    files = {ONNX_FILE: export_onnx(model, spec, stage / ONNX_FILE, tensor_budget(opts))}
     if opts.tflite:
         files[TFLITE_FP32] = convert_onnx_to_tflite(files[ONNX_FILE], spec, stage)
         if opts.fp16:
@@ -127,6 +143,7 @@ def build_artifacts(model, spec: DenoiserSpec, stage: Path, opts: ExportOptions,
                 quant[mode] = info
     for name, path in files.items():
         if path.suffix == ".tflite":
+            schedule_depth_first(path)  # chunk after chunk, so the chunks' memory is reused
             about = About(model.arch, PRECISION[name], source_sha256, linear_schedule().T, CIFAR10_LABELS)
             add_metadata(path, spec, about)
     return files
@@ -167,6 +184,7 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
     check_output_dir(opts.out_dir, opts.overwrite, loaded.path)
     spec = DenoiserSpec(batch=opts.batch, layout=opts.layout)
     schedule = linear_schedule()
+    check_tensor_budget(loaded.model, opts)  # before anything is written
     stage = make_staging(opts.out_dir)  # also removes what killed exports left beside it
     try:
         model = prune_l1(loaded.model, opts.prune)
@@ -175,8 +193,10 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
         cases = forward_process_cases(schedule)
         ref = TorchBackend(model, "cpu")(cases.x, cases.t, cases.y)  # the (pruned) fp32 reference
         parity = run_parity(files, spec, cases, ref, opts.threads, float64_outputs(model, cases))
-        status = "passed" if all(r.passed for r in parity.values()) else "failed"
         entries = {name: mf.file_entry(path, PRECISION[name], op_types(path)) for name, path in files.items()}
+        memory_failures = gate_memory(files, entries, spec, opts) if opts.memory else []
+        passed = all(r.passed for r in parity.values()) and not memory_failures
+        status = "passed" if passed else "failed"
         (stage / mf.LABELS).write_text("\n".join(CIFAR10_LABELS) + "\n")
         entries[mf.LABELS] = mf.file_entry(stage / mf.LABELS, "text", [])
         manifest = mf.build_manifest(
@@ -194,7 +214,32 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
         # Checked again: the folder may have changed during the export.
         check_output_folder(target, opts.overwrite or status != "passed", [loaded.path], EXPORT, export_folder_problem)
         publish_folder(stage, target)
-        return ExportResult(target, manifest, parity)
+        return ExportResult(target, manifest, parity, tuple(memory_failures))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
+def check_tensor_budget(model, opts: ExportOptions) -> None:
+    from mobilegen.models.budget import plan_attention
+
+    if (budget := tensor_budget(opts)) is not None:
+        plan_attention(model, opts.batch, budget)  # ValueError naming the smallest feasible budget
+
+
+def gate_memory(files: dict[str, Path], entries: dict[str, dict], spec: DenoiserSpec, opts: ExportOptions) -> list[str]:
+    """Measure every file in a fresh process (exporter/memory.py) into its manifest entry; the failures."""
+    from mobilegen.backends import default_threads
+    from mobilegen.exporter.memory import check_memory, contract_feeds, measure_file, memory_limit
+
+    failures, budget = [], tensor_budget(opts)
+    for name, path in files.items():
+        measured = measure_file(path, contract_feeds(spec), opts.threads or default_threads())
+        limit = memory_limit(PRECISION[name], spec.batch, opts.max_memory_mb)
+        problems = check_memory(name, measured, limit)
+        graph = measured.get("graph")
+        if graph and budget is not None and graph["largest_tensor_bytes"] > budget * 2**20:
+            problems.append(f"{name}: tensor {graph['largest_tensor']!r} {graph['largest_tensor_shape']} is "
+                            f"{graph['largest_tensor_mb']:.2f} MB, over --max-tensor-mb {budget:g}")  # fmt: skip
+        entries[name]["memory"] = measured | {"limit_mb": limit, "max_tensor_mb": budget, "passed": not problems}
+        failures += problems
+        log.info("%s: peak RSS %.1f MB (limit %g)", name, measured["peak_rss_mb"], limit)
+    return failures

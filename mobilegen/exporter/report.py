@@ -71,11 +71,29 @@ def render(manifest: dict) -> str:
                   + (f", {q['calibration_samples']} calibration inputs" if "calibration_samples" in q else "")
                   + ". These weight ops stay float32:", ""]  # fmt: skip
         lines += [f"- `{k['op']}` ({k['role']}): {k['why']}" for k in q["kept_float"]] or ["- none"]
+    lines += memory_section(m)
     if "latency" in m:
         lat = m["latency"]
         lines += ["", f"## Latency per step (batch {lat['batch']}, {lat['threads']} threads, {lat['machine']['cpu']})", "",
                   "```", lat["table"], "```"]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def memory_section(m: dict) -> list[str]:
+    measured = {name: f["memory"] for name, f in m["files"].items() if "memory" in f}
+    if not measured:
+        return []
+    first = next(iter(measured.values()))
+    lines = ["", "## Memory of one step", "", f"Method: {first['method']} ({first['threads']} threads). Largest tensor and "
+             "peak bytes alive at once (in operator order) read from the file.", "",
+             "| file | result | peak RSS MB | limit MB | after load MB | largest tensor | tensor MB | alive at once MB |",
+             "|---|---|---:|---:|---:|---|---:|---:|"]  # fmt: skip
+    for name, r in measured.items():
+        g = r.get("graph")
+        graph = f"`{g['largest_tensor']}` {g['largest_tensor_shape']} | {g['largest_tensor_mb']:.2f} | {g['peak_live_mb']:.1f}" if g else "- | - | -"
+        lines.append(f"| {name} | {'pass' if r['passed'] else 'FAIL'} | {r['peak_rss_mb']:.1f} | {r['limit_mb']:g} "
+                     f"| {r['after_load_mb']:.1f} | {graph} |")  # fmt: skip
+    return lines
 
 
 def write_report(directory: Path, manifest: dict) -> Path:

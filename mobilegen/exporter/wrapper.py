@@ -9,13 +9,16 @@ from torch import nn
 
 from mobilegen.exporter.spec import DenoiserSpec
 from mobilegen.models import UNet
+from mobilegen.models.budget import set_bounded_attention
 
 
 class ExportedDenoiser(nn.Module):
-    def __init__(self, unet: UNet, spec: DenoiserSpec):
+    def __init__(self, unet: UNet, spec: DenoiserSpec, max_tensor_mb: float | None = None):
         super().__init__()
-        # A private copy: export switches attention to its explicit form.
+        # A private copy: export switches attention to its explicit form, bounded to
+        # max_tensor_mb per tensor (models/budget.py; None: every block at once).
         self.unet = copy.deepcopy(unet).eval().set_attention("math")
+        self.attention_plan = set_bounded_attention(self.unet, spec.batch, max_tensor_mb)
         self.nhwc = spec.layout == "NHWC"
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

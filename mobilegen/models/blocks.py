@@ -89,6 +89,10 @@ class SelfAttention(nn.Module):
             nn.Linear(channels, channels),
         )
         self.impl: AttentionImpl = "sdpa"
+        # Bounded attention (exporter/budget.py chooses these): score rows per chunk and heads
+        # per group, 0 = all at once. Each query row's scores are the same numbers either way.
+        self.query_chunk = 0
+        self.head_group = 0
 
     def _attend(self, h: torch.Tensor) -> torch.Tensor:
         if self.impl == "original":
@@ -99,13 +103,31 @@ class SelfAttention(nn.Module):
         qkv = F.linear(h, self.mha.in_proj_weight, self.mha.in_proj_bias)
         # [N, L, 3, heads, d] -> 3 x [N, heads, L, d]; every shape here is static.
         q, k, v = qkv.reshape(n, seq, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.impl == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:
-            weights = torch.softmax((q * d**-0.5) @ k.transpose(-1, -2), dim=-1)
-            out = weights @ v
+        out = self._bounded(q, k, v)
         out = out.permute(0, 2, 1, 3).reshape(n, seq, c)
         return self.mha.out_proj(out)
+
+    def _bounded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of q [N, heads, L, d] by head groups and query chunks, so that no score
+        tensor is larger than [N, head_group, query_chunk, L]."""
+        heads, seq, d = q.shape[1], q.shape[2], q.shape[3]
+        group, chunk = self.head_group or heads, self.query_chunk or seq
+        if self.impl == "math":
+            q, k = q * d**-0.5, k.transpose(-1, -2)  # once, before the chunks
+        if group >= heads and chunk >= seq:
+            return self._block(q, k, v)
+        groups = []
+        for h0 in range(0, heads, group):
+            hs = slice(h0, min(h0 + group, heads))
+            kh, vh = k[:, hs], v[:, hs]
+            rows = [self._block(q[:, hs, s : s + chunk], kh, vh) for s in range(0, seq, chunk)]
+            groups.append(torch.cat(rows, dim=2) if len(rows) > 1 else rows[0])
+        return torch.cat(groups, dim=1) if len(groups) > 1 else groups[0]
+
+    def _block(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.impl == "sdpa":
+            return F.scaled_dot_product_attention(q, k, v)
+        return torch.softmax(q @ k, dim=-1) @ v  # q pre-scaled, k pre-transposed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, hgt, wid = x.shape

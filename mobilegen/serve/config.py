@@ -63,6 +63,7 @@ class ServeConfig:
     timeout_s: float = 120.0  # whole request, body upload included; 504 after it
     cors_origins: tuple[str, ...] = ()  # none by default; credentials are never allowed
     log_level: str = "info"  # uvicorn's: critical, error, warning, info, debug, trace
+    max_tensor_mb: float | None = None  # PyTorch models: attention in chunks so no tensor of a call exceeds this
 
     def __post_init__(self) -> None:
         problems = []

@@ -168,6 +168,11 @@ def load_model(source: ModelSource, config: ServeConfig, on_batch: OnBatch | Non
         return ServedModel(name, opened.arch, path.name, sha256_file(path), opened.backend.name, torch.device("cpu"),
                            "float32", opened.labels, opened.schedule, batcher)  # fmt: skip
     loaded = load_or_default(path, source.arch)
+    if config.max_tensor_mb is not None:  # planned for the largest call, --max-batch rows
+        from mobilegen.models.budget import bound_heap, set_bounded_attention
+
+        set_bounded_attention(loaded.model, max(2, config.max_batch), config.max_tensor_mb)
+        bound_heap()
     device = resolve_device(config.device)
     runner = TorchRunner(loaded.model, device, rows=max(2, config.max_batch) if device.type == "cuda" else None)
     try:
