@@ -19,7 +19,6 @@ model, on the same machine, in the same process, with the same thread count:
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import tempfile
@@ -208,5 +207,5 @@ def render(result: dict) -> str:
     pm = result["pytorch_sdpa_memory"]
     lines += ["", f"Memory: {pm['method']}. {PYTORCH_SDPA}: peak RSS {pm['peak_rss_mb']:.1f} MB over a process with torch imported."]
     rows = ", ".join(["PyTorch fp32 (reference)", *result["variants"]])
-    lines += ["", f"![final images](samples.png)", "", f"samples.png rows, top to bottom: {rows}."]
+    lines += ["", "![final images](samples.png)", "", f"samples.png rows, top to bottom: {rows}."]
     return "\n".join(lines) + "\n"
