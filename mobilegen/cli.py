@@ -86,6 +86,7 @@ def main_cli() -> None:
 
 
 def _export(checkpoint, arch, out, overwrite, batch, threads, **kw) -> None:
+    from mobilegen.exporter.memory import limit_text
     from mobilegen.exporter.pipeline import ExportOptions, check_output_dir, export_artifacts
 
     check_output_dir(out, overwrite, checkpoint)  # before any work
@@ -97,7 +98,7 @@ def _export(checkpoint, arch, out, overwrite, batch, threads, **kw) -> None:
     for name, entry in result.manifest["files"].items():
         if "memory" in entry:
             m = entry["memory"]
-            click.echo(f"{name}: peak RSS {m['peak_rss_mb']:.1f} MB (limit {m['limit_mb']:g})"
+            click.echo(f"{name}: peak RSS {m['peak_rss_mb']:.1f} MB ({limit_text(m['limit_mb'])})"
                        + (f", largest tensor {m['graph']['largest_tensor_mb']:.2f} MB" if "graph" in m else ""))  # fmt: skip
     if "latency" in result.manifest:
         click.echo(result.manifest["latency"]["table"])

@@ -129,7 +129,7 @@ def render(manifest: dict, traj: Trajectories, ips: dict) -> str:
                      "<th>alive at once MB</th></tr>")  # fmt: skip
         for name, r in measured.items():
             g = r.get("graph") or {"largest_tensor": "-", "largest_tensor_mb": float("nan"), "peak_live_mb": float("nan")}
-            parts.append(f"<tr><td>{esc(name)}</td><td>{r['peak_rss_mb']:.1f}</td><td>{r['limit_mb']:g}</td>"
+            parts.append(f"<tr><td>{esc(name)}</td><td>{r['peak_rss_mb']:.1f}</td><td>{'-' if r['limit_mb'] is None else format(r['limit_mb'], 'g')}</td>"
                          f"<td>{esc(g['largest_tensor'])}</td><td>{g['largest_tensor_mb']:.2f}</td><td>{g['peak_live_mb']:.1f}</td></tr>")  # fmt: skip
         parts.append("</table>")
     files = {n: f for n, f in m["files"].items() if n != mf.LABELS}

@@ -13,6 +13,7 @@ from mobilegen.diffusion import SamplerConfig
 from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
 from mobilegen.errors import ManifestError, MobileGenError, NonFiniteError
 from mobilegen.exporter import manifest as mf
+from mobilegen.exporter.memory import limit_text
 from mobilegen.exporter.parity import float64_outputs
 from mobilegen.exporter.pipeline import PRECISION, run_parity
 from mobilegen.exporter.prune import prune_l1
@@ -162,7 +163,7 @@ def verify_directory(directory: Path, threads: int | None = None, checkpoint: Pa
     lines = [f"verify {directory}: {'PASS' if not problems else 'FAIL'}"]
     lines += [f"  sha256 ok: {name}" for name in manifest["files"] if not any(p.startswith(name + ":") for p in problems)]
     lines += [f"  {r.summary()}" for r in parity.values()]
-    lines += [f"  memory {name}: peak RSS {r['peak_rss_mb']:.1f} MB (limit {r['limit_mb']:g}, recorded {r['recorded_mb']:.1f})"
+    lines += [f"  memory {name}: peak RSS {r['peak_rss_mb']:.1f} MB ({limit_text(r['limit_mb'])}, recorded {r['recorded_mb']:.1f})"
               for name, r in memory.items()]  # fmt: skip
     if trajectories:
         cfg = trajectories.config

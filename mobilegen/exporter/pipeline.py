@@ -64,7 +64,7 @@ class ExportOptions:
     int8: tuple[str, ...] = ()  # "dynamic", "full"
     calibration_size: int = 320
     max_tensor_mb: float | None = None  # None: DEFAULT_TENSOR_MB x batch; inf: attention unbounded
-    max_memory_mb: float | None = None  # None: memory.MAX_MEMORY_MB per precision and batch
+    max_memory_mb: float | None = None  # None: memory.memory_limit (student_v2 only)
     memory: bool = True  # measure every file's memory and gate on it
 
 
@@ -194,7 +194,7 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
         ref = TorchBackend(model, "cpu")(cases.x, cases.t, cases.y)  # the (pruned) fp32 reference
         parity = run_parity(files, spec, cases, ref, opts.threads, float64_outputs(model, cases))
         entries = {name: mf.file_entry(path, PRECISION[name], op_types(path)) for name, path in files.items()}
-        memory_failures = gate_memory(files, entries, spec, opts) if opts.memory else []
+        memory_failures = gate_memory(files, entries, spec, opts, model.arch) if opts.memory else []
         passed = all(r.passed for r in parity.values()) and not memory_failures
         status = "passed" if passed else "failed"
         (stage / mf.LABELS).write_text("\n".join(CIFAR10_LABELS) + "\n")
@@ -225,15 +225,15 @@ def check_tensor_budget(model, opts: ExportOptions) -> None:
         plan_attention(model, opts.batch, budget)  # ValueError naming the smallest feasible budget
 
 
-def gate_memory(files: dict[str, Path], entries: dict[str, dict], spec: DenoiserSpec, opts: ExportOptions) -> list[str]:
+def gate_memory(files: dict[str, Path], entries: dict[str, dict], spec: DenoiserSpec, opts: ExportOptions, arch: str) -> list[str]:
     """Measure every file in a fresh process (exporter/memory.py) into its manifest entry; the failures."""
     from mobilegen.backends import default_threads
-    from mobilegen.exporter.memory import check_memory, contract_feeds, measure_file, memory_limit
+    from mobilegen.exporter.memory import check_memory, contract_feeds, limit_text, measure_file, memory_limit
 
     failures, budget = [], tensor_budget(opts)
     for name, path in files.items():
         measured = measure_file(path, contract_feeds(spec), opts.threads or default_threads())
-        limit = memory_limit(PRECISION[name], spec.batch, opts.max_memory_mb)
+        limit = memory_limit(arch, PRECISION[name], spec.batch, opts.max_memory_mb)
         problems = check_memory(name, measured, limit)
         graph = measured.get("graph")
         if graph and budget is not None and graph["largest_tensor_bytes"] > budget * 2**20:
@@ -241,5 +241,5 @@ def gate_memory(files: dict[str, Path], entries: dict[str, dict], spec: Denoiser
                             f"{graph['largest_tensor_mb']:.2f} MB, over --max-tensor-mb {budget:g}")  # fmt: skip
         entries[name]["memory"] = measured | {"limit_mb": limit, "max_tensor_mb": budget, "passed": not problems}
         failures += problems
-        log.info("%s: peak RSS %.1f MB (limit %g)", name, measured["peak_rss_mb"], limit)
+        log.info("%s: peak RSS %.1f MB (%s)", name, measured["peak_rss_mb"], limit_text(limit))
     return failures

@@ -65,6 +65,7 @@ FLOAT_REASONS = {
 KEEP_FLOAT = {"dynamic": ("image_input_conv",), "full": ("image_input_conv", "embedding", "attention_output", "zero_channel")}
 INT32_LIMIT = 2**31 - 256  # float32 rounds anything above this to 2^31, which the int32 cast wraps
 WEIGHT_OPS = ("CONV_2D", "FULLY_CONNECTED")
+LAYOUT_OPS = ("RESHAPE", "TRANSPOSE", "CONCATENATION", "SQUEEZE", "EXPAND_DIMS")
 
 
 def _library():
@@ -133,6 +134,17 @@ def float_ops(path: Path) -> dict[str, str]:
     producer = {int(o): op for op in g.graph.operators for o in op.outputs}
     graph_inputs = {int(i) for i in g.graph.inputs}
 
+    def first_compute(op) -> str | None:
+        """The kind of the first op upstream of op's first input that computes (layout ops skipped:
+        bounded attention concatenates its chunks' results before the output projection)."""
+        tensor = int(op.inputs[0])
+        while tensor in producer:
+            kind_ = kind[id(producer[tensor])]
+            if kind_ not in LAYOUT_OPS:
+                return kind_
+            tensor = int(producer[tensor].inputs[0])
+        return None
+
     def upstream(op, hops: int) -> tuple[list[str], bool]:
         """Kinds of the ops feeding op's first input (up to hops), and whether it starts at a graph input."""
         kinds, tensor = [], int(op.inputs[0])
@@ -154,7 +166,7 @@ def float_ops(path: Path) -> dict[str, str]:
             roles[out] = "image_input_conv"
         elif kind[id(op)] == "FULLY_CONNECTED" and "SIN" in upstream(op, 4)[0]:
             roles[out] = "embedding"
-        elif kind[id(op)] == "FULLY_CONNECTED" and "BATCH_MATMUL" in kinds:
+        elif kind[id(op)] == "FULLY_CONNECTED" and first_compute(op) == "BATCH_MATMUL":
             roles[out] = "attention_output"
     return roles
 

@@ -91,7 +91,7 @@ def memory_section(m: dict) -> list[str]:
     for name, r in measured.items():
         g = r.get("graph")
         graph = f"`{g['largest_tensor']}` {g['largest_tensor_shape']} | {g['largest_tensor_mb']:.2f} | {g['peak_live_mb']:.1f}" if g else "- | - | -"
-        lines.append(f"| {name} | {'pass' if r['passed'] else 'FAIL'} | {r['peak_rss_mb']:.1f} | {r['limit_mb']:g} "
+        lines.append(f"| {name} | {'pass' if r['passed'] else 'FAIL'} | {r['peak_rss_mb']:.1f} | {'-' if r['limit_mb'] is None else format(r['limit_mb'], 'g')} "
                      f"| {r['after_load_mb']:.1f} | {graph} |")  # fmt: skip
     return lines
 
