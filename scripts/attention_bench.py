@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mobilegen.backends import open_artifact
-from mobilegen.checkpoint import load_checkpoint
-from mobilegen.exporter.onnx_export import export_onnx
-from mobilegen.exporter.spec import DenoiserSpec
-from mobilegen.exporter.timing import machine, time_calls
-from mobilegen.exporter.tflite_export import convert_onnx_to_tflite
+from mobilegen.contract.spec import DenoiserSpec
+from mobilegen.export.onnx import export_onnx
+from mobilegen.export.tflite import convert_onnx_to_tflite
+from mobilegen.models.checkpoint import load_checkpoint
+from mobilegen.runtime.backends import open_artifact
+from mobilegen.verify.timing import machine, time_calls
 
 REAL_V2 = Path(__file__).resolve().parents[2] / "shared" / "models" / "mobilegen_v2_student.pt"
 HEADS, TOKENS, DIM = 4, 4096, 16

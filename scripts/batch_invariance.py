@@ -24,10 +24,10 @@ import statistics
 
 import torch
 
-from mobilegen.backends import resolve_device
-from mobilegen.checkpoint import load_or_default
-from mobilegen.exporter.timing import time_calls
+from mobilegen.models.checkpoint import load_or_default
+from mobilegen.runtime.backends import resolve_device
 from mobilegen.serve.models import TorchRunner
+from mobilegen.verify.timing import time_calls
 
 SIZES = (2, 3, 4, 8, 16, 32)
 

@@ -16,14 +16,14 @@ import math
 import tempfile
 from pathlib import Path
 
-from mobilegen.backends import open_artifact
-from mobilegen.checkpoint import load_checkpoint
-from mobilegen.exporter.compare import SPEC, latency, step_feeds
-from mobilegen.exporter.foreign import ForeignTFLite, parse_inputs
-from mobilegen.exporter.memory import measure_file
-from mobilegen.exporter.pipeline import TFLITE_FP32, ExportOptions, build_artifacts
-from mobilegen.backends import TorchBackend
-from mobilegen.exporter.timing import machine
+from mobilegen.contract.spec import TFLITE_FP32
+from mobilegen.export.build import ExportOptions, build_artifacts
+from mobilegen.models.checkpoint import load_checkpoint
+from mobilegen.runtime.backends import TorchBackend, open_artifact
+from mobilegen.verify.compare import SPEC, latency, step_feeds
+from mobilegen.verify.foreign import ForeignTFLite, parse_inputs
+from mobilegen.verify.memory import measure_file
+from mobilegen.verify.timing import machine
 
 
 def main() -> None:

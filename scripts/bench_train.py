@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from mobilegen.backends import resolve_device
-from mobilegen.exporter.timing import machine, time_calls
 from mobilegen.models import ARCHS
+from mobilegen.runtime.backends import resolve_device
 from mobilegen.train.loop import TrainConfig, Trainer, step_generator
+from mobilegen.verify.timing import machine, time_calls
 
 
 def main() -> None:

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mobilegen.backends import TorchBackend, open_artifact
-from mobilegen.calibration import forward_process_cases
+from mobilegen.contract import manifest as mf
+from mobilegen.contract.spec import TFLITE_INT8
 from mobilegen.diffusion import SamplerConfig
+from mobilegen.diffusion.cases import forward_process_cases
 from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
-from mobilegen.exporter import manifest as mf
-from mobilegen.exporter.pipeline import TFLITE_INT8
-from mobilegen.trajectory import compare_runs, record
-from mobilegen.verify import reference_model
+from mobilegen.runtime.backends import TorchBackend, open_artifact
+from mobilegen.verify.recheck import reference_model
+from mobilegen.verify.trajectory import compare_runs, record
 
 LABELS, NAMES = [3, 8], ["cat", "ship"]
 

@@ -20,21 +20,29 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilegen.backends import TorchBackend, open_artifact
-from mobilegen.calibration import calibration_cases, forward_process_cases
+from mobilegen.compress.quantize import (
+    WEIGHT_OPS,
+    bias_overflow_ops,
+    float_ops,  # fmt: skip
+    read_weight_graph,
+    recipe_rules,
+    signature_inputs,
+    weight_ops,
+    wrapped_biases,
+)
+from mobilegen.contract import manifest as mf
+from mobilegen.contract.spec import TFLITE_FP32
+from mobilegen.diffusion.cases import calibration_cases, forward_process_cases
 from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
-from mobilegen.exporter import manifest as mf
-from mobilegen.exporter.parity import psnr
-from mobilegen.exporter.pipeline import TFLITE_FP32
-from mobilegen.exporter.quantize import (WEIGHT_OPS, _read, _recipe, _signature_inputs, _weight_ops, bias_overflow_ops,
-                                         float_ops, wrapped_biases)  # fmt: skip
-from mobilegen.verify import reference_model
+from mobilegen.runtime.backends import TorchBackend, open_artifact
+from mobilegen.verify.parity import psnr
+from mobilegen.verify.recheck import reference_model
 
 
-def weight_ops(path: Path) -> list[tuple[str, str]]:
+def file_weight_ops(path: Path) -> list[tuple[str, str]]:
     """(kind, output name) of every CONV_2D / FULLY_CONNECTED with constant weights."""
-    g = _read(path)
-    return [(g.kind[id(op)], name) for op, name, _, _ in _weight_ops(g)]
+    g = read_weight_graph(path)
+    return [(g.kind[id(op)], name) for op, name, _, _ in weight_ops(g)]
 
 
 def main() -> None:
@@ -53,19 +61,19 @@ def main() -> None:
     cases = forward_process_cases(schedule)
     pick = np.array([i for i in range(len(cases)) if int(cases.t[i]) in (1, 999) or i % 7 == 0])
     ref = open_artifact(src, spec, args.threads)(cases.x[pick], cases.t[pick], cases.y[pick])
-    base = _recipe(args.mode, [])  # every weight op quantized, float IO
+    base = recipe_rules(args.mode, [])  # every weight op quantized, float IO
     stats = None
     if args.mode == "full":
         denoise = TorchBackend(reference_model(manifest).model, "cpu").torch_denoise
         calibration = calibration_cases(denoise, schedule, args.calibration_samples)
         everything = quantizer.Quantizer(str(src))
         everything.load_quantization_recipe(base)
-        stats = everything.calibrate(_signature_inputs(calibration, spec), num_threads=args.threads)
+        stats = everything.calibrate(signature_inputs(calibration, spec), num_threads=args.threads)
     overflow = {name: "bias_overflow" for name in bias_overflow_ops(src, stats)} if stats else {}
     roles = overflow | float_ops(src)  # a graph role names an op first
     results = []
     with tempfile.TemporaryDirectory(prefix="mobilegen-sens-") as tmp:
-        for kind, name in weight_ops(src):
+        for kind, name in file_weight_ops(src):
             only = [dict(base[0], regex=f"^{re.escape(name)};$", operation=kind)] + base[len(WEIGHT_OPS):]
             qt = quantizer.Quantizer(str(src))
             qt.load_quantization_recipe(only)

@@ -16,10 +16,10 @@ import sys
 import torch
 from torch import nn
 
-from mobilegen.calibration import forward_process_cases
-from mobilegen.checkpoint import load_or_default
 from mobilegen.diffusion import linear_schedule
-from mobilegen.exporter.parity import psnr
+from mobilegen.diffusion.cases import forward_process_cases
+from mobilegen.models.checkpoint import load_or_default
+from mobilegen.verify.parity import psnr
 
 GROUPS = {
     "all": lambda name, m: True,

@@ -13,8 +13,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from mobilegen.checkpoint import load_checkpoint
-from mobilegen.exporter.pipeline import ExportOptions, export_artifacts
+from mobilegen.models.checkpoint import load_checkpoint
+from mobilegen.pipeline import ExportOptions, export_artifacts
 from mobilegen.train import TrainConfig, train, write_demo_folder
 
 

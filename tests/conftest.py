@@ -5,11 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from click.testing import CliRunner
 
-from mobilegen.checkpoint import seeded_model
 from mobilegen.cli import export_cli
+from mobilegen.models.checkpoint import seeded_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL_V2 = SHARED / "models" / "mobilegen_v2_student.pt"

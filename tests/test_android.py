@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_export
+
+from mobilegen.contract import manifest as mf
+from mobilegen.contract.labels import CIFAR10_LABELS
+from mobilegen.contract.spec import DenoiserSpec
 from mobilegen.diffusion import linear_schedule
-from mobilegen.exporter import manifest as mf
-from mobilegen.exporter.spec import DenoiserSpec
-from mobilegen.labels import CIFAR10_LABELS
-from mobilegen.ondevice import sample_loop
+from mobilegen.runtime.ondevice import sample_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 ANDROID = ROOT / "android"

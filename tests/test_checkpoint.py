@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from probe import probe_state_dict
 from safetensors.torch import save_file
 
-from mobilegen.checkpoint import load_checkpoint, save_checkpoint, seeded_model
 from mobilegen.errors import CheckpointError
 from mobilegen.models import ARCHS
-from probe import probe_state_dict
+from mobilegen.models.checkpoint import load_checkpoint, save_checkpoint, seeded_model
 
 
 def same_weights(a, b) -> bool:
@@ -99,11 +99,15 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
     assert not Path(MARKER).exists()
 
 
-def test_plain_pickle_file_is_refused(tmp_path):
+def test_plain_pickle_file_is_refused_and_never_runs(tmp_path):
+    global MARKER
+    MARKER = str(tmp_path / "pwned")
     path = tmp_path / "evil.pth"
     path.write_bytes(pickle.dumps(Boom()))
+    assert not Path(MARKER).exists()  # pickling ran nothing
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
+    assert not Path(MARKER).exists(), "loading ran the pickled payload"
 
 
 def test_truncated_file(tmp_path, v2_checkpoint):
@@ -214,7 +218,7 @@ def test_zip_bomb_is_refused_from_its_declared_sizes_before_inflating(tmp_path):
     bomb = zip_bomb(tmp_path / "bomb.pt", 512 << 20)
     assert bomb.stat().st_size < 4e6
     # VmHWM: this process's peak RSS (ru_maxrss would include the forking parent's)
-    code = ("import re, sys\nfrom mobilegen.checkpoint import load_checkpoint\ntry:\n    load_checkpoint(sys.argv[1])\n"
+    code = ("import re, sys\nfrom mobilegen.models.checkpoint import load_checkpoint\ntry:\n    load_checkpoint(sys.argv[1])\n"
             "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
             "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) >> 10)")  # fmt: skip
     root = Path(__file__).resolve().parents[1]

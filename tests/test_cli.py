@@ -11,11 +11,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-
-from mobilegen.checkpoint import save_checkpoint, seeded_model
-from mobilegen.cli import export_cli, main_cli
-from mobilegen.train import write_demo_folder
 from probe import probe_state_dict
+
+from mobilegen.cli import export_cli, main_cli
+from mobilegen.models.checkpoint import save_checkpoint, seeded_model
+from mobilegen.train import write_demo_folder
 
 
 def run(cli, *args):
@@ -30,6 +30,40 @@ def test_help_lists_commands_without_heavy_imports():
     code = "import sys, mobilegen.cli; print(sorted(m for m in ('torch', 'onnx', 'onnx2tf', 'ai_edge_litert') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", "--help must not import heavy libraries"
+
+
+@pytest.mark.parametrize("argv", [["-m", "mobilegen", "--version"], ["-m", "mobilegen.cli", "--version"]])
+def test_version_and_python_dash_m(argv):
+    from importlib.metadata import version
+
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith(f"version {version('mobilegen')}")
+
+
+BUG = """
+import sys
+import mobilegen.runtime.generate as g
+def broken(*args, **kwargs):
+    raise RuntimeError("an internal bug")
+g.generate = broken
+from mobilegen.cli import main_cli
+main_cli(sys.argv[1:], prog_name="mobilegen")
+"""
+
+
+def test_an_internal_error_keeps_its_traceback_and_exits_1(tmp_path):
+    res = subprocess.run([sys.executable, "-c", BUG, "sample", "-o", str(tmp_path / "x.png")], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert "Traceback" in res.stderr and "RuntimeError: an internal bug" in res.stderr
+
+
+def test_a_domain_error_is_one_line_and_debug_shows_its_traceback(tmp_path):
+    argv = [sys.executable, "-m", "mobilegen", "sample", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.png")]
+    res = subprocess.run(argv, capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert [line for line in res.stderr.splitlines() if line.startswith("error:")] == [res.stderr.strip().splitlines()[-1]]
+    debug = subprocess.run([argv[0], "-m", "mobilegen", "--debug", *argv[3:]], capture_output=True, text=True)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "CheckpointError" in debug.stderr
 
 
 def test_sample_default_model_writes_png(tmp_path):

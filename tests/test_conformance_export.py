@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
-from mobilegen.backends import open_artifact
-from mobilegen.cli import export_cli
-from mobilegen.exporter.manifest import read_manifest, spec_from_manifest
-from mobilegen.exporter.spec import FLOAT64_MULTIPLE
-from mobilegen.models import ARCHS, build_unet
 from probe import golden, probe_state_dict
+
+from mobilegen.cli import export_cli
+from mobilegen.contract.manifest import read_manifest, spec_from_manifest
+from mobilegen.contract.spec import FLOAT64_MULTIPLE
+from mobilegen.models import ARCHS, build_unet
+from mobilegen.runtime.backends import open_artifact
 
 FLOAT32_FILES = ("denoiser.onnx", "denoiser_float32.tflite")
 FP16 = "denoiser_float16.tflite"

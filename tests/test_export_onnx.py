@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
-from mobilegen.backends import OnnxBackend
-from mobilegen.checkpoint import save_checkpoint, seeded_model
-from mobilegen.cli import export_cli
-from mobilegen.exporter import spec as spec_module
-from mobilegen.exporter.onnx_export import DYNAMIC_OPS, onnx_op_types
-from mobilegen.exporter.spec import DenoiserSpec, Tolerance
 from test_outputs import dead_pid
+
+from mobilegen.cli import export_cli
+from mobilegen.contract import spec as spec_module
+from mobilegen.contract.spec import DenoiserSpec, Tolerance
+from mobilegen.export.onnx import DYNAMIC_OPS, onnx_op_types
+from mobilegen.models.checkpoint import save_checkpoint, seeded_model
+from mobilegen.runtime.backends import OnnxBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def test_onnx_has_only_static_shape_ops(real_v2_onnx):
 
 
 def test_unconditional_label_works_in_onnx(real_v2_onnx, real_v2):
-    from mobilegen.checkpoint import load_checkpoint
+    from mobilegen.models.checkpoint import load_checkpoint
 
     out, _ = real_v2_onnx
     model = load_checkpoint(real_v2).model
@@ -113,7 +113,7 @@ def test_failed_gate_exits_1_and_publishes_nothing(tmp_path, v2_checkpoint, monk
 
 
 def test_interrupted_export_leaves_nothing_behind(tmp_path, v2_checkpoint, monkeypatch):
-    from mobilegen.exporter import pipeline
+    from mobilegen import pipeline
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -260,7 +260,7 @@ def test_killed_exports_leave_nothing_behind(tmp_path):
 
 def test_failed_export_manifest_is_strict_json(tmp_path):
     """NaN weights make every output NaN: the failed manifest says so with null, never Infinity."""
-    from mobilegen.exporter.pipeline import ExportOptions, export_artifacts
+    from mobilegen.pipeline import ExportOptions, export_artifacts
 
     loaded = seeded_model("student_v2")
     with torch.no_grad():

@@ -11,12 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mobilegen.backends import TFLiteBackend
-from mobilegen.checkpoint import load_checkpoint, seeded_model, sha256_file
 from mobilegen.cli import export_cli
+from mobilegen.contract.manifest import spec_from_manifest
 from mobilegen.errors import ExportError
-from mobilegen.exporter.manifest import spec_from_manifest
-from mobilegen.exporter.tflite_export import check_builtin_only, tflite_op_types, tflite_tensor_types
+from mobilegen.files import sha256_file
+from mobilegen.models.checkpoint import load_checkpoint, seeded_model
+from mobilegen.runtime.backends import TFLiteBackend
+from mobilegen.runtime.tflite_file import check_builtin_only, tflite_op_types, tflite_tensor_types
 
 FILES = {"denoiser_float32.tflite", "denoiser_float16.tflite", "denoiser.onnx", "manifest.json", "labels.txt", "report.md"}
 TFLITE = ("denoiser_float32.tflite", "denoiser_float16.tflite")
@@ -73,7 +74,7 @@ def test_fp16_file_stores_half_weights_behind_dequantize(real_v2_export):
 
 @pytest.mark.parametrize("name", TFLITE)
 def test_unconditional_label_works_in_tflite(real_v2_export, real_v2, name):
-    from mobilegen.exporter.prune import prune_l1
+    from mobilegen.compress.unstructured import prune_l1
 
     spec = spec_from_manifest(manifest_of(real_v2_export))
     model = prune_l1(load_checkpoint(real_v2).model, 0.3)

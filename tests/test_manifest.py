@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from mobilegen.cli import export_cli
-from mobilegen.exporter.spec import DenoiserSpec
+from mobilegen.contract.spec import DenoiserSpec
 
 ONNX, F32, F16 = "denoiser.onnx", "denoiser_float32.tflite", "denoiser_float16.tflite"
 

@@ -9,10 +9,11 @@ import torch
 from click.testing import CliRunner
 
 from mobilegen.cli import export_cli
-from mobilegen.exporter.memory import measure_torch
-from mobilegen.exporter.pipeline import DEFAULT_TENSOR_MB
-from mobilegen.exporter.tflite_memory import _read, depth_first_order, graph_memory, peak_live_bytes
+from mobilegen.export.build import DEFAULT_TENSOR_MB
+from mobilegen.export.schedule import depth_first_order
 from mobilegen.models.budget import MB, min_budget, plan_attention, set_bounded_attention
+from mobilegen.runtime.tflite_file import graph_memory, peak_live_bytes, read_graph
+from mobilegen.verify.memory import measure_torch
 
 
 def run(*args):
@@ -60,7 +61,7 @@ def test_every_tflite_graph_stays_within_the_tensor_budget(default_export):
         assert mem.largest_tensor_bytes <= DEFAULT_TENSOR_MB * MB, (path.name, mem)
         # Breadth-first (onnx2tf's order) keeps every sa6 chunk's scores alive: 260 MB and more.
         assert mem.peak_live_bytes < 24 * MB, (path.name, mem)
-        g = _read(path.read_bytes())
+        g = read_graph(path.read_bytes())
         assert peak_live_bytes(g, depth_first_order(g)) == mem.peak_live_bytes, "the file is already in that order"
 
 

@@ -9,18 +9,18 @@ import shutil
 
 import numpy as np
 import pytest
-
-from mobilegen.backends import TFLiteBackend
-from mobilegen.calibration import Cases, forward_process_cases
-from mobilegen.diffusion import linear_schedule
-from mobilegen.errors import ExportError
-from mobilegen.exporter.metadata import About, add_metadata
-from mobilegen.exporter.quantize import quantize_tflite
-from mobilegen.exporter.spec import DenoiserSpec
-from mobilegen.exporter.tflite_export import convert_onnx_to_tflite, to_fp16_weights
-from mobilegen.exporter.tflite_memory import schedule_depth_first
-from mobilegen.labels import CIFAR10_LABELS
 from tflite_metadata_reader import check_metadata, read
+
+from mobilegen.compress.quantize import quantize_tflite
+from mobilegen.contract.labels import CIFAR10_LABELS
+from mobilegen.contract.spec import DenoiserSpec
+from mobilegen.diffusion import linear_schedule
+from mobilegen.diffusion.cases import Cases, forward_process_cases
+from mobilegen.errors import ExportError
+from mobilegen.export.metadata import About, add_metadata
+from mobilegen.export.schedule import schedule_depth_first
+from mobilegen.export.tflite import convert_onnx_to_tflite, to_fp16_weights
+from mobilegen.runtime.backends import TFLiteBackend
 
 SPEC = DenoiserSpec(layout="NHWC")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from probe import expected_shapes, golden, probe_state_dict
 
 from mobilegen.models import ARCHS, build_unet
-from probe import expected_shapes, golden, probe_state_dict
 
 
 def probe_model(arch: str):

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from mobilegen.errors import OutputError
-from mobilegen.outputs import check_output_file, check_output_folder, make_staging, publish_folder, remove_leftovers, write_json
+from mobilegen.files import check_output_file, check_output_folder, make_staging, publish_folder, remove_leftovers, write_json
 
 
 def dead_pid() -> int:

@@ -7,15 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from mobilegen.backends import OnnxBackend, TorchBackend
-from mobilegen.calibration import forward_process_cases
-from mobilegen.diffusion import linear_schedule
-from mobilegen.exporter.onnx_export import export_onnx
-from mobilegen.exporter.parity import check_parity, float64_outputs
-from mobilegen.exporter.spec import TOLERANCES, DenoiserSpec
-from mobilegen.models import build_unet
 from probe import probe_state_dict
+
+from mobilegen.contract.spec import TOLERANCES, DenoiserSpec
+from mobilegen.diffusion import linear_schedule
+from mobilegen.diffusion.cases import forward_process_cases
+from mobilegen.export.onnx import export_onnx
+from mobilegen.models import build_unet
+from mobilegen.runtime.backends import OnnxBackend, TorchBackend
+from mobilegen.verify.parity import check_parity, float64_outputs
 
 FP32 = TOLERANCES["float32"]
 

@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from mobilegen.backends import TFLiteBackend, TorchBackend
-from mobilegen.calibration import calibration_cases
-from mobilegen.checkpoint import load_checkpoint
-from mobilegen.cli import export_cli
-from mobilegen.diffusion import linear_schedule
-from mobilegen.exporter.manifest import spec_from_manifest
-from mobilegen.exporter.quantize import float_ops, wrapped_biases
-from mobilegen.exporter.tflite_export import check_builtin_only, tflite_tensor_types
 from tflite_metadata_reader import check_metadata
+
+from mobilegen.cli import export_cli
+from mobilegen.compress.quantize import float_ops, wrapped_biases
+from mobilegen.contract.manifest import spec_from_manifest
+from mobilegen.diffusion import linear_schedule
+from mobilegen.diffusion.cases import calibration_cases
+from mobilegen.models.checkpoint import load_checkpoint
+from mobilegen.runtime.backends import TFLiteBackend, TorchBackend
+from mobilegen.runtime.tflite_file import check_builtin_only, tensor_name, tflite_tensor_types
 
 INT8 = ("denoiser_int8_dynamic.tflite", "denoiser_int8_full.tflite")
 
@@ -101,12 +101,11 @@ def test_float_ops_are_found_by_role_not_by_weights(default_export):
 def test_bias_overflow_is_found_from_the_calibrated_ranges(default_export):
     """A weight op whose calibrated input range is so narrow that bias / (input scale x
     weight scale) passes 2^31 is flagged; with ordinary ranges nothing is."""
-    from mobilegen.exporter.quantize import _read, _weight_ops, bias_overflow_ops
-    from mobilegen.exporter.tflite_export import _name
+    from mobilegen.compress.quantize import bias_overflow_ops, read_weight_graph, weight_ops
 
     path = default_export[0] / "denoiser_float32.tflite"
-    g = _read(path)
-    ops = [(out, _name(g.graph.tensors[op.inputs[0]]), bias) for op, out, _, bias in _weight_ops(g) if bias is not None]
+    g = read_weight_graph(path)
+    ops = [(out, tensor_name(g.graph.tensors[op.inputs[0]]), bias) for op, out, _, bias in weight_ops(g) if bias is not None]
     ordinary = {inp: {"min": np.array(-3.0), "max": np.array(3.0)} for _, inp, _ in ops}
     assert bias_overflow_ops(path, ordinary) == []
     out, inp, bias = next(o for o in ops if np.abs(o[2]).max() > 1e-3)

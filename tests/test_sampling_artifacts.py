@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_export
-from mobilegen.backends import TFLiteBackend
+
+from mobilegen.contract.manifest import read_manifest
 from mobilegen.diffusion import SamplerConfig
-from mobilegen.exporter.manifest import read_manifest
-from mobilegen.generate import generate
-from mobilegen.ondevice import sample_on_device
-from mobilegen.trajectory import image_psnr, image_ssim
+from mobilegen.runtime.backends import TFLiteBackend
+from mobilegen.runtime.generate import generate
+from mobilegen.runtime.ondevice import sample_on_device
+from mobilegen.verify.trajectory import image_psnr, image_ssim
 
 CHROMIUM = Path("/usr/bin/chromium")
 DDIM_G3 = SamplerConfig(sampler="ddim", steps=50, guidance=3.0, seed=7)  # the command: --steps 50 --guidance 3 --seed 7

@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from mobilegen.checkpoint import seeded_model
 from mobilegen.errors import MobileGenError
+from mobilegen.models.checkpoint import seeded_model
 from mobilegen.serve import ModelSource, ServeConfig, parse_model_option
 from mobilegen.serve.app import create_app, make_server
 from mobilegen.serve.batcher import Cancelled, MicroBatcher

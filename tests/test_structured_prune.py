@@ -8,14 +8,14 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import run_export
 from PIL import Image
 
-from conftest import run_export
-from mobilegen.checkpoint import expected_shapes, load_checkpoint, save_checkpoint
 from mobilegen.cli import export_cli, main_cli
 from mobilegen.compress import count_macs, count_params, prune_channels
 from mobilegen.errors import CheckpointError
 from mobilegen.models import UNet, UNetConfig
+from mobilegen.models.checkpoint import expected_shapes, load_checkpoint, save_checkpoint
 from mobilegen.train import write_demo_folder
 
 UNUSED_BY_V2 = ("down3.", "sa3.", "up1.", "sa4.")

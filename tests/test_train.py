@@ -12,9 +12,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from mobilegen.checkpoint import load_checkpoint
 from mobilegen.cli import export_cli, main_cli
-from mobilegen.labels import CIFAR10_LABELS
+from mobilegen.contract.labels import CIFAR10_LABELS
+from mobilegen.errors import MobileGenError, OutputError
+from mobilegen.models.checkpoint import load_checkpoint
 from mobilegen.train import DataError, ImageFolder, TrainConfig, Trainer, train, write_demo_folder
 from mobilegen.train.loop import diffusion_batch, step_generator
 
@@ -92,9 +93,9 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(data, tmp_path):
         train(config(data, tmp_path / "cut", max_steps=4), on_step=interrupt)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"] == 2
     assert not list((tmp_path / "cut").glob(".*tmp")), "no half-written checkpoint"
-    with pytest.raises(Exception, match="last.pt already exists; pass --resume to continue the run, --overwrite"):
+    with pytest.raises(OutputError, match="last.pt already exists; pass --resume to continue the run, --overwrite"):
         train(config(data, tmp_path / "cut", max_steps=4))
-    with pytest.raises(Exception, match="settings differ.*lr"):
+    with pytest.raises(MobileGenError, match="settings differ.*lr"):
         train(config(data, tmp_path / "cut", max_steps=4, resume=True, lr=5e-4))
     resumed = train(config(data, tmp_path / "cut", max_steps=4, resume=True))
     assert resumed.step == 4 and resumed.losses == full.losses[2:]

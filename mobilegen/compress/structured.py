@@ -24,6 +24,7 @@ import logging
 import torch
 from torch import nn
 
+from mobilegen.errors import InvalidInput
 from mobilegen.models import UNet, UNetConfig
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def prune_channels(unet: UNet, ratio: float, head_ratio: float = 0.0) -> UNet:
     """A pruned copy: `head_ratio` of every attention block's heads, then `ratio` of the channels of every group."""
     for name, value in (("channel pruning ratio", ratio), ("head pruning ratio", head_ratio)):
         if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {value}")
+            raise InvalidInput(f"{name} must be in [0, 1), got {value}")
     import torch_pruning as tp
 
     model = copy.deepcopy(unet).float().eval()

@@ -20,11 +20,12 @@ import torch
 from mobilegen.diffusion.ddpm import Noise
 from mobilegen.diffusion.denoiser import Denoiser
 from mobilegen.diffusion.schedule import Schedule
+from mobilegen.errors import InvalidInput
 
 
 def ddim_timesteps(schedule: Schedule, steps: int) -> list[int]:
     if not 1 <= steps <= schedule.T - 1:
-        raise ValueError(f"DDIM steps must be in 1..{schedule.T - 1}, got {steps}")
+        raise InvalidInput(f"DDIM steps must be in 1..{schedule.T - 1}, got {steps}")
     if steps == 1:
         return [schedule.T - 1]
     return [int(v) for v in np.round(np.linspace(schedule.T - 1, 1, steps))]

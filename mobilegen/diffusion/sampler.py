@@ -16,7 +16,7 @@ from mobilegen.diffusion.ddim import ddim_sample, ddim_timesteps
 from mobilegen.diffusion.ddpm import Noise, ddpm_sample, ddpm_timesteps
 from mobilegen.diffusion.denoiser import Denoiser, guided
 from mobilegen.diffusion.schedule import Schedule
-from mobilegen.errors import NonFiniteError
+from mobilegen.errors import InvalidInput, NonFiniteError
 
 SAMPLERS = ("ddim", "ddpm")
 
@@ -31,11 +31,11 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+            raise InvalidInput(f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
         if not (math.isfinite(self.guidance) and math.isfinite(self.eta)):
-            raise ValueError(f"guidance and eta must be finite numbers, got guidance={self.guidance}, eta={self.eta}")
+            raise InvalidInput(f"guidance and eta must be finite numbers, got guidance={self.guidance}, eta={self.eta}")
         if self.guidance < 0:
-            raise ValueError(f"guidance must be >= 0 (0 turns it off), got {self.guidance}")
+            raise InvalidInput(f"guidance must be >= 0 (0 turns it off), got {self.guidance}")
 
     def timesteps(self, schedule: Schedule) -> list[int]:
         return ddpm_timesteps(schedule) if self.sampler == "ddpm" else ddim_timesteps(schedule, self.steps)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mobilegen.errors import InvalidInput
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -73,7 +75,7 @@ def schedule_from_alphas_cumprod(alphas_cumprod) -> Schedule:
     """Rebuild a schedule from alpha_bar (what a manifest stores); refuses a malformed one."""
     problem = alphas_cumprod_problem(alphas_cumprod)
     if problem:
-        raise ValueError(f"alphas_cumprod {problem}")
+        raise InvalidInput(f"alphas_cumprod {problem}")
     ab = np.asarray(alphas_cumprod, dtype=np.float64)
     return Schedule(1.0 - ab / np.concatenate([[1.0], ab[:-1]]))
 

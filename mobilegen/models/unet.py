@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
+from mobilegen.contract.spec import ARCHS
+from mobilegen.errors import InvalidInput
 from mobilegen.models.blocks import (
     ATTENTION_IMPLS,
     AttentionImpl,
@@ -29,7 +31,6 @@ from mobilegen.models.blocks import (
     timestep_embedding,
 )
 
-ARCHS: tuple[str, ...] = ("teacher", "student_v1", "student_v2")
 Widths = tuple[tuple[str, tuple[int, ...]], ...]
 RESIZABLE = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm, nn.MultiheadAttention)
 
@@ -58,7 +59,7 @@ def resized_layer(module: nn.Module, dims: tuple[int, ...]) -> nn.Module:
     if isinstance(module, nn.LayerNorm):
         return nn.LayerNorm(list(dims), eps=module.eps)
     if len(dims) != 2 or dims[0] % dims[1]:
-        raise ValueError(f"attention widths must be (embed, heads) with embed divisible by heads, got {list(dims)}")
+        raise InvalidInput(f"attention widths must be (embed, heads) with embed divisible by heads, got {list(dims)}")
     return nn.MultiheadAttention(dims[0], dims[1], batch_first=module.batch_first)
 
 
@@ -77,14 +78,14 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown architecture {self.arch!r}; expected one of {', '.join(ARCHS)}")
+            raise InvalidInput(f"unknown architecture {self.arch!r}; expected one of {', '.join(ARCHS)}")
         if self.image_size != 64:
-            raise ValueError("the MobileGen UNets are defined for 64x64 images only")
+            raise InvalidInput("the MobileGen UNets are defined for 64x64 images only")
         # Accept the dict that to_dict writes (and JSON reads back) as well as pairs.
         pairs = self.widths.items() if isinstance(self.widths, Mapping) else self.widths
         widths = tuple(sorted((str(name), tuple(int(d) for d in dims)) for name, dims in pairs))
         if any(d < 1 for _, dims in widths for d in dims):
-            raise ValueError(f"layer widths must be >= 1: {dict(widths)}")
+            raise InvalidInput(f"layer widths must be >= 1: {dict(widths)}")
         object.__setattr__(self, "widths", widths)
 
     def to_dict(self) -> dict:
@@ -130,7 +131,7 @@ class UNet(nn.Module):
         layers = resizable_layers(self)
         unknown = sorted(set(widths) - set(layers))
         if unknown:
-            raise ValueError(f"widths name layers that {self.arch} does not have: {', '.join(unknown)}")
+            raise InvalidInput(f"widths name layers that {self.arch} does not have: {', '.join(unknown)}")
         for name, dims in widths.items():
             parent, _, child = name.rpartition(".")
             self.get_submodule(parent).register_module(child, resized_layer(layers[name], dims))
@@ -149,7 +150,7 @@ class UNet(nn.Module):
     def set_attention(self, impl: AttentionImpl) -> "UNet":
         """Choose how attention is computed; all three give the same numbers."""
         if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"unknown attention {impl!r}; expected one of {', '.join(ATTENTION_IMPLS)}")
+            raise InvalidInput(f"unknown attention {impl!r}; expected one of {', '.join(ATTENTION_IMPLS)}")
         for module in self.modules():
             if isinstance(module, SelfAttention):
                 module.impl = impl

@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
+from mobilegen.contract.labels import ALIASES
 from mobilegen.diffusion import run_sampler, to_uint8
 from mobilegen.errors import NonFiniteError
-from mobilegen.labels import ALIASES
 from mobilegen.serve.config import ServeConfig
 from mobilegen.serve.metrics import Metrics
 from mobilegen.serve.models import ServedModel, load_models
@@ -92,7 +92,7 @@ class Server:
             self.pending -= 1
 
     def _generate(self, job: Job, cancelled: threading.Event) -> tuple[Any, float]:
-        from mobilegen.images import png_bytes
+        from mobilegen.runtime.images import png_bytes
 
         start = time.perf_counter()
         labels = torch.full((job.n,), job.label)

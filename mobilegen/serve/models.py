@@ -150,11 +150,12 @@ class ServedModel:
 def load_model(source: ModelSource, config: ServeConfig, on_batch: OnBatch | None = None,
                on_drop: OnDrop | None = None) -> ServedModel:  # fmt: skip
     """Load one checkpoint (or ONNX/TFLite artifact with its manifest) and start its batcher."""
-    from mobilegen.backends import resolve_device
-    from mobilegen.checkpoint import load_or_default, sha256_file
+    from mobilegen.contract.labels import CIFAR10_LABELS
     from mobilegen.diffusion import linear_schedule
-    from mobilegen.generate import ARTIFACT_SUFFIXES, open_backend
-    from mobilegen.labels import CIFAR10_LABELS
+    from mobilegen.files import sha256_file
+    from mobilegen.models.checkpoint import load_or_default
+    from mobilegen.runtime.backends import resolve_device
+    from mobilegen.runtime.generate import ARTIFACT_SUFFIXES, open_backend
 
     wait = config.max_wait_ms / 1000
     path = source.path

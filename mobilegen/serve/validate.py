@@ -15,10 +15,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from mobilegen.contract.labels import ALIASES, ascii_int, parse_label
 from mobilegen.diffusion import SamplerConfig
 from mobilegen.diffusion.sampler import SAMPLERS
 from mobilegen.errors import MobileGenError
-from mobilegen.labels import ALIASES, ascii_int, parse_label
 from mobilegen.serve.config import DDPM_STEPS, ServeConfig
 from mobilegen.serve.models import ServedModel, find_model
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mobilegen.contract.labels import CIFAR10_LABELS
 from mobilegen.errors import MobileGenError
-from mobilegen.labels import CIFAR10_LABELS
-from mobilegen.outputs import check_output_folder, make_staging, publish_folder
+from mobilegen.files import check_output_folder, make_staging, publish_folder
 
 log = logging.getLogger(__name__)
 

@@ -34,16 +34,23 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from mobilegen.backends import resolve_device
-from mobilegen.checkpoint import check_zip_sizes, load_checkpoint, save_checkpoint, seeded_model
 from mobilegen.diffusion import SamplerConfig, linear_schedule, run_sampler, to_uint8
-from mobilegen.errors import MobileGenError
-from mobilegen.images import save_png
+from mobilegen.errors import InvalidInput, MobileGenError
+from mobilegen.files import check_output_file
 from mobilegen.models import UNet
-from mobilegen.outputs import check_output_file
+from mobilegen.models.checkpoint import check_zip_sizes, load_checkpoint, save_checkpoint, seeded_model
+from mobilegen.runtime.backends import resolve_device
+from mobilegen.runtime.images import save_png
 from mobilegen.train.data import ImageFolder, OnBadImage, StepSampler, steps_per_epoch
-from mobilegen.train.distributed import (DistributedStepSampler, World, close_world, init_world, mean_over_ranks,
-                                       ranks_agree, wrap_ddp)
+from mobilegen.train.distributed import (
+    DistributedStepSampler,
+    World,
+    close_world,
+    init_world,
+    mean_over_ranks,
+    ranks_agree,
+    wrap_ddp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +93,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise InvalidInput(f"{name} must be >= 1")
         if not 0 <= self.label_dropout < 1:
-            raise ValueError("label_dropout must be in [0, 1)")
+            raise InvalidInput("label_dropout must be in [0, 1)")
         if self.qat_every < 0:
-            raise ValueError("qat_every must be >= 0 (0 = off)")
+            raise InvalidInput("qat_every must be >= 0 (0 = off)")
         if self.resume and self.overwrite:
             raise MobileGenError("--resume continues the run in --out and --overwrite starts it over: give one of them")
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from mobilegen.backends import resolve_device
-from mobilegen.checkpoint import load_checkpoint, save_checkpoint
 from mobilegen.compress import count_macs, count_params, prune_channels
 from mobilegen.errors import MobileGenError
+from mobilegen.files import check_output_file
+from mobilegen.models.checkpoint import load_checkpoint, save_checkpoint
+from mobilegen.runtime.backends import resolve_device
 from mobilegen.train.data import scan_split, steps_per_epoch
-from mobilegen.outputs import check_output_file
 from mobilegen.train.distributed import barrier, init_world
 from mobilegen.train.loop import EMA, LAST, TrainConfig, TrainResult, train
 

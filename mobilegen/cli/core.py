@@ -1,0 +1,178 @@
+"""What every command shares: the option types and decorators, the error handling of the
+command group, and the progress bar of the training loops.
+
+Errors: a domain error (mobilegen.errors.MobileGenError) is one line and its exit code
+(2 for bad input, 1 for a failed gate or a non-finite result); Ctrl-C or SIGTERM exits
+130 after clean-up; an OSError (full disk, permissions) is one line and exit 2. Anything
+else is a bug: its traceback is shown and the exit code is 1. `--debug` shows the
+traceback of every error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from pathlib import Path
+
+import click
+
+ARCH_CHOICES = click.Choice(["teacher", "student_v1", "student_v2"])
+DEVICE_CHOICES = click.Choice(["auto", "cpu", "cuda"])
+SAMPLER_CHOICES = click.Choice(["ddim", "ddpm"])
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses NaN and +-Inf (click's FloatRange lets NaN through every bound)."""
+
+    name = "finite float"
+
+    def __init__(self, *args, allow_inf: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.allow_inf = allow_inf  # +inf as "no limit" (--max-tensor-mb inf); NaN never
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if math.isnan(number) or (math.isinf(number) and not (self.allow_inf and number > 0)):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+def fail(message: str, code: int) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+class Group(click.Group):
+    """A command group whose every command runs under one error handler (see the module doc)."""
+
+    def invoke(self, ctx: click.Context):
+        from mobilegen.errors import MobileGenError
+        from mobilegen.files import sigterm_as_interrupt
+
+        debug = bool(ctx.params.get("debug"))
+        try:
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt as exc:
+            if debug:
+                raise
+            fail(f"interrupted ({exc.args[0] if exc.args else 'Ctrl-C'}); stopped and cleaned up: "
+                 "outputs are only ever published whole", 130)  # fmt: skip
+        except MobileGenError as exc:
+            if debug:
+                raise
+            fail(str(exc), exc.exit_code)
+        except OSError as exc:  # full disk, permissions: nothing was published
+            if debug:
+                raise
+            fail(f"{exc.strerror or exc} ({exc.filename or ''}); no output was published", 2)
+
+
+def group(help_text: str):
+    """A top-level command group with --version and --debug."""
+
+    def make(fn):
+        fn = click.option("--debug", is_flag=True, help="Show the traceback of every error.")(fn)
+        fn = click.version_option(package_name="mobilegen")(fn)
+        return click.group(cls=Group, context_settings=CONTEXT, help=help_text)(fn)
+
+    return make
+
+
+def options(*decorators):
+    """Apply option decorators in the order they are listed (the order --help shows)."""
+
+    def apply(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply
+
+
+# Options declared once, used by several commands.
+def threads_option(help_text: str = "CPU threads for every backend [all cores]."):
+    return click.option("--threads", type=click.IntRange(1, 256), default=None, help=help_text)
+
+
+def device_option(help_text: str | None = None):
+    return click.option("--device", type=DEVICE_CHOICES, default="auto", show_default=True, help=help_text)
+
+
+def seed_option():
+    return click.option("--seed", type=int, default=0, show_default=True)
+
+
+def steps_option(default: int = 50, help_text: str | None = None, name: str = "--steps", low: int = 1):
+    return click.option(name, type=click.IntRange(low, 999), default=default, show_default=True, help=help_text)
+
+
+def guidance_option(help_text: str | None = None):
+    return click.option("--guidance", type=FiniteFloat(0, 50), default=3.0, show_default=True, help=help_text)
+
+
+def sampler_option(help_text: str | None = None):
+    return click.option("--sampler", type=SAMPLER_CHOICES, default="ddim", show_default=True, help=help_text)
+
+
+def arch_option(help_text: str = "Override the architecture detected from the checkpoint's keys.", default: str | None = None):
+    return click.option("--arch", type=ARCH_CHOICES, default=default, show_default=default is not None, help=help_text)
+
+
+def max_tensor_option(help_text: str):
+    return click.option("--max-tensor-mb", type=FiniteFloat(0, min_open=True, allow_inf=True), default=None, help=help_text)
+
+
+def overwrite_option(help_text: str):
+    return click.option("--overwrite", is_flag=True, help=help_text)
+
+
+def reference_checkpoint_option():
+    return click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
+                        help="PyTorch reference checkpoint [the manifest's source].")  # fmt: skip
+
+
+def config_from(cls, values: dict, renames: dict[str, str] | None = None, **extra):
+    """A config dataclass from the options whose names (after renames) are its fields."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    renames = renames or {}
+    chosen = {renames.get(k, k): v for k, v in values.items() if renames.get(k, k) in fields}
+    return cls(**(chosen | extra))
+
+
+def load_model(checkpoint: Path | None, arch: str | None):
+    from mobilegen.models.checkpoint import load_or_default
+
+    loaded = load_or_default(checkpoint, arch)
+    click.echo(f"model: {loaded.arch} from {loaded.source}", err=True)
+    return loaded
+
+
+def rank0() -> bool:
+    """Under torchrun only rank 0 reports."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+class StepBar:
+    """The progress bar of a training loop, shown from its first step (on rank 0 only)."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc, self.bar = desc, None
+
+    def __call__(self, step: int, end: int, loss: float, ips: float) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(desc=self.desc, unit="step", file=sys.stderr, total=end, disable=not rank0())
+        self.bar.total, self.bar.n = end, step
+        self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

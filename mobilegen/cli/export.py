@@ -1,0 +1,207 @@
+"""The commands of `mobilegen-export`: onnx, tflite, verify, report, bench, compare."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from mobilegen.cli.core import (
+    FiniteFloat,
+    arch_option,
+    fail,
+    guidance_option,
+    load_model,
+    max_tensor_option,
+    options,
+    overwrite_option,
+    reference_checkpoint_option,
+    sampler_option,
+    seed_option,
+    steps_option,
+    threads_option,
+)
+
+CHECKPOINT = click.argument("checkpoint", required=False, type=click.Path(path_type=Path, dir_okay=False))
+DIRECTORY = click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
+export_options = options(
+    arch_option(),
+    click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), default=Path("artifacts/default"),
+                 show_default=True, help="Output folder (created; refused if it exists without --overwrite)."),
+    overwrite_option("Replace an existing export folder once the new export passed (only a MobileGen export: "
+                     "anything else is refused)."),
+    click.option("--batch", type=click.IntRange(1, 16), default=1, show_default=True,
+                 help="Fixed batch of the exported graph (2 runs a guided step in one call)."),
+    threads_option(),
+    max_tensor_option("Largest tensor of the graph: attention runs in chunks to fit [4 x batch]; inf: unbounded."),
+    click.option("--max-memory-mb", type=FiniteFloat(0, min_open=True), default=None,
+                 help="Memory gate: peak RSS of a fresh process running a file, over the bare process [student_v2: "
+                      "fp32 and fp16 64, int8 48, ONNX 96 at batch 1, x0.75 x batch above; other architectures: not gated]."),
+)  # fmt: skip
+trajectory_options = options(
+    click.option("--classes", default="cat,ship", show_default=True,
+                 help="Comma-separated labels for the trajectory check ('' skips it)."),
+    sampler_option("ddpm runs the original 999-step sampler (slow)."),
+    steps_option(),
+    guidance_option(),
+    seed_option(),
+    reference_checkpoint_option(),
+    threads_option(),
+)  # fmt: skip
+
+
+def register(cli: click.Group) -> None:
+    for command in (onnx_command, tflite_command, verify_command, report_command, bench_command, compare_command):
+        cli.add_command(command)
+
+
+def run_export(checkpoint, arch, out, overwrite, batch, threads, **kw) -> None:
+    from mobilegen.pipeline import ExportOptions, check_output_dir, export_artifacts
+    from mobilegen.verify.memory import limit_text
+
+    check_output_dir(out, overwrite, checkpoint)  # before any work
+    loaded = load_model(checkpoint, arch)
+    start = time.perf_counter()
+    result = export_artifacts(loaded, ExportOptions(out_dir=out, overwrite=overwrite, batch=batch, threads=threads, **kw))
+    for parity in result.parity.values():
+        click.echo(parity.summary())
+    for name, entry in result.manifest["files"].items():
+        if "memory" in entry:
+            m = entry["memory"]
+            click.echo(f"{name}: peak RSS {m['peak_rss_mb']:.1f} MB ({limit_text(m['limit_mb'])})"
+                       + (f", largest tensor {m['graph']['largest_tensor_mb']:.2f} MB" if "graph" in m else ""))  # fmt: skip
+    if "latency" in result.manifest:
+        click.echo(result.manifest["latency"]["table"])
+    took = time.perf_counter() - start
+    if result.memory_failures:
+        fail("a memory gate failed: " + "; ".join(result.memory_failures)
+             + f". Nothing was published to {out}. Failed export kept in {result.out_dir}", 1)  # fmt: skip
+    if not result.passed:
+        fail(f"a parity gate failed; nothing was published to {out}. Failed export kept in {result.out_dir}", 1)
+    files = ", ".join(result.manifest["files"])
+    click.echo(f"verified and wrote {result.out_dir}/ ({files}, manifest.json, report.md) in {took:.1f} s")
+
+
+@click.command("onnx")
+@CHECKPOINT
+@export_options
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
+def onnx_command(checkpoint, arch, out, overwrite, batch, threads, max_tensor_mb, max_memory_mb, layout) -> None:
+    """Export CHECKPOINT (default: untrained v2) to a verified denoiser.onnx."""
+    run_export(checkpoint, arch, out, overwrite, batch, threads, tflite=False, fp16=False, layout=layout, bench=False,
+               max_tensor_mb=max_tensor_mb, max_memory_mb=max_memory_mb)  # fmt: skip
+
+
+@click.command("tflite")
+@CHECKPOINT
+@export_options
+@click.option("--fp16", is_flag=True, help="Also write denoiser_float16.tflite (float16 weights, float32 IO).")
+@click.option("--prune", type=FiniteFloat(0, 1, max_open=True), default=0.0, show_default=True,
+              help="L1 unstructured pruning amount per layer (0 = off).")  # fmt: skip
+@click.option("--int8", "int8", type=click.Choice(["dynamic", "full"]), multiple=True,
+              help="Also write denoiser_int8_<mode>.tflite, float32 IO (repeatable). dynamic: int8 weights, activations "
+                   "quantized per call (gate: PSNR >= 30 dB). full: int8 weights and calibrated int8 activations "
+                   "in every conv/linear layer (gate: PSNR >= 30 dB).")  # fmt: skip
+@click.option("--calibration-samples", type=click.IntRange(22, 5000), default=320, show_default=True,
+              help="Inputs that calibrate --int8 full (half forward-process x_t, half from real DDIM sampling).")  # fmt: skip
+@click.option("--no-bench", is_flag=True, help="Skip the latency benchmark.")
+def tflite_command(checkpoint, arch, out, overwrite, batch, threads, max_tensor_mb, max_memory_mb, fp16, prune, int8,
+                   calibration_samples, no_bench) -> None:  # fmt: skip
+    """Export CHECKPOINT (default: untrained v2) to ONNX + TFLite, verified, with manifest and report."""
+    run_export(checkpoint, arch, out, overwrite, batch, threads, tflite=True, fp16=fp16, prune=prune, layout="NHWC",
+               bench=not no_bench, int8=tuple(dict.fromkeys(int8)), calibration_size=calibration_samples,
+               max_tensor_mb=max_tensor_mb, max_memory_mb=max_memory_mb)  # fmt: skip
+
+
+def parse_classes(value: str) -> tuple[int, ...]:
+    from mobilegen.contract.labels import parse_label
+
+    return tuple(parse_label(v) for v in value.split(",") if v.strip()) if value.strip() else ()
+
+
+@click.command("verify")
+@DIRECTORY
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
+@trajectory_options
+def verify_command(directory, as_json, classes, sampler, steps, guidance, seed, checkpoint, threads) -> None:
+    """Recheck an export folder: every sha256, per-step parity, trajectory parity. Exit 0 only if all hold."""
+    from mobilegen.diffusion import SamplerConfig
+    from mobilegen.verify.recheck import verify_directory
+
+    config = SamplerConfig(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+    result = verify_directory(directory, threads, checkpoint, parse_classes(classes), config)
+    click.echo(json.dumps(result, indent=2) if as_json else result["summary"])
+    sys.exit(0 if result["passed"] else 1)
+
+
+@click.command("report")
+@DIRECTORY
+@trajectory_options
+@overwrite_option("Replace an existing DIR/report.html.")
+def report_command(directory, classes, sampler, steps, guidance, seed, checkpoint, threads, overwrite) -> None:
+    """Write DIR/report.html: sample grids per backend, per-step error curves, latency, sizes, sparsity
+    (and the trajectory results into DIR/manifest.json)."""
+    from mobilegen.diffusion import SamplerConfig
+    from mobilegen.verify.html import write_html_report
+
+    config = SamplerConfig(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+    labels = parse_classes(classes) or (3, 8)
+    path, summary = write_html_report(directory, labels, config, checkpoint, threads, overwrite)
+    click.echo(summary)
+    click.echo(f"wrote {path}")
+
+
+@click.command("bench")
+@DIRECTORY
+@reference_checkpoint_option()
+@threads_option()
+@click.option("--repeats", type=click.IntRange(3, 10000), default=20, show_default=True)
+def bench_command(directory, checkpoint, threads, repeats) -> None:
+    """Per-step latency (warm-up, median, p90) of PyTorch and every artifact; into the manifest."""
+    from mobilegen.verify.recheck import bench_directory
+
+    latency = bench_directory(directory, checkpoint, threads, repeats)
+    click.echo(f"{latency['machine']['cpu']}, {latency['threads']} threads, batch {latency['batch']}")
+    click.echo(latency["table"])
+    click.echo(f"{'memory (fresh process)':<34} {'peak RSS MB':>11} {'largest tensor MB':>18}")
+    for name, m in latency["memory"].items():
+        largest = f"{m['graph']['largest_tensor_mb']:.2f}" if "graph" in m else "-"
+        click.echo(f"{name:<34} {m['peak_rss_mb']:>11.1f} {largest:>18}")
+
+
+@click.command("compare")
+@CHECKPOINT
+@click.option("--pruned", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="A structurally pruned checkpoint (mobilegen prune) to add as a row.")  # fmt: skip
+@click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), default=Path("artifacts/compare"), show_default=True)
+@click.option("--classes", default="cat,ship", show_default=True, help="Comma-separated labels for the trajectories.")
+@steps_option(help_text="DDIM steps of the trajectories.")
+@click.option("--calibration-samples", type=click.IntRange(22, 5000), default=320, show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 1000), default=5, show_default=True, help="Latency rounds (files take turns).")
+@threads_option()
+@overwrite_option("Replace compare.md, compare.json and samples.png in OUT.")
+@click.option("--foreign", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Another .tflite denoiser (e.g. the original project's) measured in the same rounds.")  # fmt: skip
+@click.option("--foreign-inputs", default="x=input,t=onnx__Unsqueeze_1,y=onnx__Cast_2", show_default=True,
+              help="Its signature inputs for x, t and y (the default names the original v2 file's).")  # fmt: skip
+def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples, rounds, threads, overwrite, foreign,
+                    foreign_inputs) -> None:  # fmt: skip
+    """fp32, fp16, int8 dynamic, int8 full (and --pruned) measured side by side: compare.md/.json, samples.png."""
+    from mobilegen.diffusion import SamplerConfig
+    from mobilegen.errors import InvalidInput
+    from mobilegen.models.checkpoint import load_checkpoint
+    from mobilegen.verify.compare import compare, render
+    from mobilegen.verify.foreign import parse_inputs
+
+    labels = parse_classes(classes)
+    foreign_arg = (foreign, parse_inputs(foreign_inputs)) if foreign else None
+    if not labels:
+        raise InvalidInput("--classes needs at least one label")
+    unpruned = load_model(checkpoint, None)
+    result = compare(unpruned, load_checkpoint(pruned) if pruned else None, out, threads, labels,
+                     SamplerConfig(steps=steps), calibration_samples, rounds, overwrite=overwrite, foreign=foreign_arg)  # fmt: skip
+    click.echo(render(result))
+    click.echo(f"wrote {out}/compare.md, compare.json, samples.png")

@@ -1,0 +1,238 @@
+"""The commands of `mobilegen`: sample, train, distill, prune, demo-data, serve."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from mobilegen.cli.core import (
+    FiniteFloat,
+    StepBar,
+    arch_option,
+    config_from,
+    device_option,
+    fail,
+    guidance_option,
+    max_tensor_option,
+    options,
+    overwrite_option,
+    rank0,
+    sampler_option,
+    seed_option,
+    steps_option,
+)
+
+RUN_FOLDER = click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Run folder.")
+
+
+def register(cli: click.Group) -> None:
+    for command in (sample_command, train_command, distill_command, prune_command, demo_data_command, serve_command):
+        cli.add_command(command)
+
+
+@click.command("sample")
+@click.argument("model_path", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--label", default="cat", show_default=True, help="Class name, index, alias ('auto') or 'none'.")
+@click.option("--n", "n", type=click.IntRange(1, 64), default=1, show_default=True, help="Images (a grid when > 1).")
+@seed_option()
+@steps_option(help_text="DDIM steps (DDPM runs 999).")
+@sampler_option()
+@guidance_option("0 turns guidance off.")
+@click.option("--eta", type=FiniteFloat(0, 1), default=0.0, show_default=True, help="DDIM noise (0 = deterministic).")
+@device_option()
+@max_tensor_option("Checkpoints: attention in chunks so that no tensor exceeds this [unbounded].")
+@arch_option()
+@overwrite_option("Replace an existing --out file (never the input).")
+@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("sample.png"), show_default=True)
+def sample_command(model_path, label, n, seed, steps, sampler, guidance, eta, device, max_tensor_mb, arch, overwrite, out) -> None:
+    """Generate images from a checkpoint, an ONNX or a TFLite artifact (default: untrained v2)."""
+    from tqdm import tqdm
+
+    from mobilegen.diffusion import SamplerConfig, linear_schedule
+    from mobilegen.runtime.generate import generate
+
+    config = SamplerConfig(sampler=sampler, steps=steps, guidance=guidance, eta=eta, seed=seed)
+    total = len(config.timesteps(linear_schedule()))
+    with tqdm(total=total, desc="denoising", unit="step", file=sys.stderr, leave=False) as bar:
+        result = generate(model_path, label, n, config, device, arch, out, on_step=lambda *_: bar.update(),
+                          overwrite=overwrite, max_tensor_mb=max_tensor_mb)  # fmt: skip
+    click.echo(f"model: {result.model}", err=True)
+    click.echo(f"{result.backend}: {result.label_name} x{n}, {config.sampler} {total} steps, guidance {guidance:g}, "
+               f"seed {seed}: {result.seconds:.2f} s total, {result.seconds / n:.2f} s/image, "
+               f"{1000 * result.seconds / total:.1f} ms/step -> {out}")  # fmt: skip
+
+
+train_options = options(
+    click.option("--data", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True,
+                 help="CIFAR-10 layout folder: DATA/train/<class>/*.png (+ DATA/test/ for validation)."),
+    RUN_FOLDER,
+    click.option("--epochs", type=click.IntRange(1), default=100, show_default=True),
+    click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True),
+    click.option("--lr", type=FiniteFloat(0, min_open=True), default=3e-4, show_default=True, help="One-cycle peak LR (AdamW)."),
+    click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop at this global step (schedule unchanged)."),
+    click.option("--qat-every", type=click.IntRange(0), default=0, show_default=True,
+                 help="fp16 QAT: round weights to float16 every K steps (0 = off)."),
+    click.option("--label-dropout", type=FiniteFloat(0, 1, max_open=True), default=0.1, show_default=True),
+    click.option("--ema-beta", type=FiniteFloat(0, 1), default=0.995, show_default=True),
+    click.option("--ema-start", type=click.IntRange(0), default=2000, show_default=True, help="EMA copies the weights until this step."),
+    seed_option(),
+    click.option("--sample-every", type=click.IntRange(0), default=0, help="Save a DDIM sample grid every N steps (0 = off)."),
+    click.option("--val-every", type=click.IntRange(0), default=0, help="Validation eps-MSE every N steps (0 = at the end)."),
+    click.option("--checkpoint-every", type=click.IntRange(0), default=500, show_default=True),
+    device_option(),
+    click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader worker processes."),
+    click.option("--on-bad-image", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
+                 help="Unreadable images: skip and count them, or stop."),
+    click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped."),
+    overwrite_option("Start over in an --out that holds a run (replaces last.pt, ema.pt)."),
+)  # fmt: skip
+
+
+def run_training(values: dict) -> None:
+    from mobilegen.train import TrainConfig, train
+
+    config = config_from(TrainConfig, values, {"workers": "num_workers"})
+    bar = StepBar(f"{'distill' if config.teacher else 'train'} {config.arch}")
+    try:
+        result = train(config, bar)
+    except KeyboardInterrupt:
+        bar.close()
+        fail(f"interrupted; the last finished step is saved in {config.out}/last.pt: continue with --resume", 130)
+    bar.close()
+    if not rank0():
+        return
+    val = ", ".join(f"step {k}: {v:.4f}" for k, v in result.val_losses.items()) or "no test/ split"
+    skipped = f", {result.skipped_images} unreadable images skipped" if result.skipped_images else ""
+    click.echo(f"{config.arch}: step {result.step}, last loss {result.losses[-1] if result.losses else float('nan'):.4f}, "
+               f"validation eps-MSE {val}, {result.images_per_second:.1f} images/s{skipped}")  # fmt: skip
+    click.echo(f"wrote {config.out}/ema.pt (export it with: mobilegen-export tflite {config.out}/ema.pt --fp16) and {config.out}/last.pt")
+
+
+@click.command("train")
+@arch_option("Architecture to train.", default="teacher")
+@train_options
+def train_command(**values) -> None:
+    """Train a UNet from scratch on a CIFAR-10-layout image folder."""
+    run_training(values)
+
+
+@click.command("distill")
+@click.option("--teacher", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True, help="Teacher checkpoint.")
+@arch_option("Student architecture.", default="student_v2")
+@click.option("--noise-weight", type=FiniteFloat(0), default=1.0, show_default=True, help="Weight of MSE(noise, student).")
+@click.option("--teacher-weight", type=FiniteFloat(0), default=1.0, show_default=True, help="Weight of MSE(teacher, student).")
+@train_options
+def distill_command(**values) -> None:
+    """Distil a teacher checkpoint into a student: loss = w_n MSE(noise, s) + w_t MSE(teacher, s)."""
+    run_training(values)
+
+
+@click.command("prune")
+@click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--ratio", type=FiniteFloat(), default=0.0, show_default=True, help="Fraction of the channels of every prunable group to remove, in [0, 1).")
+@click.option("--head-ratio", type=FiniteFloat(), default=0.0, show_default=True, help="Fraction of every attention block's heads to remove, in [0, 1).")
+@click.option("--data", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="CIFAR-10 layout folder for the fine-tune: DATA/train/<class>/*.png (+ DATA/test/).")
+@steps_option(200, "Fine-tune steps (0: prune only).", low=0)
+@RUN_FOLDER
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--lr", type=FiniteFloat(0, min_open=True), default=1e-4, show_default=True, help="One-cycle peak LR (AdamW).")
+@click.option("--noise-weight", type=FiniteFloat(0), default=0.0, show_default=True, help="Weight of MSE(noise, pruned).")
+@click.option("--teacher-weight", type=FiniteFloat(0), default=1.0, show_default=True,
+              help="Weight of MSE(unpruned, pruned): distillation from CHECKPOINT.")
+@seed_option()
+@click.option("--checkpoint-every", type=click.IntRange(0), default=500, show_default=True)
+@device_option()
+@overwrite_option("Replace pruned.pt, last.pt and ema.pt in --out (never CHECKPOINT).")
+def prune_command(checkpoint, ratio, head_ratio, steps, **values) -> None:
+    """Structured pruning of CHECKPOINT (whole channels and heads), then a distillation fine-tune from it."""
+    from mobilegen.train import TrainConfig
+    from mobilegen.train.prune import prune_and_distill
+
+    config = config_from(TrainConfig, values)
+    out, bar = config.out, StepBar("fine-tune pruned")
+    try:
+        result = prune_and_distill(checkpoint, ratio, head_ratio, steps, config, bar)
+    except KeyboardInterrupt:
+        bar.close()
+        fail(f"interrupted; the pruned weights are in {out}/pruned.pt and the last finished step in {out}/last.pt", 130)
+    bar.close()
+    if not rank0():
+        return
+    (p0, p1), (m0, m1), (h0, h1) = result.params, result.macs, result.heads
+    click.echo(f"params {p0:,} -> {p1:,} ({p0 / p1:.2f}x fewer); MACs per step {m0 / 1e9:.3f} G -> {m1 / 1e9:.3f} G "
+               f"({m0 / m1:.2f}x fewer); attention heads {h0} -> {h1}")  # fmt: skip
+    if result.train is None:
+        click.echo(f"wrote {result.pruned} (not fine-tuned; export it with: mobilegen-export tflite {result.pruned})")
+        return
+    val = ", ".join(f"step {k}: {v:.4f}" for k, v in result.train.val_losses.items()) or "no test/ split"
+    click.echo(f"fine-tuned {result.train.step} steps, last loss {result.train.losses[-1]:.4f}, validation eps-MSE {val}")
+    click.echo(f"wrote {result.pruned}, {out}/last.pt and {out}/ema.pt (export it with: mobilegen-export tflite {out}/ema.pt --fp16)")
+
+
+@click.command("demo-data")
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--per-class", type=click.IntRange(1, 10000), default=20, show_default=True)
+@seed_option()
+@overwrite_option("Replace an OUT that demo-data wrote (anything else is refused).")
+def demo_data_command(out, per_class, seed, overwrite) -> None:
+    """Write a small CIFAR-10-layout folder of coloured shapes (for trying train/distill)."""
+    from mobilegen.train import write_demo_data
+
+    write_demo_data(out, per_class, seed, overwrite)
+    click.echo(f"wrote {out}/train and {out}/test with the ten CIFAR-10 class folders")
+
+
+@click.command("serve")
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--model", "models", multiple=True, metavar="NAME=PATH",
+              help="Serve PATH (checkpoint, or .onnx/.tflite beside its manifest.json) as version NAME; repeatable.")
+@arch_option("Override the architecture detected from CHECKPOINT's keys.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@device_option("auto: CUDA (float16 autocast) when present, else CPU (float32).")
+@sampler_option("Default for requests that do not choose (the app never does).")
+@steps_option(help_text="Default DDIM steps.")
+@guidance_option("Default guidance (0 = off).")
+@click.option("--max-batch", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="Images per model call across requests (guidance doubles a request's); 1 turns batching off. "
+                   "On CUDA every call runs exactly this many (at least 2; padded), so batching never changes an image: "
+                   "lower it for lower single-request latency.")
+@click.option("--max-wait-ms", type=FiniteFloat(0, 1000), default=5.0, show_default=True,
+              help="How long a waiting denoiser call holds the model for others to join.")
+@click.option("--max-n", type=click.IntRange(1, 1024), default=16, show_default=True, help="Most images per request.")
+@steps_option(250, "Most steps per request; 999 allows the ddpm sampler.", name="--max-steps")
+@click.option("--max-guidance", type=FiniteFloat(0, 1000), default=50.0, show_default=True)
+@click.option("--max-body-bytes", type=click.IntRange(256, 1 << 30), default=64 * 1024, show_default=True,
+              help="Larger request bodies get 413.")
+@click.option("--max-pending", type=click.IntRange(1, 1024), default=128, show_default=True,
+              help="Requests generating at once; more get 503.")
+@click.option("--timeout-s", type=FiniteFloat(0.1, 86400), default=120.0, show_default=True,
+              help="Per-request limit, upload included; 504 after it.")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="Allow browsers on ORIGIN (e.g. https://app.example); repeatable; none by default; never with credentials.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True)
+@click.option("--ray", "use_ray", is_flag=True, help="Serve on Ray Serve with --replicas copies of the app (docs/serving.md).")
+@click.option("--replicas", type=click.IntRange(1), default=2, show_default=True, help="With --ray: replicas of the app.")
+@click.option("--replica-cpus", type=FiniteFloat(0, min_open=True), default=1.0, show_default=True, help="With --ray: CPUs per replica.")
+@click.option("--replica-gpus", type=FiniteFloat(0), default=0.0, show_default=True, help="With --ray: GPUs per replica.")
+@click.option("--ray-address", metavar="HOST:PORT", help="With --ray: join this running cluster (ray start --head) instead of a local one.")
+@max_tensor_option("Checkpoints: attention in chunks so that no tensor of a --max-batch call exceeds this [unbounded].")
+def serve_command(checkpoint, models, arch, cors_origins, use_ray, replicas, replica_cpus, replica_gpus, ray_address, **values) -> None:
+    """Serve images over HTTP: POST /generate_image (the app), POST /v1/images, GET /v1/models, /healthz, /metrics.
+
+    CHECKPOINT (default: the untrained v2) is served under its architecture's name (v1, v2),
+    which the app's version field (1, 2) selects.
+    """
+    from mobilegen.serve import ModelSource, ServeConfig, parse_model_option, serve
+
+    sources = ([ModelSource(checkpoint, arch=arch)] if checkpoint else []) + [parse_model_option(m) for m in models]
+    if use_ray:  # the same app, as Ray Serve replicas
+        from mobilegen.serve.ray_app import RayOptions, serve_ray
+
+        options_ = RayOptions(replicas=replicas, cpus_per_replica=replica_cpus, gpus_per_replica=replica_gpus, address=ray_address)
+        serve = functools.partial(serve_ray, options=options_)
+    serve(config_from(ServeConfig, values, models=tuple(sources), cors_origins=tuple(cors_origins)))

@@ -1,0 +1,103 @@
+"""Images from any backend: a checkpoint (PyTorch) or an exported ONNX/TFLite file.
+
+For artifacts, the schedule, labels and IO contract come from the manifest beside
+the file, exactly as an app on a phone would read them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mobilegen.contract.labels import CIFAR10_LABELS, parse_label
+from mobilegen.contract.manifest import MANIFEST, read_manifest, spec_from_manifest
+from mobilegen.diffusion import SamplerConfig, Schedule, linear_schedule, run_sampler, to_uint8
+from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
+from mobilegen.files import check_output_file
+from mobilegen.models.checkpoint import load_or_default
+from mobilegen.runtime.backends import OnnxBackend, TFLiteBackend, TorchBackend, open_artifact
+from mobilegen.runtime.images import save_png
+
+ARTIFACT_SUFFIXES = (".onnx", ".tflite")
+
+
+@dataclass(frozen=True)
+class Generated:
+    images: torch.Tensor  # uint8 [N,3,64,64]
+    backend: str
+    model: str  # what produced the images, e.g. "student_v2 from ckpt.pt"
+    label_name: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class OpenedModel:
+    backend: TorchBackend | OnnxBackend | TFLiteBackend
+    arch: str
+    description: str  # e.g. "student_v2 from ckpt.pt"
+    schedule: Schedule
+    labels: tuple[str, ...]
+
+
+def artifact_manifest(model_path: Path | None) -> dict | None:
+    """The manifest beside an ONNX/TFLite file; None for a checkpoint or the default model."""
+    if model_path is not None and model_path.suffix in ARTIFACT_SUFFIXES:
+        return read_manifest(model_path.parent)
+    return None
+
+
+def open_backend(model_path: Path | None, device: str, arch: str | None, manifest: dict | None = None,
+                 bounded: tuple[int, float] | None = None) -> OpenedModel:  # fmt: skip
+    """A checkpoint (or the default model) on PyTorch, or an artifact described by its manifest.
+    bounded = (rows per call, max tensor MB): PyTorch runs attention in chunks (models/budget.py)."""
+    manifest = manifest or artifact_manifest(model_path)
+    if manifest is not None:
+        schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
+        arch_name = manifest["model"]["arch"]
+        return OpenedModel(open_artifact(model_path, spec_from_manifest(manifest)), arch_name,
+                           f"{arch_name} exported from {manifest['source']['checkpoint']}", schedule,
+                           tuple(manifest["labels"]))  # fmt: skip
+    loaded = load_or_default(model_path, arch)
+    if bounded is not None:
+        from mobilegen.models.budget import bound_heap, set_bounded_attention
+
+        set_bounded_attention(loaded.model, *bounded)
+        bound_heap()
+    return OpenedModel(TorchBackend(loaded.model, device), loaded.arch, f"{loaded.arch} from {loaded.source}",
+                       linear_schedule(), CIFAR10_LABELS)  # fmt: skip
+
+
+def generate(
+    model_path: Path | None,
+    label: str,
+    n: int,
+    config: SamplerConfig,
+    device: str = "auto",
+    arch: str | None = None,
+    out: Path | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+    overwrite: bool = False,
+    max_tensor_mb: float | None = None,
+) -> Generated:
+    manifest = artifact_manifest(model_path)
+    if out is not None:  # the input, and for an artifact every file of its export, is never overwritten
+        folder = model_path.parent if manifest else None
+        inputs = [model_path] + ([folder / MANIFEST] + [folder / name for name in manifest["files"]] if manifest else [])
+        check_output_file(out, overwrite, inputs)
+    y = parse_label(label, tuple(manifest["labels"]) if manifest else CIFAR10_LABELS)  # before loading anything
+    rows = n * (2 if config.guidance else 1)  # a guided step runs both passes as one batch
+    opened = open_backend(model_path, device, arch, manifest, (rows, max_tensor_mb) if max_tensor_mb else None)
+    backend = opened.backend
+    start = time.perf_counter()
+    x = run_sampler(backend.torch_denoise, torch.full((n,), y), opened.schedule, config,
+                    getattr(backend, "device", "cpu"), on_step)  # fmt: skip
+    seconds = time.perf_counter() - start
+    images = to_uint8(x)
+    if out is not None:
+        save_png(images, out)
+    name = "unconditional" if y < 0 else opened.labels[y]
+    return Generated(images, backend.name, opened.description, name, seconds)

@@ -1,0 +1,185 @@
+"""report.html: one self-contained page (inline PNGs, no scripts, no network) for a person.
+
+Sample grids from every backend for the same seeds side by side, per-step error
+curves of the sampling trajectory, images per second, latency and size bars, and
+per-layer sparsity.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mobilegen.contract import manifest as mf
+from mobilegen.diffusion import SamplerConfig
+from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
+from mobilegen.runtime.images import png_bytes
+from mobilegen.verify.recheck import REFERENCE, Trajectories, check_hashes, reference_model, run_trajectories
+
+SPEED_STEPS = (10, 20, 50)
+
+
+def _png(data: bytes) -> str:
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _figure(draw) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
+    draw(ax)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return _png(buf.getvalue())
+
+
+def _grid_row(images: np.ndarray) -> str:
+    big = torch.from_numpy(images).repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    return _png(png_bytes(big))
+
+
+def images_per_second(manifest: dict, label: int, traj: Trajectories) -> dict:
+    """Whole-image throughput of DDIM at 10, 20, 50 steps (guided), per backend, on the
+    backends the trajectory run already opened."""
+    from mobilegen.verify.trajectory import record
+
+    schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
+    out: dict[str, dict[int, float]] = {}
+    for name, denoise in traj.denoisers.items():
+        out[name] = {}
+        for steps in SPEED_STEPS:
+            if steps == traj.config.steps and traj.config.sampler == "ddim":
+                out[name][steps] = round(len(traj.labels) / traj.runs[name].seconds, 3)
+                continue
+            cfg = SamplerConfig(steps=steps, guidance=traj.config.guidance, seed=traj.config.seed)
+            out[name][steps] = round(1 / record(denoise, [label], schedule, cfg).seconds, 3)
+    return out
+
+
+def render(manifest: dict, traj: Trajectories, ips: dict) -> str:
+    esc = html.escape
+    m = manifest
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>MobileGen report: {esc(m['model']['arch'])}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "th:first-child,td:first-child{text-align:left}.fail{color:#b00;font-weight:bold}.pass{color:#070}"
+        "img{image-rendering:pixelated;vertical-align:middle}</style></head><body>",
+        f"<h1>MobileGen export: {esc(m['model']['arch'])} "
+        f"<span class='{'pass' if m['status'] == 'passed' else 'fail'}'>{esc(m['status'].upper())}</span></h1>",
+        f"<p>Source: <code>{esc(str(m['source']['checkpoint']))}</code></p>",
+    ]
+    cfg = traj.config
+    steps = len(traj.runs[REFERENCE].timesteps)
+    parts.append(f"<h2>Samples: same seed ({cfg.seed}) and noise on every backend</h2><p>{esc(cfg.sampler.upper())} "
+                 f"{steps} steps, guidance {cfg.guidance:g}; classes: {esc(', '.join(traj.label_names))}.</p><table>")  # fmt: skip
+    for name, run in traj.runs.items():
+        parts.append(f"<tr><td>{esc(name)}</td><td>{_grid_row(run.images)}</td></tr>")
+    parts.append("</table><h2>Trajectory parity against PyTorch fp32</h2><table><tr><th>artifact</th><th>class</th>"
+                 "<th>final PSNR dB</th><th>SSIM</th><th>gate</th><th>result</th></tr>")  # fmt: skip
+    for name, r in traj.results.items():
+        gate = f"&ge; {r.gate[0]:g} dB" + (f", SSIM &ge; {r.gate[1]:g}" if r.gate[1] else "")
+        for label, c in r.per_class.items():
+            ok = not any(f.startswith(label + ":") for f in r.failures)
+            parts.append(f"<tr><td>{esc(name)}</td><td>{esc(label)}</td><td>{c['psnr']:.1f}</td><td>{c['ssim']:.4f}</td>"
+                         f"<td>{gate}</td><td class='{'pass' if ok else 'fail'}'>{'pass' if ok else 'FAIL'}</td></tr>")  # fmt: skip
+    parts.append("</table>")
+
+    def error_curves(ax):
+        for name, r in traj.results.items():
+            ax.plot(range(1, len(r.per_step) + 1), [math.nan if s["psnr"] is None else min(s["psnr"], 200) for s in r.per_step], label=name)
+        ax.set_xlabel("sampling step (t decreasing)")
+        ax.set_ylabel("PSNR of x_t vs PyTorch (dB)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+
+    parts.append("<h2>Per-step error of the state x_t</h2>" + _figure(error_curves))
+    parts.append("<h2>Whole images per second (DDIM, guided)</h2><table><tr><th>backend</th>"
+                 + "".join(f"<th>{s} steps</th>" for s in SPEED_STEPS) + "</tr>")  # fmt: skip
+    for name, row in ips.items():
+        parts.append(f"<tr><td>{esc(name)}</td>" + "".join(f"<td>{row[s]:.2f}</td>" for s in SPEED_STEPS) + "</tr>")
+    parts.append("</table>")
+    if "latency" in m:
+        lat = m["latency"]
+
+        def latency(ax):
+            names = [t["name"] for t in lat["timings"]]
+            ax.barh(names, [t["median_ms"] for t in lat["timings"]], xerr=[[0] * len(names),
+                    [t["p90_ms"] - t["median_ms"] for t in lat["timings"]]], color="#4878a8")  # fmt: skip
+            ax.set_xlabel(f"ms per step (median, bar to p90), {lat['threads']} threads, {lat['machine']['cpu']}")
+            ax.invert_yaxis()
+
+        parts.append("<h2>Latency per denoising step</h2>" + _figure(latency))
+    measured = {n: f["memory"] for n, f in m["files"].items() if "memory" in f}
+    if measured:
+        parts.append("<h2>Memory of one step</h2><p>" + esc(next(iter(measured.values()))["method"]) + "</p><table><tr>"
+                     "<th>file</th><th>peak RSS MB</th><th>limit MB</th><th>largest tensor</th><th>tensor MB</th>"
+                     "<th>alive at once MB</th></tr>")  # fmt: skip
+        for name, r in measured.items():
+            g = r.get("graph") or {"largest_tensor": "-", "largest_tensor_mb": float("nan"), "peak_live_mb": float("nan")}
+            parts.append(f"<tr><td>{esc(name)}</td><td>{r['peak_rss_mb']:.1f}</td><td>{'-' if r['limit_mb'] is None else format(r['limit_mb'], 'g')}</td>"
+                         f"<td>{esc(g['largest_tensor'])}</td><td>{g['largest_tensor_mb']:.2f}</td><td>{g['peak_live_mb']:.1f}</td></tr>")  # fmt: skip
+        parts.append("</table>")
+    files = {n: f for n, f in m["files"].items() if n != mf.LABELS}
+
+    def sizes(ax):
+        names = list(files)
+        ax.barh(names, [f["bytes"] / 1e6 for f in files.values()], label="file", color="#4878a8")
+        ax.barh(names, [f["gzip_bytes"] / 1e6 for f in files.values()], label="gzip", color="#e0a040")
+        ax.set_xlabel("MB")
+        ax.legend()
+        ax.invert_yaxis()
+
+    parts.append("<h2>Sizes</h2>" + _figure(sizes))
+    prune = m["compression"]["prune"]
+    if prune["amount"]:
+
+        def sparsity(ax):
+            layers = prune["layers"]
+            ax.bar(range(len(layers)), list(layers.values()), color="#6a9a58")
+            ax.set_xlabel(f"layer (conv/linear/attention weights, {len(layers)} tensors)")
+            ax.set_ylabel("sparsity")
+            ax.set_ylim(0, 1)
+
+        parts.append(f"<h2>Per-layer sparsity (global {prune['global']:.1%})</h2>" + _figure(sparsity)
+                     + "<p>Unstructured zeros shrink the gzip'd download only; dense kernels do the same work.</p>")  # fmt: skip
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html_report(directory: Path, labels: tuple[int, ...], config: SamplerConfig, checkpoint: Path | None,
+                      threads: int | None, overwrite: bool = False) -> tuple[Path, str]:  # fmt: skip
+    """DIR/report.html (refused if it exists, unless overwrite); also stores the trajectory results in the manifest."""
+    from mobilegen.errors import MobileGenError
+    from mobilegen.files import atomic_write, check_output_file
+    from mobilegen.verify.report import REPORT_HTML
+
+    path = check_output_file(directory / REPORT_HTML, overwrite)
+    manifest = mf.read_manifest(directory)
+    problems = check_hashes(directory, manifest)
+    if problems:
+        raise MobileGenError(f"{directory}: " + "; ".join(problems))
+    model = reference_model(manifest, checkpoint, directory).model
+    traj = run_trajectories(directory, manifest, model, list(labels), config, threads)
+    ips = images_per_second(manifest, labels[0], traj)
+    manifest["trajectory"] = {
+        "sampler": config.sampler, "steps": config.steps, "guidance": config.guidance, "seed": config.seed,
+        "classes": traj.label_names, "results": {n: r.to_dict() for n, r in traj.results.items()},
+        "images_per_second": ips,
+    }  # fmt: skip
+    mf.write_json(directory / mf.MANIFEST, manifest)
+    page = render(manifest, traj, ips)
+    atomic_write(path, lambda tmp: tmp.write_text(page))
+    return path, "\n".join(r.summary() for r in traj.results.values())

@@ -1,0 +1,237 @@
+"""Recheck a published export folder: hashes, per-step parity and trajectory parity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mobilegen.compress.unstructured import prune_l1
+from mobilegen.contract import manifest as mf
+from mobilegen.contract.spec import PRECISION
+from mobilegen.diffusion import SamplerConfig
+from mobilegen.diffusion.cases import forward_process_cases
+from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
+from mobilegen.errors import ManifestError, MobileGenError, NonFiniteError
+from mobilegen.files import sha256_file
+from mobilegen.models.checkpoint import SUFFIXES, LoadedModel, default_model, load_checkpoint
+from mobilegen.runtime.backends import TorchBackend, open_artifact
+from mobilegen.verify.memory import limit_text
+from mobilegen.verify.parity import float64_outputs, run_parity
+from mobilegen.verify.trajectory import TRAJECTORY_GATES, Run, TrajectoryResult, compare_runs, record
+
+REFERENCE = "pytorch fp32"
+DEFAULT_CLASSES = (3, 8)  # cat, ship: a CI-sized trajectory check
+
+
+def find_checkpoint(manifest: dict, checkpoint: Path | None = None, directory: Path | None = None) -> Path:
+    """The checkpoint an export was made from, identified by the manifest's sha256: --checkpoint
+    (refused if its sha256 differs), else the stored path, else a file beside the export folder."""
+    stored, want = Path(manifest["source"]["checkpoint"]), manifest["source"]["sha256"]
+    made_from = "the untrained default model (no checkpoint)" if want is None else f"a checkpoint with sha256 {want}"
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            raise MobileGenError(f"--checkpoint {checkpoint}: no such file")
+        got = sha256_file(checkpoint)
+        if got != want:
+            raise MobileGenError(f"--checkpoint {checkpoint} has sha256 {got}, but the export was made from {made_from}; "
+                                 "give the checkpoint it was exported from")  # fmt: skip
+        return checkpoint
+    candidates = [stored]
+    if directory is not None:  # the export folder and its checkpoint moved together
+        parent = Path(directory).resolve().parent
+        candidates += [parent / stored.name] + sorted(p for p in parent.iterdir() if p.suffix in SUFFIXES)
+    for path in dict.fromkeys(candidates):
+        if path.is_file() and sha256_file(path) == want:
+            return path
+    where = f" nor beside {directory}" if directory is not None else ""
+    raise MobileGenError(f"the source checkpoint ({made_from}) is not at {stored}{where}; pass --checkpoint PATH")
+
+
+def reference_model(manifest: dict, checkpoint: Path | None = None, directory: Path | None = None) -> LoadedModel:
+    """Rebuild the PyTorch model the export was made from (pruned the same way)."""
+    if checkpoint is None and manifest["source"]["sha256"] is None:
+        loaded = default_model()
+    else:
+        loaded = load_checkpoint(find_checkpoint(manifest, checkpoint, directory), manifest["model"]["arch"])
+    loaded.model = prune_l1(loaded.model, manifest["compression"]["prune"]["amount"])
+    return loaded
+
+
+def inside(directory: Path, name: str) -> Path:
+    """directory/name, refused unless it stays in the folder (a symlink may not lead out)."""
+    path = directory / name
+    if path.resolve().parent != directory.resolve():
+        raise ManifestError(f"{directory}: manifest file {name!r} resolves to {path.resolve()}, outside the export folder")
+    return path
+
+
+def slot_problem(path: Path, precision: str) -> str | None:
+    """Whether the file is what its slot says: an ONNX model, or a TFLite file of that precision."""
+    if precision == "text":
+        return None
+    if precision == "onnx":
+        import onnx
+
+        try:
+            onnx.checker.check_model(onnx.load(str(path)))
+        except Exception as exc:  # onnx raises DecodeError, ValidationError, ...
+            return f"is not a valid ONNX model ({type(exc).__name__})"
+        return None
+    from mobilegen.runtime.tflite_file import tflite_op_types, tflite_tensor_types
+
+    if path.read_bytes()[4:8] != b"TFL3":
+        return "is not a TFLite flatbuffer (no TFL3 identifier)"
+    types, ops = tflite_tensor_types(path), tflite_op_types(path)
+    half, dequantize, int8 = types.get("FLOAT16", 0) > 0, "DEQUANTIZE" in ops, types.get("INT8", 0) > 0
+    expected = {"float32": (False, False, False), "float16": (True, True, False)}.get(precision)
+    if expected is None:  # int8_dynamic / int8_full
+        return None if int8 and not half else f"holds no int8 weights (tensor types {sorted(types)}): not an {precision} file"
+    if (half, dequantize, int8) != expected:
+        return (f"is not a {precision} file: float16 tensors {types.get('FLOAT16', 0)}, DEQUANTIZE {'yes' if dequantize else 'no'}, "
+                f"int8 tensors {types.get('INT8', 0)}")  # fmt: skip
+    return None
+
+
+def check_hashes(directory: Path, manifest: dict) -> list[str]:
+    """Each listed file that is missing or changed (sha256); a file outside the folder, or one
+    that is not of its slot's kind although its hash matches, is a malformed export (raised)."""
+    problems = []
+    for name, entry in manifest["files"].items():
+        path = inside(directory, name)
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif sha256_file(path) != entry["sha256"]:
+            problems.append(f"{name}: sha256 mismatch (file changed since export)")
+        elif problem := slot_problem(path, entry["precision"]):
+            raise ManifestError(f"{directory}: files[{name!r}]: the file {problem}; the manifest does not describe this folder")
+    return problems
+
+
+def artifacts(directory: Path, manifest: dict) -> dict[str, Path]:
+    return {n: directory / n for n in manifest["files"] if n in PRECISION}
+
+
+@dataclass
+class Trajectories:
+    config: SamplerConfig
+    labels: list[int]
+    label_names: list[str]
+    runs: dict[str, Run]  # REFERENCE first, then each artifact
+    results: dict[str, TrajectoryResult]
+    denoisers: dict[str, Callable]  # the opened backends, same keys as runs
+
+
+def run_trajectories(directory: Path, manifest: dict, model, labels: list[int], config: SamplerConfig,
+                     threads: int | None = None) -> Trajectories:  # fmt: skip
+    """The same sampling run (same noise) on PyTorch fp32 and every artifact, compared."""
+    spec = mf.spec_from_manifest(manifest)
+    schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
+    names = [manifest["labels"][y] if y >= 0 else "unconditional" for y in labels]
+    denoisers = {REFERENCE: TorchBackend(model, "cpu").torch_denoise}
+    denoisers |= {name: open_artifact(path, spec, threads).torch_denoise for name, path in artifacts(directory, manifest).items()}
+    runs = {name: record(denoise, labels, schedule, config) for name, denoise in denoisers.items()}
+    results = {
+        name: compare_runs(name, runs[REFERENCE], runs[name], names, TRAJECTORY_GATES[PRECISION[name]])
+        for name in runs if name != REFERENCE
+    }
+    return Trajectories(config, labels, names, runs, results, denoisers)
+
+
+def verify_directory(directory: Path, threads: int | None = None, checkpoint: Path | None = None,
+                     classes: tuple[int, ...] = DEFAULT_CLASSES, config: SamplerConfig = SamplerConfig()) -> dict:  # fmt: skip
+    manifest = mf.read_manifest(directory)
+    problems = check_hashes(directory, manifest)
+    intact = not problems  # a failed export is still checked: it shows how far off it is
+    if manifest.get("status") != "passed":
+        problems.append(f"manifest status is {manifest.get('status')!r}, not 'passed'")
+    parity, trajectories, memory = {}, None, {}
+    if intact:
+        spec = mf.spec_from_manifest(manifest)
+        model = reference_model(manifest, checkpoint, directory).model
+        cases = forward_process_cases(schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"]))
+        ref = TorchBackend(model, "cpu")(cases.x, cases.t, cases.y)
+        parity = run_parity(artifacts(directory, manifest), spec, cases, ref, threads, float64_outputs(model, cases))
+        problems += [f"{name}: {f}" for name, r in parity.items() for f in r.failures[:3]]
+        memory = recheck_memory(directory, manifest, spec, threads)
+        problems += [p for r in memory.values() for p in r["problems"]]
+        if classes:
+            try:
+                trajectories = run_trajectories(directory, manifest, model, list(classes), config, threads)
+                problems += [f"{name}: {f}" for name, r in trajectories.results.items() for f in r.failures]
+            except NonFiniteError as exc:  # a backend's sampling run went NaN/Inf: a failed check, reported with the rest
+                problems.append(f"trajectory: {exc}")
+    lines = [f"verify {directory}: {'PASS' if not problems else 'FAIL'}"]
+    lines += [f"  sha256 ok: {name}" for name in manifest["files"] if not any(p.startswith(name + ":") for p in problems)]
+    lines += [f"  {r.summary()}" for r in parity.values()]
+    lines += [f"  memory {name}: peak RSS {r['peak_rss_mb']:.1f} MB ({limit_text(r['limit_mb'])}, recorded {r['recorded_mb']:.1f})"
+              for name, r in memory.items()]  # fmt: skip
+    if trajectories:
+        cfg = trajectories.config
+        lines.append(f"  trajectory: {cfg.sampler} {len(trajectories.runs[REFERENCE].timesteps)} steps, guidance {cfg.guidance:g}, "
+                     f"seed {cfg.seed}, classes {', '.join(trajectories.label_names)}")  # fmt: skip
+        lines += [f"  {r.summary()}" for r in trajectories.results.values()]
+    lines += [f"  problem: {p}" for p in problems]
+    return {
+        "passed": not problems,
+        "directory": str(directory),
+        "problems": problems,
+        "parity": {name: r.to_dict() for name, r in parity.items()},
+        "memory": memory,
+        "trajectory": {name: r.to_dict() for name, r in trajectories.results.items()} if trajectories else {},
+        "summary": "\n".join(lines),
+    }
+
+
+def recheck_memory(directory: Path, manifest: dict, spec, threads: int | None) -> dict[str, dict]:
+    """Measure every file again in a fresh process against the limit its manifest entry records."""
+    from mobilegen.runtime.backends import default_threads
+    from mobilegen.verify.memory import check_memory, contract_feeds, measure_file
+
+    out = {}
+    for name, path in artifacts(directory, manifest).items():
+        recorded = manifest["files"][name].get("memory")
+        if recorded is None:
+            continue
+        measured = measure_file(path, contract_feeds(spec), threads or default_threads())
+        problems = check_memory(name, measured, recorded["limit_mb"])
+        graph, budget = measured.get("graph"), recorded.get("max_tensor_mb")
+        if graph and budget is not None and graph["largest_tensor_bytes"] > budget * 2**20:
+            problems.append(f"{name}: tensor {graph['largest_tensor']!r} is {graph['largest_tensor_mb']:.2f} MB, "
+                            f"over the recorded --max-tensor-mb {budget:g}")  # fmt: skip
+        out[name] = {"peak_rss_mb": measured["peak_rss_mb"], "limit_mb": recorded["limit_mb"],
+                     "recorded_mb": recorded["peak_rss_mb"], "problems": problems}  # fmt: skip
+    return out
+
+
+def bench_memory(directory: Path, manifest: dict, checkpoint: Path | None, threads: int | None) -> dict[str, dict]:
+    """Peak RSS of every file and of PyTorch (fused SDPA, and the math form bounded like the files), each in a fresh process."""
+    from mobilegen.runtime.backends import default_threads
+    from mobilegen.verify.memory import contract_feeds, measure_file, measure_torch
+
+    spec, threads = mf.spec_from_manifest(manifest), threads or default_threads()
+    source = str(checkpoint) if checkpoint else manifest["source"]["checkpoint"] if manifest["source"]["sha256"] else None
+    budget = next((f["memory"].get("max_tensor_mb") for f in manifest["files"].values() if "memory" in f), None)
+    out = {"pytorch fp32 (fused sdpa)": measure_torch(source, spec.batch, threads, "sdpa"),
+           "pytorch fp32 (math, bounded)": measure_torch(source, spec.batch, threads, "math", budget)}  # fmt: skip
+    for name, path in artifacts(directory, manifest).items():
+        out[name] = measure_file(path, contract_feeds(spec), threads)
+        if "memory" in manifest["files"][name]:
+            manifest["files"][name]["memory"] |= {k: out[name][k] for k in ("peak_rss_mb", "after_load_mb", "bare_rss_mb")}
+    return out
+
+
+def bench_directory(directory: Path, checkpoint: Path | None, threads: int | None, repeats: int) -> dict:
+    from mobilegen.verify.bench import bench_directory_files
+    from mobilegen.verify.report import write_report
+
+    manifest = mf.read_manifest(directory)
+    problems = check_hashes(directory, manifest)
+    if problems:
+        raise MobileGenError(f"{directory}: " + "; ".join(problems))
+    model = reference_model(manifest, checkpoint, directory).model
+    manifest["latency"] = bench_directory_files(model, artifacts(directory, manifest), mf.spec_from_manifest(manifest), threads, repeats=repeats)
+    manifest["latency"]["memory"] = bench_memory(directory, manifest, checkpoint, threads)
+    mf.write_json(directory / mf.MANIFEST, manifest)
+    write_report(directory, manifest)
+    return manifest["latency"]

@@ -1,0 +1,101 @@
+"""report.md: a short human summary of what the manifest says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mobilegen.files import atomic_write
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"  # written by `mobilegen-export report`
+
+UNSTRUCTURED_NOTE = (
+    "Unstructured pruning sets weights to zero but keeps every tensor dense: the kernels do "
+    "the same work, so it shrinks the gzip'd download only and makes nothing faster."
+)
+
+
+def number(value: float | None) -> str:
+    """An error figure; None is what the manifest holds for a non-finite one."""
+    return "NaN/Inf" if value is None else f"{value:.2e}"
+
+
+def render(manifest: dict) -> str:
+    m = manifest
+    lines = [
+        f"# MobileGen export: {m['model']['arch']} - status: **{m['status'].upper()}**",
+        "",
+        f"Source: `{m['source']['checkpoint']}` (sha256 `{m['source']['sha256']}`, weights from {m['source']['weights']})",
+        "",
+        f"IO contract: x float32 {m['io']['inputs'][0]['shape']} {m['io']['layout']}, t float32 [{m['io']['batch']}], "
+        f"y int32 [{m['io']['batch']}] (-1 = unconditional) -> eps float32, signature `serving_default`.",
+        "",
+        "## Files",
+        "",
+        "| file | bytes | gzip bytes | sha256 |",
+        "|---|---:|---:|---|",
+    ]
+    for name, f in m["files"].items():
+        lines.append(f"| {name} | {f['bytes']:,} | {f['gzip_bytes']:,} | `{f['sha256'][:16]}...` |")
+    lines += ["", "## Parity against the PyTorch fp32 reference (float32 files: against float64)", "",
+              "| artifact | result | min PSNR dB | gate dB | max abs error | max abs vs float64: file / pytorch fp32 | worst case |",
+              "|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    for name, p in m["parity"].items():
+        f64 = p.get("float64")
+        truth = f"{number(f64['artifact_max_abs_error'])} / {number(f64['reference_max_abs_error'])}" if f64 else "-"
+        psnr = "NaN/Inf" if p["min_psnr_db"] is None else f"{p['min_psnr_db']:.1f}"
+        lines.append(f"| {name} | {'pass' if p['passed'] else 'FAIL'} | {psnr} | {p['gate']['min_psnr']:g} "
+                     f"| {number(p['max_abs_error'])} | {truth} | {p['worst_case']} |")  # fmt: skip
+    if any("float64" in p for p in m["parity"].values()):
+        multiple = next(p["float64"]["multiple"] for p in m["parity"].values() if "float64" in p)
+        lines += ["", f"A float32 file passes when its error against a float64 run of the same model is within the gate, "
+                  f"or at most {multiple:g}x the PyTorch fp32 reference's own error against float64."]  # fmt: skip
+    prune = m["compression"]["prune"]
+    lines += ["", "## Compression", ""]
+    if prune["amount"]:
+        lines += [
+            f"L1 unstructured pruning, amount {prune['amount']}: global sparsity {prune['global']:.1%} over "
+            f"{prune['parameters_pruned']:,} conv/linear/attention weights. Pruned vs unpruned model, per-step PSNR: "
+            f"min {prune['pruned_vs_unpruned_psnr_db']['min']} dB, mean {prune['pruned_vs_unpruned_psnr_db']['mean']} dB.",
+            "",
+            "| file | gzip bytes pruned | gzip bytes unpruned |",
+            "|---|---:|---:|",
+        ]
+        for name, size in prune["unpruned_gzip_bytes"].items():
+            lines.append(f"| {name} | {m['files'][name]['gzip_bytes']:,} | {size:,} |")
+        lines += ["", UNSTRUCTURED_NOTE]
+    else:
+        lines.append("No pruning.")
+    for mode, q in m["compression"].get("int8", {}).items():
+        lines += ["", f"int8 {mode} ({q['tool']}): weights {q['weights']}; activations {q['activations']}"
+                  + (f", {q['calibration_samples']} calibration inputs" if "calibration_samples" in q else "")
+                  + ". These weight ops stay float32:", ""]  # fmt: skip
+        lines += [f"- `{k['op']}` ({k['role']}): {k['why']}" for k in q["kept_float"]] or ["- none"]
+    lines += memory_section(m)
+    if "latency" in m:
+        lat = m["latency"]
+        lines += ["", f"## Latency per step (batch {lat['batch']}, {lat['threads']} threads, {lat['machine']['cpu']})", "",
+                  "```", lat["table"], "```"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def memory_section(m: dict) -> list[str]:
+    measured = {name: f["memory"] for name, f in m["files"].items() if "memory" in f}
+    if not measured:
+        return []
+    first = next(iter(measured.values()))
+    lines = ["", "## Memory of one step", "", f"Method: {first['method']} ({first['threads']} threads). Largest tensor and "
+             "peak bytes alive at once (in operator order) read from the file.", "",
+             "| file | result | peak RSS MB | limit MB | after load MB | largest tensor | tensor MB | alive at once MB |",
+             "|---|---|---:|---:|---:|---|---:|---:|"]  # fmt: skip
+    for name, r in measured.items():
+        g = r.get("graph")
+        graph = f"`{g['largest_tensor']}` {g['largest_tensor_shape']} | {g['largest_tensor_mb']:.2f} | {g['peak_live_mb']:.1f}" if g else "- | - | -"
+        lines.append(f"| {name} | {'pass' if r['passed'] else 'FAIL'} | {r['peak_rss_mb']:.1f} | {'-' if r['limit_mb'] is None else format(r['limit_mb'], 'g')} "
+                     f"| {r['after_load_mb']:.1f} | {graph} |")  # fmt: skip
+    return lines
+
+
+def write_report(directory: Path, manifest: dict) -> Path:
+    text = render(manifest)
+    return atomic_write(directory / REPORT_MD, lambda tmp: tmp.write_text(text))
