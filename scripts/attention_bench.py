@@ -37,7 +37,7 @@ from mobilegen.export.onnx import export_onnx
 from mobilegen.export.tflite import convert_onnx_to_tflite
 from mobilegen.models.checkpoint import load_checkpoint
 from mobilegen.runtime.backends import open_artifact
-from mobilegen.verify.timing import machine, time_calls
+from mobilegen.verify.timing import machine, summarize, time_calls
 
 REAL_V2 = Path(__file__).resolve().parents[2] / "shared" / "models" / "mobilegen_v2_student.pt"
 HEADS, TOKENS, DIM = 4, 4096, 16
@@ -81,7 +81,8 @@ class ExpBound(torch.nn.Module):
 
 
 def stats(ms: list[float]) -> str:
-    return f"median {np.median(ms):7.2f} ms   p90 {np.percentile(ms, 90):7.2f} ms"
+    s = summarize(ms)
+    return f"median {s['median_ms']:7.2f} ms   p90 {s['p90_ms']:7.2f} ms"
 
 
 def piece(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], work: Path, threads: int) -> tuple[list[float], np.ndarray]:
@@ -121,7 +122,7 @@ def main() -> None:
             if name.endswith("sa6"):
                 model.sa6.forward = lambda h: h  # the identity, for this export only
             onnx = export_onnx(model, spec, work / "denoiser.onnx")
-            runners[name] = open_artifact(convert_onnx_to_tflite(onnx, spec, work), spec, args.threads)._run
+            runners[name] = open_artifact(convert_onnx_to_tflite(onnx, spec, work), spec, args.threads).raw_call
             model.sa6.__dict__.pop("forward", None)
         for name, run in runners.items():
             print(f"{name:<22} {stats(time_calls(lambda run=run: run(x, t, y), warmup=3, repeats=15))}")

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 
 import torch
 
 from mobilegen.models.checkpoint import load_or_default
 from mobilegen.runtime.backends import resolve_device
 from mobilegen.serve.models import TorchRunner
-from mobilegen.verify.timing import time_calls
+from mobilegen.verify.timing import cuda_sync, summarize, time_calls
 
 SIZES = (2, 3, 4, 8, 16, 32)
 
@@ -58,13 +57,11 @@ def invariance(runner, x, t, y) -> list[str]:
 def timing(runner, x, t, y, device) -> list[str]:
     def call(b: int) -> None:
         runner(x[:b], t[:b], y[:b])
-        if device.type == "cuda":  # each timed call ends when its kernels do
-            torch.cuda.synchronize()
 
     lines = []
     for b in SIZES:
-        times = time_calls(lambda b=b: call(b), warmup=5, repeats=20)
-        med, p90 = statistics.median(times), statistics.quantiles(times, n=10)[8]
+        times = summarize(time_calls(lambda b=b: call(b), warmup=5, repeats=20, sync=cuda_sync(device.type)))
+        med, p90 = times["median_ms"], times["p90_ms"]
         lines.append(f"  batch {b:>2}: median {med:7.2f} ms, p90 {p90:7.2f} ms, {med / b:6.2f} ms per row")
     return lines
 

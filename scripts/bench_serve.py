@@ -3,7 +3,7 @@
 
 Starts the server itself (a separate process, on 127.0.0.1, a free port) once per
 mode, runs N clients that each send POST /v1/images back to back for a bounded
-time, and reports requests/s, p50/p95 latency, errors and the mean batch (from the
+time, and reports requests/s, p50/p90 (nearest-rank, mobilegen.verify.timing) latency, errors and the mean batch (from the
 server's /metrics) per mode, then the throughput ratio on/off. "off" is the same
 server with --max-batch 1: every denoiser call runs alone. "ray1" and "ray2" are
 `mobilegen serve --ray --replicas 1|2` (Ray Serve, batching on in every replica),
@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -32,23 +31,16 @@ from pathlib import Path
 
 import httpx
 
+from mobilegen.verify.timing import machine as timing_machine
+from mobilegen.verify.timing import machine_line, p90
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
 
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    threads = torch.get_num_threads()
-    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {threads} threads; Python {platform.python_version()}"
+    return f"{machine_line(timing_machine())}; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def free_port() -> int:
@@ -139,10 +131,9 @@ async def load(base: str, args) -> dict:
     d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     rows = d.get("mobilegen_batch_size_sum", 0) / max(d.get("mobilegen_batch_size_count", 0), 1)
     calls = d.get("mobilegen_batch_requests_sum", 0) / max(d.get("mobilegen_batch_requests_count", 0), 1)
-    q = statistics.quantiles(latencies, n=20) if len(latencies) >= 2 else [float("nan")] * 19
     return {"requests": len(latencies), "errors": len(errors), "error_examples": errors[:3], "seconds": elapsed,
             "rps": len(latencies) / elapsed, "images_per_s": len(latencies) * args.n / elapsed,
-            "p50": statistics.median(latencies) if latencies else float("nan"), "p95": q[18],
+            "p50": statistics.median(latencies) if latencies else float("nan"), "p90": p90(latencies) if latencies else float("nan"),
             "mean_rows": rows, "mean_requests": calls}  # fmt: skip
 
 
@@ -184,11 +175,11 @@ def main() -> None:
     for name in args.modes.split(","):
         print(f"running batching {name} (max batch {modes[name]}) ...", flush=True)
         results.append(run_mode(args, name, modes[name]))
-    print(f"{'batching':<9}{'max batch':>10}{'requests':>9}{'errors':>7}{'req/s':>8}{'p50 s':>8}{'p95 s':>8}"
+    print(f"{'batching':<9}{'max batch':>10}{'requests':>9}{'errors':>7}{'req/s':>8}{'p50 s':>8}{'p90 s':>8}"
           f"{'rows/call':>10}{'reqs/call':>10}")
     for r in results:
         print(f"{r['mode']:<9}{r['max_batch']:>10}{r['requests']:>9}{r['errors']:>7}{r['rps']:>8.3f}{r['p50']:>8.2f}"
-              f"{r['p95']:>8.2f}{r['mean_rows']:>10.1f}{r['mean_requests']:>10.2f}")  # fmt: skip
+              f"{r['p90']:>8.2f}{r['mean_rows']:>10.1f}{r['mean_requests']:>10.2f}")  # fmt: skip
         for example in r["error_examples"]:
             print(f"  error: {example}")
     rps = {m: statistics.mean(r["rps"] for r in results if r["mode"] == m) for m in {r["mode"] for r in results}}

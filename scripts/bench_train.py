@@ -10,7 +10,6 @@ with the machine named. Synthetic batches: data loading is not measured.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from mobilegen.models import ARCHS
 from mobilegen.runtime.backends import resolve_device
 from mobilegen.train.loop import TrainConfig, Trainer, step_generator
-from mobilegen.verify.timing import machine, time_calls
+from mobilegen.verify.timing import cuda_sync, machine, summarize, time_calls
 
 
 def main() -> None:
@@ -43,12 +42,9 @@ def main() -> None:
 
             def step():
                 trainer.train_step(x0, y, step_generator(0, trainer.step))
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
 
-            samples = sorted(t / 1000 for t in time_calls(step, args.warmup, args.repeats))
-            median = statistics.median(samples)
-            p90 = samples[min(len(samples) - 1, round(0.9 * (len(samples) - 1)))]
+            s = summarize(time_calls(step, args.warmup, args.repeats, sync=cuda_sync(device.type)))
+            median, p90 = s["median_ms"] / 1000, s["p90_ms"] / 1000
             print(f"{arch:<12} {median:>14.3f} {p90:>11.3f} {args.batch_size / median:>9.2f}")
 
 

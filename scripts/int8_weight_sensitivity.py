@@ -10,8 +10,9 @@ dynamic-range file comes from its on-the-fly activation quantization.
 
 from __future__ import annotations
 
+import argparse
 import copy
-import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -39,7 +40,9 @@ def quantize(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
 
 @torch.no_grad()
 def main() -> None:
-    base = load_or_default(sys.argv[1] if len(sys.argv) > 1 else None).model
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path, nargs="?", help="checkpoint [the untrained default v2]")
+    base = load_or_default(ap.parse_args().checkpoint).model
     cases = forward_process_cases(linear_schedule(), timesteps=(1, 100, 750, 999), labels=(0, 5, -1))
     x, t, y = (torch.from_numpy(a) for a in (cases.x, cases.t, cases.y))
     ref = base(x, t, y).numpy()

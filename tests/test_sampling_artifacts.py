@@ -48,13 +48,13 @@ def test_default_model_same_image_on_every_backend(default_export):
 
 def test_guidance_batch_2_is_one_call_batch_1_is_two(v2_b1, v2_b2, monkeypatch):
     calls = []
-    original = TFLiteBackend._run
+    original = TFLiteBackend.raw_call
 
     def counting(self, x, t, y):
         calls.append((self.spec.batch, y.tolist()))
         return original(self, x, t, y)
 
-    monkeypatch.setattr(TFLiteBackend, "_run", counting)
+    monkeypatch.setattr(TFLiteBackend, "raw_call", counting)
     cfg = SamplerConfig(steps=10, guidance=3.0, seed=3)
     one = images(v2_b1 / "denoiser_float32.tflite", "truck", cfg)
     assert len(calls) == 20 and calls[:2] == [(1, [9]), (1, [-1])]

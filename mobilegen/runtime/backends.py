@@ -75,7 +75,7 @@ class _FixedBatch:
 
     spec: DenoiserSpec
 
-    def _run(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def raw_call(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def __call__(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -83,7 +83,7 @@ class _FixedBatch:
         outs = []
         for start in range(0, n, b):
             idx = np.arange(start, start + b).clip(max=n - 1)
-            eps = self._run(self.spec.to_layout(x[idx]), t[idx].astype(np.float32), y[idx].astype(np.int32))
+            eps = self.raw_call(self.spec.to_layout(x[idx]), t[idx].astype(np.float32), y[idx].astype(np.int32))
             outs.append(self.spec.from_layout(eps)[: min(b, n - start)])
         return np.concatenate(outs).astype(np.float32)
 
@@ -110,7 +110,7 @@ class OnnxBackend(_FixedBatch):
         self.spec, self.name = spec, f"onnxruntime:{Path(path).name}"
         check_io({i.name: (i.shape, i.type) for i in self.session.get_inputs() + self.session.get_outputs()}, spec, path)
 
-    def _run(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def raw_call(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
         return self.session.run(["eps"], {"x": x, "t": t, "y": y})[0]
 
 
@@ -132,7 +132,7 @@ class TFLiteBackend(_FixedBatch):
         details = self.runner.get_input_details() | self.runner.get_output_details()
         check_io({k: (list(v["shape"]), np.dtype(v["dtype"]).name) for k, v in details.items()}, spec, path)
 
-    def _run(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def raw_call(self, x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
         return self.runner(x=x, t=t, y=y)["eps"]
 
 

@@ -1,8 +1,11 @@
 """Latency of one denoising step on every backend, side by side, same thread count.
 
-PyTorch is measured twice: with attention computed as the original network did
-(nn.MultiheadAttention, which also averages the attention weights it returns) and
-with fused scaled_dot_product_attention. Ratios are against both.
+The CPU rows: PyTorch on the CPU, measured twice (attention computed as the original
+network did, nn.MultiheadAttention, which also averages the attention weights it returns;
+and fused scaled_dot_product_attention), then every file. Ratios are between CPU rows only.
+On a machine with CUDA, PyTorch on CUDA is timed as well, synchronised after every call,
+in float32 and under float16 autocast (what `serve` runs): the labelled reference the
+product promises, shown beside the CPU rows and never part of a CPU ratio.
 """
 
 from __future__ import annotations
@@ -15,27 +18,36 @@ import torch
 from mobilegen.contract.spec import DenoiserSpec
 from mobilegen.models import UNet
 from mobilegen.runtime.backends import TorchBackend, default_threads, open_artifact
-from mobilegen.verify.timing import Timing, machine, measure, peak_rss_mb, table
+from mobilegen.verify.timing import Timing, machine, machine_line, measure, peak_rss_mb, table
 
 ORIGINAL = "pytorch fp32 (original attention)"
 FUSED = "pytorch fp32 (fused sdpa)"
 
 
-def _device_type() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _torch_step(model: UNet, attention: str, x: np.ndarray, t: np.ndarray, y: np.ndarray):
-    """Load: the model on its device; returns one synchronised denoising step."""
-    backend = TorchBackend(model, "auto", attention)
+def torch_step(model: UNet, device: str, attention: str, x: np.ndarray, t: np.ndarray, y: np.ndarray,
+               autocast: bool = False):  # fmt: skip
+    """Load: the model on its device; returns one denoising step (the harness synchronises CUDA)."""
+    backend = TorchBackend(model, device, attention)
     xt, tt, yt = (torch.from_numpy(a).to(backend.device) for a in (x, t, y))
 
     def step():
-        backend.torch_denoise(xt, tt, yt)
-        if backend.device.type == "cuda":
-            torch.cuda.synchronize()
+        with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+            backend.torch_denoise(xt, tt, yt)
 
     return step
+
+
+def cuda_reference(model: UNet, x, t, y, warmup: int, repeats: int) -> list[Timing]:
+    """PyTorch on CUDA (fused SDPA), float32 and float16 autocast; empty without CUDA."""
+    if not torch.cuda.is_available():
+        return []
+    rows = []
+    for dtype, autocast in (("float32", False), ("float16", True)):
+        load = lambda a=autocast: torch_step(model, "cuda", "sdpa", x, t, y, a)  # noqa: E731
+        rows.append(measure(f"pytorch on CUDA, fused sdpa ({'autocast' if autocast else 'fp32'})", load, (), "cuda",
+                            warmup, repeats, dtype))  # fmt: skip
+    model.to("cpu")
+    return rows
 
 
 def bench_directory_files(model: UNet, files: dict[str, Path], spec: DenoiserSpec, threads: int | None,
@@ -50,11 +62,12 @@ def bench_directory_files(model: UNet, files: dict[str, Path], spec: DenoiserSpe
     timings: list[Timing] = []
     try:
         for name, attention in ((ORIGINAL, "original"), (FUSED, "sdpa")):
-            timings.append(measure(name, lambda a=attention: _torch_step(model, a, x, t, y), (), _device_type(), warmup, repeats))
+            timings.append(measure(name, lambda a=attention: torch_step(model, "cpu", a, x, t, y), (), "cpu", warmup, repeats))
         for fname, path in files.items():
             # The raw fixed-batch call in the artifact's own layout: what an app pays per step.
-            load = lambda path=path: open_artifact(path, spec, threads)._run  # noqa: E731
+            load = lambda path=path: open_artifact(path, spec, threads).raw_call  # noqa: E731
             timings.append(measure(fname, load, (spec.to_layout(x), t, y), "cpu", warmup, repeats))
+        cuda = cuda_reference(model, x, t, y, warmup, repeats)
     finally:
         torch.set_num_threads(previous)
     by_name = {tm.name: tm.median_ms for tm in timings}
@@ -63,14 +76,21 @@ def bench_directory_files(model: UNet, files: dict[str, Path], spec: DenoiserSpe
                 "speedup_vs_fused_sdpa": round(by_name[FUSED] / by_name[fname], 3)}
         for fname in files
     }  # fmt: skip
+    m = machine()
+    text = f"{machine_line(m)}; {threads} threads, batch {spec.batch}, warm-up {warmup}, {repeats} calls\n"
+    text += table(timings, reference=ORIGINAL)
+    if cuda:
+        text += "\nCUDA reference (synchronised after every call; not part of the CPU ratios):\n" + table(cuda)
     return {
-        "machine": machine(),
+        "machine": m,
+        "commit": m["commit"],
         "threads": threads,
         "batch": spec.batch,
         "warmup": warmup,
         "repeats": repeats,
         "timings": [tm.to_dict() for tm in timings],
+        "cuda_reference": [tm.to_dict() for tm in cuda],
         "ratios": ratios,
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "table": table(timings, reference=ORIGINAL),
+        "table": text,
     }

@@ -8,10 +8,10 @@ model, on the same machine, in the same process, with the same thread count:
 - size of the file; parameters and MACs per step of the network it runs;
 - per-step latency, batch 1: the files take turns for `rounds` rounds of `repeats`
   calls each (so a slow phase of a shared machine hits them all), median and p90;
-- per-step PSNR of eps on the fixed parity set (calibration.forward_process_cases);
+- per-step PSNR of eps on the fixed parity set (diffusion/cases.py);
 - DDIM trajectories from the same noise: final-image PSNR and SSIM, worst class;
 - the final images, one row per variant (samples.png);
-- memory: peak RSS of each file in a fresh process (exporter/memory.py), its largest
+- memory: peak RSS of each file in a fresh process (verify/memory.py), its largest
   tensor; the fp32 file with unbounded attention is a row of its own, to show what the
   bounded attention costs or gains in speed; a foreign file (``foreign``, e.g. the
   original project's own) runs in the same rounds.
@@ -20,7 +20,6 @@ model, on the same machine, in the same process, with the same thread count:
 from __future__ import annotations
 
 import math
-import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +41,12 @@ from mobilegen.runtime.tflite_file import check_builtin_only
 from mobilegen.verify.foreign import ForeignTFLite
 from mobilegen.verify.memory import contract_feeds, measure_file, measure_torch
 from mobilegen.verify.parity import PSNR_IDENTICAL, psnr
-from mobilegen.verify.timing import machine, time_calls
+from mobilegen.verify.timing import machine, machine_line, summarize, time_calls
 from mobilegen.verify.trajectory import compare_runs, record
 
 SPEC = DenoiserSpec(layout="NHWC")
 OUTPUTS = ("compare.json", "compare.md", "samples.png")
-PYTORCH_SDPA = "PyTorch fp32, fused SDPA"
+PYTORCH_SDPA = "PyTorch fp32 on the CPU, fused SDPA"
 UNBOUNDED = "fp32, unbounded attention"
 
 
@@ -83,11 +82,11 @@ def step_call(backend, x: np.ndarray, t: np.ndarray, y: np.ndarray):
         feeds = backend.feeds(x, t, y)
         return lambda: backend.run_feeds(feeds)
     x_file = SPEC.to_layout(x)
-    return lambda: backend._run(x_file, t, y)
+    return lambda: backend.raw_call(x_file, t, y)
 
 
 def latency(backends: dict, reference: TorchBackend, rounds: int, repeats: int) -> dict[str, dict]:
-    """One step of every file (its raw fixed-batch call) and of PyTorch with fused SDPA."""
+    """One step of every file (its raw fixed-batch call) and of PyTorch with fused SDPA, all on the CPU."""
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
     t, y = np.full((1,), 500.0, np.float32), np.zeros((1,), np.int32)
     calls = {name: step_call(backend, x, t, y) for name, backend in backends.items()}
@@ -100,8 +99,7 @@ def latency(backends: dict, reference: TorchBackend, rounds: int, repeats: int) 
     for _ in range(rounds):
         for name, call in calls.items():
             samples[name] += time_calls(call, warmup=1, repeats=repeats)
-    return {name: {"median_ms": round(statistics.median(s), 2), "p90_ms": round(float(np.percentile(s, 90)), 2), "calls": len(s)}
-            for name, s in samples.items()}  # fmt: skip
+    return {name: summarize(s) | {"device": "cpu", "dtype": "float32"} for name, s in samples.items()}
 
 
 def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, threads: int | None = None,
@@ -158,8 +156,9 @@ def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, thread
         if original:
             row["latency"]["speedup_vs_foreign"] = round(original / timing[name]["median_ms"], 3)
         row["memory"] = memory[name]
+    m = machine()
     result = {
-        "machine": machine(), "threads": threads, "batch": 1, "rounds": rounds, "repeats_per_round": repeats,
+        "machine": m, "commit": m["commit"], "threads": threads, "batch": 1, "rounds": rounds, "repeats_per_round": repeats,
         "sources": {"unpruned": str(unpruned.source), "pruned": str(pruned.source) if pruned else None},
         "sampler": {"sampler": config.sampler, "steps": config.steps, "guidance": config.guidance, "seed": config.seed,
                     "classes": names},
@@ -183,7 +182,9 @@ def step_feeds(backend) -> dict[str, np.ndarray]:
 def render(result: dict) -> str:
     m, s = result["machine"], result["sampler"]
     lines = [
-        f"# Variants side by side ({m['cpu']}, {result['threads']} threads, batch 1)",
+        f"# Variants side by side ({result['threads']} threads, batch 1)",
+        "",
+        f"Machine: {machine_line(m)}.",
         "",
         f"Reference: the unpruned PyTorch fp32 model ({result['sources']['unpruned']}). Trajectory: {s['sampler']} "
         f"{s['steps']} steps, guidance {s['guidance']:g}, seed {s['seed']}, classes {', '.join(s['classes'])}.",

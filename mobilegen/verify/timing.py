@@ -1,18 +1,34 @@
-"""Timing primitives for benchmarks: warm-up, median and p90, the machine named.
+"""The one timing harness: every benchmark (bench, compare, the scripts, the serve
+benchmark) times through it, so they agree on what a number means.
 
-Warm-up calls first, then `repeats` timed calls; median and p90 in milliseconds.
+- Warm-up calls first, then timed calls; on CUDA each call ends with a device
+  synchronisation (`sync`), so a time is the work, not the launch.
+- median and p90 in milliseconds; p90 is nearest-rank: the ceil(0.9 n)-th smallest sample.
+- Every timing names its device and dtype. A ratio is only ever taken between timings of
+  the same device: a CUDA reference is shown beside the CPU rows, never folded into them.
+- `machine()` names the machine (CPU model and the instruction-set flags that change
+  kernel speed, the GPU if any) and the commit that ran: an absolute time means nothing
+  without them, and only ratios measured in one run carry over between machines.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import platform
 import resource
 import statistics
+import subprocess
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+# The CPU flags that decide which kernels XNNPACK, onnxruntime and PyTorch run.
+SPEED_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+               "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimdhp", "asimddp", "sve")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -23,52 +39,112 @@ class Timing:
     load_ms: float
     repeats: int
     device: str
+    dtype: str = "float32"
 
     def to_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+def p90(samples: list[float]) -> float:
+    """Nearest-rank 90th percentile."""
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+def summarize(samples: list[float]) -> dict:
+    """median, p90 (nearest-rank) and count of samples in milliseconds."""
+    return {"median_ms": round(statistics.median(samples), 3), "p90_ms": round(p90(samples), 3), "calls": len(samples)}
+
+
+def time_calls(fn: Callable[[], object], warmup: int, repeats: int, sync: Callable[[], None] | None = None) -> list[float]:
+    """Milliseconds of each of `repeats` calls after `warmup` untimed ones; sync() ends each call."""
+    done = sync or (lambda: None)
     for _ in range(warmup):
         fn()
+        done()
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        done()
         samples.append((time.perf_counter() - start) * 1000)
     return samples
 
 
-def measure(name: str, load: Callable[[], Callable], inputs: tuple[np.ndarray, ...], device: str,
-            warmup: int = 3, repeats: int = 20) -> Timing:  # fmt: skip
+def cuda_sync(device: str) -> Callable[[], None] | None:
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.synchronize
+
+
+def measure(name: str, load: Callable[[], Callable], inputs: tuple[np.ndarray, ...], device: str, warmup: int = 3,
+            repeats: int = 20, dtype: str = "float32") -> Timing:  # fmt: skip
     start = time.perf_counter()
     run = load()
     load_ms = (time.perf_counter() - start) * 1000
-    samples = sorted(time_calls(lambda: run(*inputs), warmup, repeats))
-    p90 = samples[min(len(samples) - 1, int(round(0.9 * (len(samples) - 1))))]
-    return Timing(name, statistics.median(samples), p90, load_ms, repeats, device)
+    samples = time_calls(lambda: run(*inputs), warmup, repeats, cuda_sync(device))
+    return Timing(name, statistics.median(samples), p90(samples), load_ms, repeats, device, dtype)
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def machine() -> dict:
-    import os
+def commit() -> str:
+    """The git commit of this source tree (+dirty when it has changes), or 'not a git checkout'."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    return head + ("+dirty" if dirty else "")
 
-    cpu = platform.processor() or platform.machine()
+
+def cpu_info() -> tuple[str, list[str]]:
+    cpu, flags, named = platform.processor() or platform.machine(), [], False
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not named:
+                    cpu, named = value.strip(), True
+                elif key.strip() in ("flags", "Features") and not flags:
+                    present = set(value.split())
+                    flags = [f for f in SPEED_FLAGS if f in present]
+    except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    return cpu, flags
+
+
+def machine() -> dict:
+    cpu, flags = cpu_info()
+    out = {"cpu": cpu, "flags": flags, "cores": os.cpu_count(), "platform": platform.platform(),
+           "python": platform.python_version(), "commit": commit()}  # fmt: skip
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            out["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return out
+
+
+def machine_line(m: dict) -> str:
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    return f"{m['cpu']} ({' '.join(m.get('flags') or []) or 'flags not recorded'}), {m['cores']} cores{gpu}; commit {m.get('commit', 'not recorded')}"
 
 
 def table(timings: list[Timing], reference: str | None = None) -> str:
-    ref = next((t.median_ms for t in timings if t.name == reference), None)
-    lines = [f"{'backend':<34} {'median ms':>10} {'p90 ms':>9} {'load ms':>9} {'vs ref':>7}"]
+    """The rows, each with its device and dtype; 'vs ref' only between rows of the reference's device."""
+    ref = next((t for t in timings if t.name == reference), None)
+    lines = [f"{'backend':<40} {'device':>6} {'dtype':>8} {'median ms':>10} {'p90 ms':>9} {'load ms':>9} {'vs ref':>7}"]
     for t in timings:
-        ratio = f"{ref / t.median_ms:6.2f}x" if ref else ""
-        lines.append(f"{t.name:<34} {t.median_ms:>10.2f} {t.p90_ms:>9.2f} {t.load_ms:>9.1f} {ratio:>7}")
+        ratio = f"{ref.median_ms / t.median_ms:6.2f}x" if ref and t.device == ref.device else "-"
+        lines.append(f"{t.name:<40} {t.device:>6} {t.dtype:>8} {t.median_ms:>10.2f} {t.p90_ms:>9.2f} {t.load_ms:>9.1f} {ratio:>7}")
     return "\n".join(lines)
