@@ -29,6 +29,7 @@ from mobilegen.contract.spec import PRECISION, DenoiserSpec
 from mobilegen.diffusion import linear_schedule
 from mobilegen.diffusion.cases import forward_process_cases
 from mobilegen.export.build import ExportOptions, build_artifacts, op_types, tensor_budget
+from mobilegen.export.tflite import check_converter
 from mobilegen.files import check_output_folder, make_staging, publish_folder
 from mobilegen.models.checkpoint import LoadedModel
 from mobilegen.runtime.backends import TorchBackend
@@ -106,6 +107,8 @@ def compression_info(loaded: LoadedModel, pruned, spec: DenoiserSpec, opts: Expo
 
 def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
     check_output_dir(opts.out_dir, opts.overwrite, loaded.path)
+    if opts.tflite:
+        check_converter()
     spec = DenoiserSpec(batch=opts.batch, layout=opts.layout)
     schedule = linear_schedule()
     check_tensor_budget(loaded.model, opts)  # before anything is written

@@ -66,6 +66,14 @@ def test_a_domain_error_is_one_line_and_debug_shows_its_traceback(tmp_path):
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "CheckpointError" in debug.stderr
 
 
+def test_a_missing_converter_names_the_one_command_that_installs_it(tmp_path):
+    hide = "import sys; sys.modules['onnx2tf'] = None; from mobilegen.cli import export_cli; export_cli()"
+    res = subprocess.run([sys.executable, "-c", hide, "tflite", "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{sys.executable} -m pip install --no-deps --ignore-requires-python onnx2tf==2.6.9" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_sample_default_model_writes_png(tmp_path):
     out = tmp_path / "cat.png"
     res = run(main_cli, "sample", "--label", "cat", "--steps", "2", "--seed", "0", "-o", out)

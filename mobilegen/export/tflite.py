@@ -36,6 +36,14 @@ FP16_MIN_ELEMENTS = 16
 FP16_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "BATCH_MATMUL", "GATHER")
 
 
+def check_converter() -> None:
+    """Before any work: onnx2tf is importable (MissingDependencyError names the install command)."""
+    try:
+        import onnx2tf  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("onnx2tf", "TFLite conversion") from None
+
+
 def convert_onnx_to_tflite(onnx_path: Path, spec: DenoiserSpec, out_dir: Path) -> Path:
     """Convert with onnx2tf (flatbuffer_direct) to out_dir/denoiser_float32.tflite."""
     try:
