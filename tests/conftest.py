@@ -1,23 +1,39 @@
+"""Session fixtures: each export the suite reads is built once and shared.
+
+Real weights only where real activations are the point (parity margins, int8 ranges,
+images that must look like images); the untrained default v2 everywhere else (a
+conversion costs the same either way, and the default model needs no shared data).
+Tests marked `slow` (heavy conversions and clusters) run with --slow, as CI does.
+"""
+
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import REAL_V2, run_export
 
-from mobilegen.cli import export_cli
 from mobilegen.models.checkpoint import seeded_model
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REAL_V2 = SHARED / "models" / "mobilegen_v2_student.pt"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow (CI runs them)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
-def real_v2() -> Path:
+def real_v2():
     if not REAL_V2.is_file():
         pytest.skip(f"real v2 weights not found at {REAL_V2} (../shared/models is absent on this checkout)")
     return REAL_V2
@@ -29,39 +45,17 @@ def v2_model():
 
 
 @pytest.fixture()
-def v2_checkpoint(tmp_path, v2_model) -> Path:
+def v2_checkpoint(tmp_path, v2_model):
     path = tmp_path / "v2.pt"
     torch.save(v2_model.state_dict(), path)
     return path
 
 
-def run_export(*args):
-    res = CliRunner().invoke(export_cli, [str(a) for a in args], catch_exceptions=False)
-    assert res.exit_code == 0, res.output + res.stderr
-    return res
-
-
 @pytest.fixture(scope="session")
-def real_v2_export(tmp_path_factory, real_v2) -> Path:
-    """The issue's command on the real weights: tflite CKPT --fp16 --prune 0.3."""
-    out = tmp_path_factory.mktemp("tflite") / "v2"
-    run_export("tflite", real_v2, "--fp16", "--prune", "0.3", "--no-bench", "-o", out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def v2_b1(tmp_path_factory, real_v2) -> Path:
-    """The real v2 weights, batch 1, fp32 + fp16 (no pruning)."""
-    out = tmp_path_factory.mktemp("b1") / "v2"
+def real_v2_export(tmp_path_factory, real_v2):
+    """The real v2 weights, batch 1, fp32 + fp16: the one real-weights export of the session."""
+    out = tmp_path_factory.mktemp("real") / "v2"
     run_export("tflite", real_v2, "--fp16", "--no-bench", "-o", out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def v2_b2(tmp_path_factory, real_v2) -> Path:
-    """The same at batch 2 (a guided step is one call)."""
-    out = tmp_path_factory.mktemp("b2") / "v2"
-    run_export("tflite", real_v2, "--batch", "2", "--fp16", "--no-bench", "-o", out)
     return out
 
 
@@ -76,3 +70,19 @@ def default_export(tmp_path_factory):
     finally:
         os.chdir(old)
     return cwd / "artifacts" / "default", res
+
+
+@pytest.fixture(scope="session")
+def default_b2(tmp_path_factory):
+    """The default model at batch 2 (a guided step is one call), fp32 + fp16."""
+    out = tmp_path_factory.mktemp("b2") / "v2"
+    run_export("tflite", "--batch", "2", "--fp16", "--no-bench", "-o", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pruned_export(tmp_path_factory):
+    """The default model with L1 unstructured pruning: `tflite --fp16 --prune 0.3`."""
+    out = tmp_path_factory.mktemp("pruned") / "v2"
+    run_export("tflite", "--fp16", "--prune", "0.3", "--no-bench", "-o", out)
+    return out

@@ -17,10 +17,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import run
 from probe import golden, probe_state_dict
 
-from mobilegen.cli import export_cli
 from mobilegen.contract.manifest import read_manifest, spec_from_manifest
 from mobilegen.contract.spec import FLOAT64_MULTIPLE
 from mobilegen.models import ARCHS, build_unet
@@ -31,10 +30,6 @@ FP16 = "denoiser_float16.tflite"
 GOLDEN_MAX_ABS = 2e-4  # the acceptance bound
 
 pytestmark = pytest.mark.slow
-
-
-def run(*args):
-    return CliRunner().invoke(export_cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module", params=ARCHS)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import run
 from test_outputs import dead_pid
 
 from mobilegen.cli import export_cli
@@ -33,10 +34,6 @@ EXPECTED_V2_OPS = [
     "InstanceNormalization", "LayerNormalization", "MatMul", "MaxPool", "Mul", "Reshape", "Resize",
     "Sigmoid", "Sin", "Slice", "Softmax", "Split", "Squeeze", "Transpose", "Unsqueeze",
 ]  # fmt: skip
-
-
-def run(*args):
-    return CliRunner().invoke(export_cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from helpers import run
 
-from mobilegen.cli import export_cli
 from mobilegen.contract.spec import DenoiserSpec
 
 ONNX, F32, F16 = "denoiser.onnx", "denoiser_float32.tflite", "denoiser_float16.tflite"
-
-
-def run(*args):
-    return CliRunner().invoke(export_cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture()

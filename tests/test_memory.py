@@ -7,17 +7,13 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import run
 
-from mobilegen.cli import export_cli
 from mobilegen.export.build import DEFAULT_TENSOR_MB
 from mobilegen.export.schedule import depth_first_order
 from mobilegen.models.budget import MB, min_budget, plan_attention, set_bounded_attention
 from mobilegen.runtime.tflite_file import graph_memory, peak_live_bytes, read_graph
 from mobilegen.verify.memory import measure_torch
-
-
-def run(*args):
-    return CliRunner().invoke(export_cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.mark.parametrize("budget", [16.0, 4.0, 3.0])

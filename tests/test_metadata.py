@@ -26,17 +26,17 @@ SPEC = DenoiserSpec(layout="NHWC")
 
 
 @pytest.mark.parametrize("name", ["denoiser_float32.tflite", "denoiser_float16.tflite"])
-def test_exported_files_carry_metadata(v2_b1, name):
-    check_metadata(v2_b1 / name, json.loads((v2_b1 / "manifest.json").read_text()))
+def test_exported_files_carry_metadata(real_v2_export, name):
+    check_metadata(real_v2_export / name, json.loads((real_v2_export / "manifest.json").read_text()))
 
 
-def test_metadata_changes_no_output_bit_and_the_export_is_plain_plus_metadata(v2_b1, tmp_path):
+def test_metadata_changes_no_output_bit_and_the_export_is_plain_plus_metadata(real_v2_export, tmp_path):
     """The stages without metadata, from the export's own ONNX file (with the depth-first
     operator order); then add_metadata. The
     exported fp32/fp16 files are exactly those bytes, and every file (int8 included) gives
     bit-identical eps with and without the block, through the signature runner."""
-    manifest = json.loads((v2_b1 / "manifest.json").read_text())
-    plain = {"float32": convert_onnx_to_tflite(v2_b1 / "denoiser.onnx", SPEC, tmp_path)}
+    manifest = json.loads((real_v2_export / "manifest.json").read_text())
+    plain = {"float32": convert_onnx_to_tflite(real_v2_export / "denoiser.onnx", SPEC, tmp_path)}
     plain["float16"] = to_fp16_weights(plain["float32"], tmp_path / "denoiser_float16.tflite")
     cases = forward_process_cases(linear_schedule())
     few = Cases(cases.x[::7], cases.t[::7], cases.y[::7])  # 11 cases: t 1..999, y -1..9
@@ -48,7 +48,7 @@ def test_metadata_changes_no_output_bit_and_the_export_is_plain_plus_metadata(v2
         with_meta = shutil.copy(path, tmp_path / f"meta_{precision}.tflite")
         add_metadata(with_meta, SPEC, About(manifest["model"]["arch"], precision, manifest["source"]["sha256"], 1000, CIFAR10_LABELS))
         if precision in ("float32", "float16"):
-            assert with_meta.read_bytes() == (v2_b1 / f"denoiser_{precision}.tflite").read_bytes()
+            assert with_meta.read_bytes() == (real_v2_export / f"denoiser_{precision}.tflite").read_bytes()
         else:
             check_metadata(with_meta, manifest)
         before, after = (TFLiteBackend(p, SPEC)(few.x, few.t, few.y) for p in (path, with_meta))
@@ -58,8 +58,8 @@ def test_metadata_changes_no_output_bit_and_the_export_is_plain_plus_metadata(v2
         assert plain_read["signatures"] == meta_read["signatures"] == ["serving_default"] and not plain_read["zip"]
 
 
-def test_metadata_is_added_once(v2_b1, tmp_path):
-    path = shutil.copy(v2_b1 / "denoiser_float32.tflite", tmp_path / "again.tflite")
+def test_metadata_is_added_once(real_v2_export, tmp_path):
+    path = shutil.copy(real_v2_export / "denoiser_float32.tflite", tmp_path / "again.tflite")
     before = path.read_bytes()
     with pytest.raises(ExportError, match="already holds TFLITE_METADATA"):
         add_metadata(path, SPEC, About("student_v2", "float32", None, 1000, CIFAR10_LABELS))

@@ -4,6 +4,8 @@ far above that floor."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +113,26 @@ def test_float32_gate_is_never_looser_than_the_fp16_gate():
     ref, out, cases, truth = synthetic(0.3, 0.3)
     result = check_parity("f.tflite", ref, out, cases, FP32, truth)
     assert not result.passed and "< 40.0 dB" in result.failures[0]
+
+
+def test_references_are_computed_once_per_network_and_never_stale(v2_model, monkeypatch):
+    """The float64/float32 references are cached by a digest of the weights and the attention
+    lowering: the same network is run once; a changed weight or lowering is run again."""
+    from mobilegen.verify import parity
+
+    calls = []
+    real = parity.run_float64
+    monkeypatch.setattr(parity, "run_float64", lambda m, c: calls.append(1) or real(m, c))
+    monkeypatch.setattr(parity, "REFERENCE_CACHE", type(parity.REFERENCE_CACHE)())
+    model = copy.deepcopy(v2_model)
+    cases = forward_process_cases(linear_schedule(), timesteps=(500,), labels=(1,))
+    first = float64_outputs(model, cases)
+    first[:] = 0  # a caller's change does not reach the cache
+    again = float64_outputs(model, cases)
+    assert len(calls) == 1 and np.abs(again).max() > 0
+    with torch.no_grad():
+        model.outc.weight[0, 0, 0, 0] += 1.0
+    changed = float64_outputs(model, cases)
+    model.sa6.query_chunk = 1024
+    float64_outputs(model, cases)
+    assert len(calls) == 3 and not np.array_equal(changed, again)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import manifest_of
 from tflite_metadata_reader import check_metadata
 
 from mobilegen.cli import export_cli
@@ -35,15 +36,13 @@ def int8_export(tmp_path_factory, real_v2) -> Path:
     return out.with_name("v2.failed")
 
 
-def manifest_of(directory: Path) -> dict:
-    return json.loads((directory / "manifest.json").read_text())
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("name", INT8)
 def test_int8_files_carry_metadata(int8_export, name):
     check_metadata(int8_export / name, manifest_of(int8_export))
 
 
+@pytest.mark.slow
 def test_dynamic_passes_full_is_gated_both_builtin_with_float_io(int8_export):
     m = manifest_of(int8_export)
     assert m["status"] == "failed"
@@ -60,6 +59,7 @@ def test_dynamic_passes_full_is_gated_both_builtin_with_float_io(int8_export):
         assert backend.interpreter.get_output_details()[0]["dtype"] == np.float32
 
 
+@pytest.mark.slow
 def test_full_int8_quantizes_activations_and_says_what_stays_float(int8_export):
     q = manifest_of(int8_export)["compression"]["int8"]
     assert q["full"]["calibration_samples"] == 66 and "calibrated" in q["full"]["activations"]
@@ -76,6 +76,7 @@ def test_full_int8_quantizes_activations_and_says_what_stays_float(int8_export):
     assert tflite_tensor_types(int8_export / INT8[1])["INT8"] > 2 * tflite_tensor_types(int8_export / INT8[0])["INT8"]
 
 
+@pytest.mark.slow
 def test_int8_trajectories_dynamic_holds_full_diverges(int8_export):
     """verify runs the guided sampling loop on every file against PyTorch: dynamic holds
     its trajectory gate; full, with ~4x the per-step error, drifts away (README)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_export
+from helpers import run_export
 
 from mobilegen.contract.manifest import read_manifest
 from mobilegen.diffusion import SamplerConfig
@@ -33,10 +33,10 @@ def assert_same_image(ref, out, gate):
         assert gate[1] is None or s >= gate[1], f"SSIM {s:.4f}"
 
 
-def test_real_v2_same_image_from_checkpoint_onnx_and_both_tflite(v2_b1, real_v2):
+def test_real_v2_same_image_from_checkpoint_onnx_and_both_tflite(real_v2_export, real_v2):
     ref = images(real_v2)
     for name, gate in GATES.items():
-        assert_same_image(ref, images(v2_b1 / name), gate)
+        assert_same_image(ref, images(real_v2_export / name), gate)
 
 
 def test_default_model_same_image_on_every_backend(default_export):
@@ -46,7 +46,7 @@ def test_default_model_same_image_on_every_backend(default_export):
         assert_same_image(ref, images(out / name, "cat", n=2), gate)
 
 
-def test_guidance_batch_2_is_one_call_batch_1_is_two(v2_b1, v2_b2, monkeypatch):
+def test_guidance_batch_2_is_one_call_batch_1_is_two(default_export, default_b2, monkeypatch):
     calls = []
     original = TFLiteBackend.raw_call
 
@@ -56,21 +56,21 @@ def test_guidance_batch_2_is_one_call_batch_1_is_two(v2_b1, v2_b2, monkeypatch):
 
     monkeypatch.setattr(TFLiteBackend, "raw_call", counting)
     cfg = SamplerConfig(steps=10, guidance=3.0, seed=3)
-    one = images(v2_b1 / "denoiser_float32.tflite", "truck", cfg)
+    one = images(default_export[0] / "denoiser_float32.tflite", "truck", cfg)
     assert len(calls) == 20 and calls[:2] == [(1, [9]), (1, [-1])]
     calls.clear()
-    two = images(v2_b2 / "denoiser_float32.tflite", "truck", cfg)
+    two = images(default_b2 / "denoiser_float32.tflite", "truck", cfg)
     assert len(calls) == 10 and calls[0] == (2, [9, -1])
     assert image_psnr(one[0], two[0]) >= 40
 
 
-def test_on_device_reference_loop_matches_the_sampler(v2_b1):
+def test_on_device_reference_loop_matches_the_sampler(real_v2_export):
     """mobilegen/ondevice.py (what docs/android.md translates) == the library sampler, same noise."""
-    manifest = read_manifest(v2_b1)
+    manifest = read_manifest(real_v2_export)
     cfg = SamplerConfig(steps=20, guidance=3.0, seed=4)
     noise = torch.randn((1, 3, 64, 64), generator=torch.Generator().manual_seed(cfg.seed)).numpy()
-    phone = sample_on_device(str(v2_b1 / "denoiser_float16.tflite"), manifest, 8, noise, steps=20)
-    lib = images(v2_b1 / "denoiser_float16.tflite", "ship", cfg)[0].transpose(1, 2, 0)
+    phone = sample_on_device(str(real_v2_export / "denoiser_float16.tflite"), manifest, 8, noise, steps=20)
+    lib = images(real_v2_export / "denoiser_float16.tflite", "ship", cfg)[0].transpose(1, 2, 0)
     assert phone.shape == (64, 64, 3) and phone.dtype == np.uint8
     assert image_psnr(lib, phone) >= 40
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import run_export
+from helpers import run_export
 from PIL import Image
 
 from mobilegen.cli import export_cli, main_cli

@@ -18,8 +18,10 @@ downgraded to a warning.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import torch
 
 from mobilegen.contract.spec import PRECISION, DenoiserSpec, Tolerance
 from mobilegen.diffusion.cases import Cases
-from mobilegen.runtime.backends import open_artifact
+from mobilegen.runtime.backends import TorchBackend, open_artifact
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +152,51 @@ def compare(case: str, ref: np.ndarray, out: np.ndarray) -> CaseError:
     )
 
 
+# The references are pure functions of the network (weights and attention lowering) and the
+# cases, so one process computes each once: an export, its verify and a compare of the same
+# checkpoint share them (the float64 run is the most expensive step of an export).
+REFERENCE_CACHE: OrderedDict[tuple[str, str, str], np.ndarray] = OrderedDict()
+REFERENCE_CACHE_SIZE = 4
+
+
+def network_key(model: torch.nn.Module) -> str:
+    """A digest of everything that decides the model's outputs: weights, config, attention lowering."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    lowering = [(n, m.impl, m.query_chunk, m.head_group) for n, m in model.named_modules() if hasattr(m, "query_chunk")]
+    config = getattr(model, "config", None)
+    digest.update(repr((lowering, config.to_dict() if config is not None else None)).encode())
+    return digest.hexdigest()
+
+
+def cases_key(cases: Cases) -> str:
+    return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in (cases.x, cases.t, cases.y))).hexdigest()
+
+
+def cached_reference(kind: str, model: torch.nn.Module, cases: Cases, compute) -> np.ndarray:
+    key = (kind, network_key(model), cases_key(cases))
+    if key in REFERENCE_CACHE:
+        REFERENCE_CACHE.move_to_end(key)
+        return REFERENCE_CACHE[key].copy()
+    REFERENCE_CACHE[key] = out = compute()
+    while len(REFERENCE_CACHE) > REFERENCE_CACHE_SIZE:
+        REFERENCE_CACHE.popitem(last=False)
+    return out.copy()
+
+
+def float32_reference(model: torch.nn.Module, cases: Cases) -> np.ndarray:
+    """eps of the PyTorch fp32 model (CPU) on every case: the reference of every file's gate."""
+    return cached_reference("float32", model, cases, lambda: TorchBackend(model, "cpu")(cases.x, cases.t, cases.y))
+
+
 def float64_outputs(model: torch.nn.Module, cases: Cases) -> np.ndarray:
     """eps of a float64 copy of model (CPU) on every case: the truth the float32 gates use."""
+    return cached_reference("float64", model, cases, lambda: run_float64(model, cases))
+
+
+def run_float64(model: torch.nn.Module, cases: Cases) -> np.ndarray:
     model64 = copy.deepcopy(model).cpu().double().eval()
     outs = []
     with torch.inference_mode():

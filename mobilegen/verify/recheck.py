@@ -17,7 +17,7 @@ from mobilegen.files import sha256_file
 from mobilegen.models.checkpoint import SUFFIXES, LoadedModel, default_model, load_checkpoint
 from mobilegen.runtime.backends import TorchBackend, open_artifact
 from mobilegen.verify.memory import limit_text
-from mobilegen.verify.parity import float64_outputs, run_parity
+from mobilegen.verify.parity import float32_reference, float64_outputs, run_parity
 from mobilegen.verify.trajectory import TRAJECTORY_GATES, Run, TrajectoryResult, compare_runs, record
 
 REFERENCE = "pytorch fp32"
@@ -150,7 +150,7 @@ def verify_directory(directory: Path, threads: int | None = None, checkpoint: Pa
         spec = mf.spec_from_manifest(manifest)
         model = reference_model(manifest, checkpoint, directory).model
         cases = forward_process_cases(schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"]))
-        ref = TorchBackend(model, "cpu")(cases.x, cases.t, cases.y)
+        ref = float32_reference(model, cases)
         parity = run_parity(artifacts(directory, manifest), spec, cases, ref, threads, float64_outputs(model, cases))
         problems += [f"{name}: {f}" for name, r in parity.items() for f in r.failures[:3]]
         memory = recheck_memory(directory, manifest, spec, threads)

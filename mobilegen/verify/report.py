@@ -58,11 +58,11 @@ def render(manifest: dict) -> str:
             f"{prune['parameters_pruned']:,} conv/linear/attention weights. Pruned vs unpruned model, per-step PSNR: "
             f"min {prune['pruned_vs_unpruned_psnr_db']['min']} dB, mean {prune['pruned_vs_unpruned_psnr_db']['mean']} dB.",
             "",
-            "| file | gzip bytes pruned | gzip bytes unpruned |",
+            "| weights stored as | gzip bytes pruned | gzip bytes unpruned |",
             "|---|---:|---:|",
         ]
-        for name, size in prune["unpruned_gzip_bytes"].items():
-            lines.append(f"| {name} | {m['files'][name]['gzip_bytes']:,} | {size:,} |")
+        for dtype, size in prune["weights_gzip_bytes"].items():
+            lines.append(f"| {dtype} | {size['pruned']:,} | {size['unpruned']:,} |")
         lines += ["", UNSTRUCTURED_NOTE]
     else:
         lines.append("No pruning.")
