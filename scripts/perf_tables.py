@@ -155,9 +155,7 @@ def bench_section(path: Path) -> dict:
     section = data.get("latency", data)
     if not isinstance(section, dict) or "timings" not in section:
         raise BadInput(f"{path}: no latency timings (run `mobilegen-export bench DIR` first, then pass DIR/manifest.json)")
-    if "commit" not in section and "commit" in data:
-        section = {**section, "commit": data["commit"]}
-    return section
+    return section  # its own commit only: the export's may be older than the bench run
 
 
 def latency_table(section: dict) -> list[str]:
