@@ -1,0 +1,265 @@
+"""The performance tables of the docs, from the files that measured them.
+
+    python scripts/perf_tables.py docs/measurements/compare-cpu/compare.json
+    python scripts/perf_tables.py COMPARE_JSON --bench artifacts/v2/manifest.json -o tables.md
+
+COMPARE_JSON is what `mobilegen-export compare` writes (compare.json); each --bench file
+is an export's manifest.json after `mobilegen-export bench` (its `latency` section), or
+that section saved alone. Prints markdown: the variants side by side, their memory, and
+the per-backend latency of each --bench file (--only picks some). Every table is stamped
+with the commit and the machine the file records; a field the file lacks is printed as
+"not recorded", never guessed. README.md and docs/performance.md hold this output between
+`<!-- perf_tables: ARGS -->` and `<!-- /perf_tables -->`; `--update FILE ...` rewrites
+every such block of each FILE with the output of its ARGS (paths relative to the current
+folder), and tests/test_docs.py fails when a block differs from that output.
+
+    python scripts/perf_tables.py --update README.md docs/performance.md
+
+Standard library only: it runs without the venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+NOT_RECORDED = "not recorded"
+TABLES = ("variants", "memory", "latency")
+# The two PyTorch rows of `mobilegen-export bench` (mobilegen/verify/bench.py).
+ORIGINAL = "pytorch fp32 (original attention)"
+FUSED = "pytorch fp32 (fused sdpa)"
+
+
+class BadInput(Exception):
+    pass
+
+
+def load_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise BadInput(f"{path}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path}: not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def recorded(value) -> str:
+    """A recorded field as text: lists joined, mappings as key=value, absent as NOT_RECORDED."""
+    if value is None or value == "" or value == [] or value == {}:
+        return NOT_RECORDED
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def stamp(data: dict) -> str:
+    machine = data.get("machine") or {}
+    cores = machine.get("cores")
+    return (f"commit: {recorded(data.get('commit'))}; machine: {recorded(machine.get('cpu'))}, "
+            f"{f'{cores} cores' if cores else 'cores ' + NOT_RECORDED}, CPU flags: {recorded(machine.get('flags'))}")  # fmt: skip
+
+
+def table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
+    """align: one letter per column, l or r."""
+    rule = ["---" if a == "l" else "---:" for a in align]
+    return ["| " + " | ".join(cells) + " |" for cells in [header, rule, *rows]]
+
+
+def number(value, fmt: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{fmt}}{suffix}"
+
+
+def dig(obj: dict, *keys):
+    for key in keys:
+        if not isinstance(obj, dict) or key not in obj:
+            return None
+        obj = obj[key]
+    return obj
+
+
+def compare_context(data: dict) -> str:
+    s, src = data.get("sampler") or {}, data.get("sources") or {}
+    classes = ",".join(s.get("classes") or []) or NOT_RECORDED
+    guidance = s.get("guidance")
+    return (f"threads {recorded(data.get('threads'))}, batch {recorded(data.get('batch'))}, "
+            f"{recorded(data.get('rounds'))} rounds x {recorded(data.get('repeats_per_round'))} calls per file; "
+            f"trajectory {recorded(s.get('sampler'))} {recorded(s.get('steps'))} steps, "
+            f"guidance {NOT_RECORDED if guidance is None else f'{guidance:g}'}, seed {recorded(s.get('seed'))}, "
+            f"classes {classes}; reference {recorded(src.get('unpruned'))}, pruned {recorded(src.get('pruned'))}")  # fmt: skip
+
+
+def variants_table(data: dict) -> list[str]:
+    variants = data.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        raise BadInput("the compare file has no 'variants' (is it a compare.json of mobilegen-export compare?)")
+    has_foreign = any(name.startswith("foreign") for name in variants)
+    rows = []
+    for name, v in variants.items():
+        lat, step = v.get("latency") or {}, v.get("step_psnr_db") or {}
+        macs = v.get("macs_per_step")
+        rows.append([
+            name,
+            number(v.get("bytes") and v["bytes"] / 1e6, ".2f"),
+            number(v.get("params"), ","),
+            number(macs and macs / 1e9, ".2f"),
+            number(lat.get("median_ms"), ".1f"),
+            number(lat.get("p90_ms"), ".1f"),
+            number(lat.get("speedup_vs_fp32"), ".2f", "x"),
+            number(lat.get("speedup_vs_foreign"), ".2f", "x") if has_foreign else "-",
+            number(dig(v, "memory", "peak_rss_mb"), ".1f"),
+            f"{number(step.get('min'), '.1f')} / {number(step.get('mean'), '.1f')}",
+            number(dig(v, "trajectory", "min_psnr_db"), ".1f"),
+            number(dig(v, "trajectory", "min_ssim"), ".3f"),
+        ])  # fmt: skip
+    header = ["variant", "file MB", "params", "GMACs/step", "median ms", "p90 ms", "vs fp32", "vs foreign",
+              "peak RSS MB", "step PSNR min / mean dB", "trajectory PSNR min dB", "SSIM min"]  # fmt: skip
+    lines = [f"Variants side by side ({stamp(data)}; {compare_context(data)}):", ""]
+    lines += table(header, "lrrrrrrrrrrr", rows)
+    bar, bar_mem = data.get("pytorch_sdpa_latency"), data.get("pytorch_sdpa_memory")
+    if bar:
+        text = (f"PyTorch fp32 with fused SDPA, timed in the same rounds: median {number(bar.get('median_ms'), '.1f')} ms, "
+                f"p90 {number(bar.get('p90_ms'), '.1f')} ms")  # fmt: skip
+        if bar_mem:
+            text += f"; peak RSS {number(bar_mem.get('peak_rss_mb'), '.1f')} MB (torch imported before the counter reset)"
+        lines += ["", text + "."]
+    return lines
+
+
+def memory_table(data: dict) -> list[str]:
+    rows = []
+    for name, v in (data.get("variants") or {}).items():
+        m = v.get("memory") or {}
+        g = m.get("graph") or {}
+        rows.append([name, number(m.get("peak_rss_mb"), ".1f"), number(m.get("after_load_mb"), ".1f"),
+                     number(g.get("largest_tensor_mb"), ".2f"), number(g.get("peak_live_mb"), ".1f"),
+                     number(g.get("operators"), "d")])  # fmt: skip
+    method = next((v["memory"]["method"] for v in (data.get("variants") or {}).values()
+                   if isinstance(v.get("memory"), dict) and v["memory"].get("method")), NOT_RECORDED)  # fmt: skip
+    header = ["variant", "peak RSS MB", "after load MB", "largest tensor MB", "alive at once MB", "operators"]
+    lines = [f"Memory of each file ({stamp(data)}; threads {recorded(data.get('threads'))}, batch {recorded(data.get('batch'))}):", ""]
+    lines += table(header, "lrrrrr", rows)
+    return lines + ["", f"Method: {method}."]
+
+
+def bench_section(path: Path) -> dict:
+    data = load_json(path)
+    section = data.get("latency", data)
+    if not isinstance(section, dict) or "timings" not in section:
+        raise BadInput(f"{path}: no latency timings (run `mobilegen-export bench DIR` first, then pass DIR/manifest.json)")
+    return section  # its own commit only: the export's may be older than the bench run
+
+
+def latency_table(section: dict) -> list[str]:
+    ratios, memory = section.get("ratios") or {}, section.get("memory") or {}
+    medians = {tm.get("name"): tm.get("median_ms") for tm in section["timings"]}
+
+    def speedup(name: str, key: str, reference: str):
+        # bench records ratios for the files only; the PyTorch rows get the same quotient of medians
+        if key in (ratios.get(name) or {}):
+            return ratios[name][key]
+        ref, own = medians.get(reference), medians.get(name)
+        return round(ref / own, 3) if ref and own else None
+
+    rows = []
+    for tm in section["timings"]:
+        name = tm.get("name", "?")
+        rows.append([name, number(tm.get("median_ms"), ".2f"), number(tm.get("p90_ms"), ".2f"), number(tm.get("load_ms"), ".1f"),
+                     number(speedup(name, "speedup_vs_original_attention", ORIGINAL), ".2f", "x"),
+                     number(speedup(name, "speedup_vs_fused_sdpa", FUSED), ".2f", "x"),
+                     number(dig(memory, name, "peak_rss_mb"), ".1f")])  # fmt: skip
+    header = ["backend", "median ms", "p90 ms", "load ms", "vs original attention", "vs fused SDPA", "peak RSS MB"]
+    context = (f"threads {recorded(section.get('threads'))}, batch {recorded(section.get('batch'))}, "
+               f"warm-up {recorded(section.get('warmup'))}, {recorded(section.get('repeats'))} timed calls")  # fmt: skip
+    lines = [f"Latency per backend ({stamp(section)}; {context}):", "", *table(header, "lrrrrrr", rows)]
+    untimed = [f"{name} {number(m.get('peak_rss_mb'), '.1f')} MB" for name, m in memory.items()
+               if name not in medians and isinstance(m, dict)]  # fmt: skip
+    if untimed:
+        lines += ["", "Peak RSS, measured without a timing row: " + "; ".join(untimed) + "."]
+    return lines
+
+
+def render(compare: Path | None, benches: list[Path], only: list[str]) -> str:
+    blocks: list[list[str]] = []
+    if compare is not None:
+        data = load_json(compare)
+        if "variants" in only:
+            blocks.append(variants_table(data))
+        if "memory" in only:
+            blocks.append(memory_table(data))
+    if "latency" in only:
+        blocks += [latency_table(bench_section(p)) for p in benches]
+    if not blocks:
+        raise BadInput("nothing to print: give COMPARE_JSON for variants/memory, --bench for latency")
+    return "\n\n".join("\n".join(b) for b in blocks) + "\n"
+
+
+# A block: the start marker alone on its line, ARGS on that line, then anything up to the end marker.
+BLOCK = re.compile(r"^(<!-- perf_tables: ([^\n]*?) -->\n)(.*?)^(<!-- /perf_tables -->)$", re.S | re.M)
+
+
+def blocks(markdown: str) -> list[tuple[str, str]]:
+    """(ARGS, text between the markers) of every generated block of a markdown file."""
+    return [(m.group(2), m.group(3)) for m in BLOCK.finditer(markdown)]
+
+
+def block_text(args: str) -> str:
+    """What a block with these ARGS holds: a blank line, the output, a blank line."""
+    parsed = parser().parse_args(shlex.split(args))
+    if parsed.update or parsed.out:
+        raise BadInput(f"a block's ARGS print tables; --update and -o do not belong there: {args!r}")
+    return "\n" + render(parsed.compare, parsed.bench, parsed.only or list(TABLES)) + "\n"
+
+
+def update(paths: list[Path]) -> None:
+    for path in paths:
+        try:
+            old = path.read_text()
+        except OSError as exc:
+            raise BadInput(f"{path}: {exc.strerror or exc}") from exc
+        if not blocks(old):
+            raise BadInput(f"{path}: no <!-- perf_tables: ARGS --> block")
+        new = BLOCK.sub(lambda m: m.group(1) + block_text(m.group(2)) + m.group(4), old)
+        if new != old:
+            path.write_text(new)
+            print(f"updated {path}", file=sys.stderr)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("compare", nargs="?", type=Path, metavar="COMPARE_JSON", help="compare.json of mobilegen-export compare")
+    p.add_argument("--bench", type=Path, action="append", default=[], metavar="MANIFEST_OR_BENCH_JSON",
+                   help="an export's manifest.json with a latency section (repeatable)")  # fmt: skip
+    p.add_argument("--only", action="append", choices=TABLES, help="print only these tables (repeatable; default: all)")
+    p.add_argument("-o", "--out", type=Path, help="write to this file instead of stdout")
+    p.add_argument("--update", type=Path, nargs="+", metavar="FILE", help="rewrite the perf_tables blocks of these markdown files")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.update:
+            update(args.update)
+            return 0
+        text = render(args.compare, args.bench, args.only or list(TABLES))
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
