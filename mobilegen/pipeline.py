@@ -153,7 +153,7 @@ def check_tensor_budget(model, opts: ExportOptions) -> None:
 
 
 def gate_memory(files: dict[str, Path], entries: dict[str, dict], spec: DenoiserSpec, opts: ExportOptions, arch: str) -> list[str]:
-    """Measure every file in a fresh process (exporter/memory.py) into its manifest entry; the failures."""
+    """Measure every file in a fresh process (verify/memory.py) into its manifest entry; the failures."""
     from mobilegen.runtime.backends import default_threads
     from mobilegen.verify.memory import check_memory, contract_feeds, limit_text, measure_file, memory_limit
 

@@ -5,8 +5,8 @@
 
 Every file is exported from CKPT (bounded attention, depth-first operator order), then all
 files (and the foreign one, with its own input names) take turns for `rounds` rounds of
-`repeats` calls (exporter/compare.py's latency harness over exporter/timing.py). Memory:
-each file in a fresh process (exporter/memory.py).
+`repeats` calls (verify/compare.py's latency harness over verify/timing.py). Memory:
+each file in a fresh process (verify/memory.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The README's install command: a virtual environment in .venv with everything MobileGen needs.
 set -euo pipefail
+if [ $# -gt 0 ]; then
+  echo "usage: bash scripts/install.sh  (no arguments; PYTHON=/path/to/python3.11+ picks the interpreter)" >&2
+  case "$1" in -h|--help) exit 0 ;; *) echo "error: unexpected argument '$1'" >&2; exit 2 ;; esac
+fi
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv

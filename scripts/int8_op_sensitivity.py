@@ -4,7 +4,7 @@ For every CONV_2D / FULLY_CONNECTED with constant weights in the float32 file of
 export folder: an int8 file with only that op quantized (dynamic, or full with
 activation ranges calibrated once on calibration_cases), and its min per-step PSNR
 against the float32 file on the parity cases at t = 1 and 999 plus every 7th case.
-Prints the ops sorted, worst first. This is where exporter/quantize.py's
+Prints the ops sorted, worst first. This is where compress/quantize.py's
 kept-float roles come from.
 
     .venv/bin/python scripts/int8_op_sensitivity.py /tmp/i8.failed --mode dynamic

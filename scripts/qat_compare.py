@@ -4,7 +4,7 @@ from its own fp32 model (per-step PSNR over the 77-case parity set).
 
     .venv/bin/python scripts/qat_compare.py --steps 30 --qat-every 10
 
-Prints a table; numbers in the README come from this command.
+Prints a table; the numbers in docs/training.md come from this command.
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def test_kotlin_image_equals_mobilegen_export_sample(jvm, real_v2_export, defaul
     """Same file, label, x_T: the Kotlin image (manifest, loop, layout, pixels all Kotlin; eps from
     the file through the bridge) equals `mobilegen-export sample`'s. Tolerance: at most 1 level
     in at most 0.1% of the values. The two loops differ only in arithmetic: the Python sampler
-    keeps x in float32 (torch), the Kotlin one in float64, as mobilegen/ondevice.py does; a
+    keeps x in float32 (torch), the Kotlin one in float64, as mobilegen/runtime/ondevice.py does; a
     difference of ~1e-6 moves a value across a floor() boundary now and then."""
     export = real_v2_export if batch == 1 else default_b2  # the batch-2 file: the untrained default model
     path = export / f"denoiser_{precision}.tflite"

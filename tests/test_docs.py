@@ -43,10 +43,6 @@ PLACEHOLDER = re.compile(r"^(?:[A-Z][A-Z0-9_]*|<[^>]+>)$")  # CKPT, PRUNED, R, <
 ELLIPSIS = {"...", "…"}
 # Repository paths named in inline code; each must exist.
 REPO_PATH = re.compile(r"^(?:mobilegen|scripts|tests|android|docs|deploy|\.ci)/[\w./-]*$")
-# Scripts whose --help does not work yet; strict, so the entry goes once they have one.
-NO_HELP = {
-    "scripts/int8_weight_sensitivity.py": "no argparse: it reads sys.argv[1] as the checkpoint, so --help is taken for a file name",
-}
 
 
 class DocError(AssertionError):
@@ -236,11 +232,7 @@ def check_line(line: str) -> None:
 
 def command_params():
     for where, line in doc_commands():
-        m = PREFIX.match(line)
-        marks = ()
-        if m["script"] in NO_HELP:
-            marks = pytest.mark.xfail(reason=NO_HELP[m["script"]], raises=DocError, strict=True)
-        yield pytest.param(line, id=f"{where} {line[:60]}", marks=marks)
+        yield pytest.param(line, id=f"{where} {line[:60]}")
 
 
 @pytest.mark.parametrize("line", list(command_params()))

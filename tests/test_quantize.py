@@ -26,7 +26,7 @@ INT8 = ("denoiser_int8_dynamic.tflite", "denoiser_int8_full.tflite")
 @pytest.fixture(scope="module")
 def int8_export(tmp_path_factory, real_v2) -> Path:
     """The issue's measurement setting: the real v2 weights (quantization error depends on
-    real ranges). int8 full misses the 30 dB gate there (README: measured), so the export
+    real ranges). int8 full misses the 30 dB gate there (docs/int8.md: measured), so the export
     fails honestly: nothing is published and the folder lands in <out>.failed."""
     out = tmp_path_factory.mktemp("int8") / "v2"
     args = ["tflite", str(real_v2), "--int8", "dynamic", "--int8", "full", "--calibration-samples", "66", "--no-bench", "-o", str(out)]
@@ -79,7 +79,7 @@ def test_full_int8_quantizes_activations_and_says_what_stays_float(int8_export):
 @pytest.mark.slow
 def test_int8_trajectories_dynamic_holds_full_diverges(int8_export):
     """verify runs the guided sampling loop on every file against PyTorch: dynamic holds
-    its trajectory gate; full, with ~4x the per-step error, drifts away (README)."""
+    its trajectory gate; full, with ~4x the per-step error, drifts away (docs/int8.md)."""
     res = CliRunner().invoke(export_cli, ["verify", str(int8_export), "--json", "--classes", "ship", "--steps", "20"])
     result = json.loads(res.output)
     assert res.exit_code == 1 and not result["passed"]

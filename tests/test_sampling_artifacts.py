@@ -65,7 +65,7 @@ def test_guidance_batch_2_is_one_call_batch_1_is_two(default_export, default_b2,
 
 
 def test_on_device_reference_loop_matches_the_sampler(real_v2_export):
-    """mobilegen/ondevice.py (what docs/android.md translates) == the library sampler, same noise."""
+    """mobilegen/runtime/ondevice.py (what docs/android.md translates) == the library sampler, same noise."""
     manifest = read_manifest(real_v2_export)
     cfg = SamplerConfig(steps=20, guidance=3.0, seed=4)
     noise = torch.randn((1, 3, 64, 64), generator=torch.Generator().manual_seed(cfg.seed)).numpy()

@@ -33,6 +33,9 @@ class FiniteFloat(click.FloatRange):
         super().__init__(*args, **kwargs)
         self.allow_inf = allow_inf  # +inf as "no limit" (--max-tensor-mb inf); NaN never
 
+    def _describe_range(self) -> str:  # click's, which would print "x<=None" for an unbounded range
+        return super()._describe_range() if self.min is not None or self.max is not None else "finite"
+
     def convert(self, value, param, ctx):
         number = click.FLOAT.convert(value, param, ctx)
         if math.isnan(number) or (math.isinf(number) and not (self.allow_inf and number > 0)):

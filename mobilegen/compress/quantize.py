@@ -6,14 +6,14 @@ Two modes, both with float32 inputs and outputs:
   quantizes its input activations on the fly, per call.
 - full: int8 weights AND int8 activations for CONV_2D / FULLY_CONNECTED, with fixed
   activation ranges calibrated on inputs that sampling produces
-  (calibration.calibration_cases). Everything else runs in float32: the norms,
+  (diffusion/cases.py calibration_cases). Everything else runs in float32: the norms,
   softmax and the attention matmuls (activation x activation), GELU, the residual
   adds and the timestep embedding.
 
 Some weight ops stay float in either mode; `float_ops` finds them in the graph by
 their role, and the manifest lists them with the reason. The reasons are
 measurements on the real v2 weights (quantizing that op ALONE, min per-step PSNR;
-scripts/int8_op_sensitivity.py, README "int8"):
+scripts/int8_op_sensitivity.py, docs/int8.md):
 
 - the image-input conv: it reads the raw noisy image x_t, and rounding that to 8
   bits costs the most of any op (alone: 29.9 dB dynamic, 17.8 dB full);

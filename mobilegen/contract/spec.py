@@ -76,7 +76,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "float16": Tolerance(min_psnr=40.0),
     "int8_dynamic": Tolerance(min_psnr=30.0),
     # The int8 number, for both int8 kinds (on the real v2 weights int8 full
-    # misses it: README "int8").
+    # misses it: docs/int8.md).
     "int8_full": Tolerance(min_psnr=30.0),
 }
 

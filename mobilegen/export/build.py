@@ -21,7 +21,7 @@ from mobilegen.runtime.backends import TorchBackend
 from mobilegen.runtime.tflite_file import check_builtin_only
 
 # 4 MB per image: the sa6 scores in chunks of 64 query rows; measured on the real v2
-# the fastest budget that meets the memory targets (README "Memory").
+# the fastest budget that meets the memory targets (docs/performance.md "Memory").
 DEFAULT_TENSOR_MB = 4.0
 
 

@@ -1,6 +1,6 @@
 """ONNX -> TFLite with onnx2tf's flatbuffer_direct backend, plus an fp16-weights pass.
 
-Route (README explains the choice): onnx2tf 2.6 lowers ONNX straight to a TFLite
+Route (docs/export.md explains the choice): onnx2tf 2.6 lowers ONNX straight to a TFLite
 flatbuffer without TensorFlow, in seconds, with builtin ops only; its own float16
 file uses float16 activations and IO, which stock LiteRT cannot run, so the fp16
 artifact is made here from the float32 file by storing each constant weight as

@@ -89,7 +89,7 @@ class SelfAttention(nn.Module):
             nn.Linear(channels, channels),
         )
         self.impl: AttentionImpl = "sdpa"
-        # Bounded attention (exporter/budget.py chooses these): score rows per chunk and heads
+        # Bounded attention (models/budget.py chooses these): score rows per chunk and heads
         # per group, 0 = all at once. Each query row's scores are the same numbers either way.
         self.query_chunk = 0
         self.head_group = 0

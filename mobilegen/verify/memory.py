@@ -28,7 +28,7 @@ INVOKES = 2
 # batch-B file may use 1.5x its batch-1 figure for B = 2, and proportionally more beyond.
 # float16 gets the float32 figure, not the 48 MB: LiteRT's XNNPACK delegate converts the
 # float16 weights to a float32 copy (16 MB for v2) that it keeps beside its packed weights, so
-# the file needs 8 + 16 + 16 MB for weights alone (measured 55.1 MB on the real v2: README "Memory").
+# the file needs 8 + 16 + 16 MB for weights alone (measured 55.1 MB on the real v2: docs/performance.md "Memory").
 # The targets are for the phone model, student_v2 (the default architecture). The teacher and
 # student_v1 have no default limit: their peaks are measured and recorded, and gated only when
 # --max-memory-mb is given (measured, untrained weights, batch 1: teacher 211.6 MB fp32, v1 75.7 MB).

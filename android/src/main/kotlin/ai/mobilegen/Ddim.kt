@@ -17,7 +17,7 @@ object DdimSchedule {
 
 /**
  * Deterministic DDIM (eta = 0, Song et al. 2021 eq. 12) with classifier-free guidance, the loop
- * of mobilegen/ondevice.py. The state x stays float64; each call gets it as float32.
+ * of mobilegen/runtime/ondevice.py. The state x stays float64; each call gets it as float32.
  *
  *     eps    = eps_uncond + guidance * (eps_cond - eps_uncond)   (guidance 0: eps_cond alone)
  *     x0     = (x - sqrt(1 - ab) eps) / sqrt(ab)
