@@ -49,6 +49,7 @@ def test_rank_shares_make_up_the_single_process_batch():
         DistributedStepSampler(20, 16, 3, 0, 1, World(0, 2))
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process_with_twice_the_batch(data, tmp_path):
     steps = 3
     single = train(TrainConfig(data=data, out=tmp_path / "one", arch="student_v2", epochs=1, batch_size=4, device="cpu",
@@ -66,6 +67,7 @@ def test_two_ranks_match_one_process_with_twice_the_batch(data, tmp_path):
     assert f"last loss {single.losses[-1]:.4f}" in res.stdout, (single.losses, res.stdout)
 
 
+@pytest.mark.slow
 def test_resume_under_torchrun_continues_exactly(data, tmp_path):
     args = ["distill", "--teacher", str(_teacher(data, tmp_path)), "--arch", "student_v2", "--data", str(data),
             "--batch-size", "2", *COMMON]  # fmt: skip
@@ -84,6 +86,7 @@ def _teacher(data: Path, tmp_path: Path) -> Path:
     return tmp_path / "teacher" / "ema.pt"
 
 
+@pytest.mark.slow
 def test_prune_under_torchrun_writes_once_and_fine_tunes_data_parallel(data, tmp_path):
     teacher = _teacher(data, tmp_path)
     res = torchrun("prune", str(teacher), "--ratio", "0.25", "--data", str(data), "--steps", "2", "--batch-size", "2",

@@ -58,6 +58,7 @@ def replica_images(url: str) -> dict[str, float]:
     return seen
 
 
+@pytest.mark.slow  # a Ray cluster on 127.0.0.1
 def test_requests_spread_over_both_replicas_and_metrics_show_it(cluster):
     _, url = cluster
     with ThreadPoolExecutor(8) as pool:
@@ -70,6 +71,7 @@ def test_requests_spread_over_both_replicas_and_metrics_show_it(cluster):
     assert sum(per_replica.values()) >= 12
 
 
+@pytest.mark.slow  # a Ray cluster on 127.0.0.1
 def test_same_request_same_png_on_every_replica_and_single_process(cluster):
     config, url = cluster
     by_replica: dict[str, bytes] = {}
@@ -87,6 +89,7 @@ def test_same_request_same_png_on_every_replica_and_single_process(cluster):
     assert single.status_code == 200 and single.content == next(iter(by_replica.values()))
 
 
+@pytest.mark.slow  # a Ray cluster on 127.0.0.1
 def test_validation_and_limits_are_the_apps(cluster):
     config, url = cluster
     bad = generate(url, {**REQUEST, "n": config.max_n + 1})
@@ -95,6 +98,7 @@ def test_validation_and_limits_are_the_apps(cluster):
     assert httpx.get(f"{url}/nope", timeout=30).status_code == 404
 
 
+@pytest.mark.slow  # a Ray cluster on 127.0.0.1
 def test_killing_a_replica_loses_only_its_in_flight_requests(cluster):
     _, url = cluster
     victim = generate(url).headers["X-Replica"]
@@ -129,6 +133,7 @@ def test_killing_a_replica_loses_only_its_in_flight_requests(cluster):
     assert victim not in replicas and len(replicas) == 2, (victim, replicas)
 
 
+@pytest.mark.slow  # a Ray cluster on 127.0.0.1
 def test_more_replicas_than_cpus_is_a_clear_error(cluster):
     config, _ = cluster
     with pytest.raises(MobileGenError, match="3 replicas x 1 CPU need 3 CPUs, but the cluster has 2"):

@@ -125,6 +125,7 @@ def test_distillation_uses_the_teacher_once_in_eval_mode(data, tmp_path):
     assert trainer.train_step(x0, y, step_generator(0, 0)) == pytest.approx(float(expected), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_train_distill_export_end_to_end(data, tmp_path):
     """The issue's three commands on a generated folder; the export passes the TFLite gates."""
     runner = CliRunner()

@@ -101,8 +101,10 @@ class SelfAttention(nn.Module):
         heads = self.mha.num_heads
         d = c // heads
         qkv = F.linear(h, self.mha.in_proj_weight, self.mha.in_proj_bias)
-        # [N, L, 3, heads, d] -> 3 x [N, heads, L, d]; every shape here is static.
-        q, k, v = qkv.reshape(n, seq, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        # [N, L, 3c] -> 3 x [N, heads, L, d]: column slices, then 4-D reshapes and permutes, every
+        # shape static (a 5-D split exports as Squeeze ops that TFLite runs as dynamic reshapes,
+        # outside XNNPACK, each one a delegate partition boundary).
+        q, k, v = (qkv[..., i * c : (i + 1) * c].reshape(n, seq, heads, d).permute(0, 2, 1, 3) for i in range(3))
         out = self._bounded(q, k, v)
         out = out.permute(0, 2, 1, 3).reshape(n, seq, c)
         return self.mha.out_proj(out)
@@ -121,8 +123,8 @@ class SelfAttention(nn.Module):
             hs = slice(h0, min(h0 + group, heads))
             kh, vh = k[:, hs], v[:, hs]
             rows = [self._block(q[:, hs, s : s + chunk], kh, vh) for s in range(0, seq, chunk)]
-            groups.append(torch.cat(rows, dim=2) if len(rows) > 1 else rows[0])
-        return torch.cat(groups, dim=1) if len(groups) > 1 else groups[0]
+            groups.append(concat(rows, dim=2))
+        return concat(groups, dim=1)
 
     def _block(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.impl == "sdpa":
@@ -135,6 +137,17 @@ class SelfAttention(nn.Module):
         tokens = self._attend(self.ln(tokens)) + tokens
         tokens = self.ff_self(tokens) + tokens
         return tokens.transpose(1, 2).reshape(n, c, hgt, wid)
+
+
+CONCAT_FANIN = 4  # XNNPACK's concatenation takes at most a few inputs; a wider one leaves the delegate
+
+
+def concat(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """torch.cat as a tree of at most CONCAT_FANIN inputs per node (the same values)."""
+    while len(parts) > 1:
+        parts = [torch.cat(parts[i : i + CONCAT_FANIN], dim=dim) if len(parts[i : i + CONCAT_FANIN]) > 1
+                 else parts[i] for i in range(0, len(parts), CONCAT_FANIN)]  # fmt: skip
+    return parts[0]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
