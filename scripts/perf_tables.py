@@ -115,15 +115,16 @@ def variants_table(data: dict) -> list[str]:
             number(lat.get("p90_ms"), ".1f"),
             number(lat.get("speedup_vs_fp32"), ".2f", "x"),
             number(lat.get("speedup_vs_foreign"), ".2f", "x") if has_foreign else "-",
+            number(dig(v, "image_ms", "median_ms") and v["image_ms"]["median_ms"] / 1000, ".2f"),
             number(dig(v, "memory", "peak_rss_mb"), ".1f"),
             f"{number(step.get('min'), '.1f')} / {number(step.get('mean'), '.1f')}",
             number(dig(v, "trajectory", "min_psnr_db"), ".1f"),
             number(dig(v, "trajectory", "min_ssim"), ".3f"),
         ])  # fmt: skip
     header = ["variant", "file MB", "params", "GMACs/step", "median ms", "p90 ms", "vs fp32", "vs foreign",
-              "peak RSS MB", "step PSNR min / mean dB", "trajectory PSNR min dB", "SSIM min"]  # fmt: skip
+              "one image s", "peak RSS MB", "step PSNR min / mean dB", "trajectory PSNR min dB", "SSIM min"]  # fmt: skip
     lines = [f"Variants side by side ({stamp(data)}; {compare_context(data)}):", ""]
-    lines += table(header, "lrrrrrrrrrrr", rows)
+    lines += table(header, "lrrrrrrrrrrrr", rows)
     bar, bar_mem = data.get("pytorch_sdpa_latency"), data.get("pytorch_sdpa_memory")
     if bar:
         text = (f"PyTorch fp32 with fused SDPA, timed in the same rounds: median {number(bar.get('median_ms'), '.1f')} ms, "
@@ -131,6 +132,12 @@ def variants_table(data: dict) -> list[str]:
         if bar_mem:
             text += f"; peak RSS {number(bar_mem.get('peak_rss_mb'), '.1f')} MB (torch imported before the counter reset)"
         lines += ["", text + "."]
+    image = data.get("image")
+    if image:
+        lines += ["", f"One image: a guided ({image.get('guidance')}) {image.get('sampler')} {image.get('steps')}-step "
+                  f"{image.get('label')}, end to end (every denoiser call and the sampler), median of {image.get('rounds')} "
+                  f"rounds taken in turns; PyTorch fp32 with fused SDPA: "
+                  f"{number(dig(data, 'pytorch_sdpa_image_ms', 'median_ms') and data['pytorch_sdpa_image_ms']['median_ms'] / 1000, '.2f')} s."]  # fmt: skip
     return lines
 
 

@@ -29,10 +29,10 @@ from mobilegen.runtime.backends import OnnxBackend
 ROOT = Path(__file__).resolve().parents[1]
 
 # What a v2 export contains: all ops with static output shapes.
-EXPECTED_V2_OPS = [
-    "Add", "Cast", "Clip", "Concat", "Constant", "Conv", "Cos", "Div", "Erf", "Gather", "Gemm", "GreaterOrEqual",
+EXPECTED_V2_OPS = [  # opset 20: GELU is one op; q/k/v are column slices (no Split, no Squeeze)
+    "Add", "Cast", "Clip", "Concat", "Constant", "Conv", "Cos", "Gather", "Gelu", "Gemm", "GreaterOrEqual",
     "InstanceNormalization", "LayerNormalization", "MatMul", "MaxPool", "Mul", "Reshape", "Resize",
-    "Sigmoid", "Sin", "Slice", "Softmax", "Split", "Squeeze", "Transpose", "Unsqueeze",
+    "Sigmoid", "Sin", "Slice", "Softmax", "Transpose", "Unsqueeze",
 ]  # fmt: skip
 
 

@@ -102,6 +102,22 @@ def latency(backends: dict, reference: TorchBackend, rounds: int, repeats: int) 
     return {name: summarize(s) | {"device": "cpu", "dtype": "float32"} for name, s in samples.items()}
 
 
+IMAGE_CONFIG = SamplerConfig(sampler="ddim", steps=20, guidance=3.0, seed=0)  # what one phone image costs
+IMAGE_ROUNDS = 3
+
+
+def image_seconds(backends: dict, reference: TorchBackend, label: int, rounds: int = IMAGE_ROUNDS) -> dict[str, dict]:
+    """Seconds for one guided DDIM-20 image, end to end (every denoiser call and the sampler), per
+    variant; the variants take turns for `rounds` rounds; median and p90 (nearest-rank)."""
+    schedule = linear_schedule()
+    denoisers = {name: b.torch_denoise for name, b in backends.items()} | {PYTORCH_SDPA: reference.torch_denoise}
+    samples: dict[str, list[float]] = {name: [] for name in denoisers}
+    for _ in range(rounds):
+        for name, denoise in denoisers.items():
+            samples[name].append(record(denoise, [label], schedule, IMAGE_CONFIG).seconds * 1000)
+    return {name: summarize(s) for name, s in samples.items()}
+
+
 def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, threads: int | None = None,
             labels: tuple[int, ...] = (3, 8), config: SamplerConfig = SamplerConfig(), calibration_size: int = 320,
             rounds: int = 5, repeats: int = 10, overwrite: bool = False,
@@ -144,6 +160,7 @@ def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, thread
                                    "per_class": traj.per_class},
                 }  # fmt: skip
             timing = latency(backends, reference, rounds, repeats)
+            image = image_seconds(backends, reference, labels[0])
             memory = {v.name: measure_file(v.path, step_feeds(backends[v.name]), threads) for v in variants}
         memory[PYTORCH_SDPA] = measure_torch(str(unpruned.source) if unpruned.sha256 else None, 1, threads, "sdpa")
     finally:
@@ -156,6 +173,7 @@ def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, thread
         if original:
             row["latency"]["speedup_vs_foreign"] = round(original / timing[name]["median_ms"], 3)
         row["memory"] = memory[name]
+        row["image_ms"] = image[name]
     m = machine()
     result = {
         "machine": m, "commit": m["commit"], "threads": threads, "batch": 1, "rounds": rounds, "repeats_per_round": repeats,
@@ -165,6 +183,9 @@ def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, thread
         "variants": rows,
         "pytorch_sdpa_latency": timing[PYTORCH_SDPA] | {"speedup_vs_fp32": round(base / timing[PYTORCH_SDPA]["median_ms"], 3)},
         "pytorch_sdpa_memory": memory[PYTORCH_SDPA],
+        "pytorch_sdpa_image_ms": image[PYTORCH_SDPA],
+        "image": {"sampler": IMAGE_CONFIG.sampler, "steps": IMAGE_CONFIG.steps, "guidance": IMAGE_CONFIG.guidance,
+                  "label": CIFAR10_LABELS[labels[0]], "rounds": IMAGE_ROUNDS},
     }  # fmt: skip
     save_png(torch.cat(images), out / "samples.png", cols=len(labels))
     write_json(out / "compare.json", result)
@@ -190,8 +211,9 @@ def render(result: dict) -> str:
         f"{s['steps']} steps, guidance {s['guidance']:g}, seed {s['seed']}, classes {', '.join(s['classes'])}.",
         "",
         "| variant | file MB | params | GMACs/step | median ms | p90 ms | speedup vs fp32 | vs unbounded | vs foreign "
-        "| peak RSS MB | largest tensor MB | alive at once MB | step PSNR min/mean dB | trajectory PSNR min dB | trajectory SSIM min |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| one image s | peak RSS MB | largest tensor MB | alive at once MB | step PSNR min/mean dB | trajectory PSNR min dB "
+        "| trajectory SSIM min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in result["variants"].items():
         lat, step, traj, mem = r["latency"], r["step_psnr_db"], r["trajectory"], r["memory"]
@@ -199,12 +221,16 @@ def render(result: dict) -> str:
         vs_foreign = f"{lat['speedup_vs_foreign']:.2f}x" if "speedup_vs_foreign" in lat else "-"
         lines.append(f"| {name} | {r['bytes'] / 1e6:.2f} | {r['params']:,} | {r['macs_per_step'] / 1e9:.2f} | {lat['median_ms']:.1f} "
                      f"| {lat['p90_ms']:.1f} | {lat['speedup_vs_fp32']:.2f}x | {lat['speedup_vs_unbounded']:.2f}x | {vs_foreign} "
-                     f"| {mem['peak_rss_mb']:.1f} | {g.get('largest_tensor_mb', float('nan')):.2f} | {g.get('peak_live_mb', float('nan')):.1f} "
+                     f"| {r['image_ms']['median_ms'] / 1000:.2f} | {mem['peak_rss_mb']:.1f} | {g.get('largest_tensor_mb', float('nan')):.2f} | {g.get('peak_live_mb', float('nan')):.1f} "
                      f"| {step['min']:.1f} / {step['mean']:.1f} "
                      f"| {traj['min_psnr_db']:.1f} | {traj['min_ssim']:.3f} |")  # fmt: skip
     sdpa = result["pytorch_sdpa_latency"]
     lines += ["", f"The bar: {PYTORCH_SDPA} (unpruned), timed in the same rounds: median {sdpa['median_ms']:.1f} ms, "
               f"p90 {sdpa['p90_ms']:.1f} ms ({sdpa['speedup_vs_fp32']:.2f}x the fp32 file's speed)."]  # fmt: skip
+    im = result["image"]
+    lines += ["", f"One image: a guided ({im['guidance']:g}) {im['sampler']} {im['steps']}-step {im['label']}, end to end "
+              f"(every call and the sampler), median of {im['rounds']} rounds taken in turns; {PYTORCH_SDPA}: "
+              f"{result['pytorch_sdpa_image_ms']['median_ms'] / 1000:.2f} s."]  # fmt: skip
     pm = result["pytorch_sdpa_memory"]
     lines += ["", f"Memory: {pm['method']}. {PYTORCH_SDPA}: peak RSS {pm['peak_rss_mb']:.1f} MB over a process with torch imported."]
     rows = ", ".join(["PyTorch fp32 (reference)", *result["variants"]])
