@@ -181,14 +181,16 @@ def bench_command(directory, checkpoint, threads, repeats) -> None:
 @steps_option(help_text="DDIM steps of the trajectories.")
 @click.option("--calibration-samples", type=click.IntRange(22, 5000), default=320, show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 1000), default=5, show_default=True, help="Latency rounds (files take turns).")
+@click.option("--image-rounds", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Rounds of the one-image time (a guided DDIM-20 image per variant, end to end).")
 @threads_option()
 @overwrite_option("Replace compare.md, compare.json and samples.png in OUT.")
 @click.option("--foreign", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Another .tflite denoiser (e.g. the original project's) measured in the same rounds.")  # fmt: skip
 @click.option("--foreign-inputs", default="x=input,t=onnx__Unsqueeze_1,y=onnx__Cast_2", show_default=True,
               help="Its signature inputs for x, t and y (the default names the original v2 file's).")  # fmt: skip
-def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples, rounds, threads, overwrite, foreign,
-                    foreign_inputs) -> None:  # fmt: skip
+def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples, rounds, image_rounds, threads, overwrite,
+                    foreign, foreign_inputs) -> None:  # fmt: skip
     """fp32, fp16, int8 dynamic, int8 full (and --pruned) measured side by side: compare.md/.json, samples.png."""
     from mobilegen.diffusion import SamplerConfig
     from mobilegen.errors import InvalidInput
@@ -202,6 +204,7 @@ def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples
         raise InvalidInput("--classes needs at least one label")
     unpruned = load_model(checkpoint, None)
     result = compare(unpruned, load_checkpoint(pruned) if pruned else None, out, threads, labels,
-                     SamplerConfig(steps=steps), calibration_samples, rounds, overwrite=overwrite, foreign=foreign_arg)  # fmt: skip
+                     SamplerConfig(steps=steps), calibration_samples, rounds, overwrite=overwrite, foreign=foreign_arg,
+                     image_rounds=image_rounds)  # fmt: skip
     click.echo(render(result))
     click.echo(f"wrote {out}/compare.md, compare.json, samples.png")

@@ -120,7 +120,7 @@ def image_seconds(backends: dict, reference: TorchBackend, label: int, rounds: i
 
 def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, threads: int | None = None,
             labels: tuple[int, ...] = (3, 8), config: SamplerConfig = SamplerConfig(), calibration_size: int = 320,
-            rounds: int = 5, repeats: int = 10, overwrite: bool = False,
+            rounds: int = 5, repeats: int = 10, overwrite: bool = False, image_rounds: int = IMAGE_ROUNDS,
             foreign: tuple[Path, dict[str, str]] | None = None) -> dict:  # fmt: skip
     """Measure every variant; write out/compare.json, out/compare.md and out/samples.png."""
     inputs = [unpruned.path, pruned.path if pruned else None]
@@ -160,7 +160,7 @@ def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, thread
                                    "per_class": traj.per_class},
                 }  # fmt: skip
             timing = latency(backends, reference, rounds, repeats)
-            image = image_seconds(backends, reference, labels[0])
+            image = image_seconds(backends, reference, labels[0], image_rounds)
             memory = {v.name: measure_file(v.path, step_feeds(backends[v.name]), threads) for v in variants}
         memory[PYTORCH_SDPA] = measure_torch(str(unpruned.source) if unpruned.sha256 else None, 1, threads, "sdpa")
     finally:
@@ -185,7 +185,7 @@ def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, thread
         "pytorch_sdpa_memory": memory[PYTORCH_SDPA],
         "pytorch_sdpa_image_ms": image[PYTORCH_SDPA],
         "image": {"sampler": IMAGE_CONFIG.sampler, "steps": IMAGE_CONFIG.steps, "guidance": IMAGE_CONFIG.guidance,
-                  "label": CIFAR10_LABELS[labels[0]], "rounds": IMAGE_ROUNDS},
+                  "label": CIFAR10_LABELS[labels[0]], "rounds": image_rounds},
     }  # fmt: skip
     save_png(torch.cat(images), out / "samples.png", cols=len(labels))
     write_json(out / "compare.json", result)
