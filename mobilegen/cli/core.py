@@ -33,14 +33,23 @@ class FiniteFloat(click.FloatRange):
         super().__init__(*args, **kwargs)
         self.allow_inf = allow_inf  # +inf as "no limit" (--max-tensor-mb inf); NaN never
 
-    def _describe_range(self) -> str:  # click's, which would print "x<=None" for an unbounded range
-        return super()._describe_range() if self.min is not None or self.max is not None else "finite"
-
     def convert(self, value, param, ctx):
         number = click.FLOAT.convert(value, param, ctx)
         if math.isnan(number) or (math.isinf(number) and not (self.allow_inf and number > 0)):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return super().convert(number, param, ctx)
+
+
+class AnyFinite(click.ParamType):
+    """A float option with no bounds but finiteness (the command checks its own range)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def fail(message: str, code: int) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from mobilegen.cli.core import (
+    AnyFinite,
     FiniteFloat,
     StepBar,
     arch_option,
@@ -132,8 +133,8 @@ def distill_command(**values) -> None:
 
 @click.command("prune")
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--ratio", type=FiniteFloat(), default=0.0, show_default=True, help="Fraction of the channels of every prunable group to remove, in [0, 1).")
-@click.option("--head-ratio", type=FiniteFloat(), default=0.0, show_default=True, help="Fraction of every attention block's heads to remove, in [0, 1).")
+@click.option("--ratio", type=AnyFinite(), default=0.0, show_default=True, help="Fraction of the channels of every prunable group to remove, in [0, 1).")
+@click.option("--head-ratio", type=AnyFinite(), default=0.0, show_default=True, help="Fraction of every attention block's heads to remove, in [0, 1).")
 @click.option("--data", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="CIFAR-10 layout folder for the fine-tune: DATA/train/<class>/*.png (+ DATA/test/).")
 @steps_option(200, "Fine-tune steps (0: prune only).", low=0)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from mobilegen.runtime.tflite_file import OpGraph, peak_live_bytes, read_graph, schema
+from mobilegen.runtime.tflite_file import OpGraph, peak_live_bytes, read_graph
 
 
 def depth_first_order(g: OpGraph) -> list[int]:
@@ -45,6 +45,24 @@ def depth_first_order(g: OpGraph) -> list[int]:
     return order + [j for j in range(len(g.ops)) if j not in done]
 
 
+def table_field(raw: bytes, table: int, field: int) -> int:
+    """Where the offset-typed field `field` of the flatbuffer table at `table` points to (0: absent)."""
+    vtable = table - struct.unpack_from("<i", raw, table)[0]
+    vtable_size = struct.unpack_from("<H", raw, vtable)[0]
+    slot = 4 + 2 * field
+    at = struct.unpack_from("<H", raw, vtable + slot)[0] if slot < vtable_size else 0
+    return table + at + struct.unpack_from("<I", raw, table + at)[0] if at else 0
+
+
+def operators_vector(raw: bytes) -> int:
+    """Position of the first element of subgraph 0's operators vector (the schema's Model.subgraphs
+    is field 2, SubGraph.operators field 3); each element is a uoffset relative to its own slot."""
+    model = struct.unpack_from("<I", raw, 0)[0]
+    subgraphs = table_field(raw, model, 2)
+    first = subgraphs + 4 + struct.unpack_from("<I", raw, subgraphs + 4)[0]
+    return table_field(raw, first, 3) + 4
+
+
 def schedule_depth_first(path: Path) -> tuple[int, int]:
     """Reorder the first subgraph's operators in place; returns peak live bytes (before, after).
     The order is kept only if it lowers the peak."""
@@ -55,10 +73,7 @@ def schedule_depth_first(path: Path) -> tuple[int, int]:
     after = peak_live_bytes(g, order)
     if after >= before:
         return before, before
-    tfl = schema()[1]
-    graph = tfl.Model.GetRootAs(raw, 0).Subgraphs(0)
-    tab = graph._tab
-    start = tab.Vector(tab.Offset(10))  # the operators vector: uoffsets relative to each slot
+    start = operators_vector(raw)
     targets = [start + 4 * j + struct.unpack_from("<I", raw, start + 4 * j)[0] for j in range(len(g.ops))]
     for slot, j in enumerate(order):
         struct.pack_into("<I", raw, start + 4 * slot, targets[j] - (start + 4 * slot))

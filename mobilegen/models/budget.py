@@ -56,12 +56,12 @@ def plan_block(name: str, block: SelfAttention, batch: int, budget: int) -> Bloc
 def largest_other_tensor(unet, batch: int) -> int:
     """Bytes of the largest tensor one forward pass makes outside the attention scores
     (measured on the fused-attention path, which never materialises scores)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.overrides import TorchFunctionMode
 
-    class Largest(TorchDispatchMode):
+    class Largest(TorchFunctionMode):
         size = 0
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for t in out if isinstance(out, (tuple, list)) else (out,):
                 if isinstance(t, torch.Tensor):
