@@ -117,15 +117,15 @@ def python_sample(path: Path, guidance: float, out: Path) -> np.ndarray:
 
 
 @pytest.mark.parametrize("precision", ["float16", "float32"])
-@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("batch", [1, pytest.param(2, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("guidance", [0.0, 3.0])
-def test_kotlin_image_equals_mobilegen_export_sample(jvm, real_v2_export, default_b2, tmp_path, precision, batch, guidance):
+def test_kotlin_image_equals_mobilegen_export_sample(jvm, request, tmp_path, precision, batch, guidance):
     """Same file, label, x_T: the Kotlin image (manifest, loop, layout, pixels all Kotlin; eps from
     the file through the bridge) equals `mobilegen-export sample`'s. Tolerance: at most 1 level
     in at most 0.1% of the values. The two loops differ only in arithmetic: the Python sampler
     keeps x in float32 (torch), the Kotlin one in float64, as mobilegen/runtime/ondevice.py does; a
     difference of ~1e-6 moves a value across a floor() boundary now and then."""
-    export = real_v2_export if batch == 1 else default_b2  # the batch-2 file: the untrained default model
+    export = request.getfixturevalue("default_export")[0] if batch == 1 else request.getfixturevalue("default_b2")
     path = export / f"denoiser_{precision}.tflite"
     ref = python_sample(path, guidance, tmp_path / "ref.png")
     write_noise(tmp_path / "xT.f32", seed=7)
@@ -163,6 +163,7 @@ def test_manifest_refuses_what_it_cannot_run(jvm, tmp_path, case):
     assert message in res.stderr
 
 
+@pytest.mark.slow
 def test_manifest_reads_a_real_export(jvm, default_b2):
     res = jvm("manifest", default_b2 / mf.MANIFEST)
     assert res.stdout.strip() == "ok batch=2 layout=NHWC T=1000 steps=50 guidance=3.0 labels=10"

@@ -44,6 +44,7 @@ def real_v2_onnx(tmp_path_factory, real_v2):
     return out, res
 
 
+@pytest.mark.slow
 def test_real_v2_exports_and_passes_onnxruntime_check(real_v2_onnx):
     out, res = real_v2_onnx
     assert "PASS denoiser.onnx: 77 cases" in res.output and "verified and wrote" in res.output
@@ -52,6 +53,7 @@ def test_real_v2_exports_and_passes_onnxruntime_check(real_v2_onnx):
     assert manifest["parity"]["denoiser.onnx"]["min_psnr_db"] >= 80
 
 
+@pytest.mark.slow
 def test_onnx_has_only_static_shape_ops(real_v2_onnx):
     import onnx
 
@@ -65,6 +67,7 @@ def test_onnx_has_only_static_shape_ops(real_v2_onnx):
     assert shapes == {"x": [1, 3, 64, 64], "t": [1], "y": [1]}
 
 
+@pytest.mark.slow
 def test_unconditional_label_works_in_onnx(real_v2_onnx, real_v2):
     from mobilegen.models.checkpoint import load_checkpoint
 
@@ -172,7 +175,7 @@ def relative_export(tmp_path_factory):
     """`onnx ckpt.pt -o out --overwrite`, paths typed relative, over an earlier export of ours,
     beside the staging folder a killed export left."""
     proj = tmp_path_factory.mktemp("proj")
-    save_checkpoint(proj / "ckpt.pt", seeded_model("student_v2", seed=1).model)
+    save_checkpoint(proj / "ckpt.pt", seeded_model("student_v2").model)  # the default weights: their references are cached
     (earlier_export(proj / "out") / ".manifest.json.abc123_x.tmp").write_text("{")  # from a killed writer: ours too
     stale = proj / f".out.staging-{dead_pid()}-abcdefgh"
     stale.mkdir()
@@ -237,6 +240,7 @@ def wait_for_staging(parent: Path, proc: subprocess.Popen) -> Path:
     raise AssertionError(f"no staging folder appeared: {proc.communicate()}")
 
 
+@pytest.mark.slow
 def test_killed_exports_leave_nothing_behind(tmp_path):
     """SIGKILL runs no clean-up, so the next run removes what it left; SIGTERM cleans up and exits 130."""
     out = tmp_path / "out"
@@ -255,6 +259,7 @@ def test_killed_exports_leave_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == [], "no output, no staging folder"
 
 
+@pytest.mark.slow
 def test_failed_export_manifest_is_strict_json(tmp_path):
     """NaN weights make every output NaN: the failed manifest says so with null, never Infinity."""
     from mobilegen.pipeline import ExportOptions, export_artifacts

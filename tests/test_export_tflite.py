@@ -21,28 +21,28 @@ FILES = {"denoiser_float32.tflite", "denoiser_float16.tflite", "denoiser.onnx", 
 TFLITE = ("denoiser_float32.tflite", "denoiser_float16.tflite")
 
 
-def test_writes_every_file_and_a_passing_manifest(real_v2_export):
-    assert {p.name for p in real_v2_export.iterdir()} == FILES
-    m = manifest_of(real_v2_export)
+def test_writes_every_file_and_a_passing_manifest(default_export):
+    assert {p.name for p in default_export[0].iterdir()} == FILES
+    m = manifest_of(default_export)
     assert m["status"] == "passed" and m["model"]["arch"] == "student_v2"
     assert all(p["passed"] for p in m["parity"].values())
     assert m["parity"]["denoiser_float32.tflite"]["min_psnr_db"] >= 80
     assert m["parity"]["denoiser_float16.tflite"]["min_psnr_db"] >= 40
     assert len(m["schedule"]["alphas_cumprod"]) == 1000 and m["labels"][1] == "automobile"
-    assert (real_v2_export / "labels.txt").read_text().split() == m["labels"]
+    assert (default_export / "labels.txt").read_text().split() == m["labels"]
 
 
-def test_manifest_hashes_match(real_v2_export):
-    for name, entry in manifest_of(real_v2_export)["files"].items():
-        assert sha256_file(real_v2_export / name) == entry["sha256"]
-        assert (real_v2_export / name).stat().st_size == entry["bytes"]
+def test_manifest_hashes_match(default_export):
+    for name, entry in manifest_of(default_export)["files"].items():
+        assert sha256_file(default_export / name) == entry["sha256"]
+        assert (default_export / name).stat().st_size == entry["bytes"]
 
 
 @pytest.mark.parametrize("name", TFLITE)
-def test_builtin_ops_only_and_stock_litert_signature(real_v2_export, name):
+def test_builtin_ops_only_and_stock_litert_signature(default_export, name):
     from ai_edge_litert.interpreter import Interpreter
 
-    path = real_v2_export / name
+    path = default_export[0] / name
     ops = check_builtin_only(path)
     assert "CONV_2D" in ops and "GELU" in ops and not any(op.startswith("CUSTOM") for op in ops)
     interp = Interpreter(model_path=str(path))
@@ -55,13 +55,14 @@ def test_builtin_ops_only_and_stock_litert_signature(real_v2_export, name):
     assert runner.get_output_details()["eps"]["dtype"] == np.float32
 
 
-def test_fp16_file_stores_half_weights_behind_dequantize(real_v2_export):
-    f32, f16 = (real_v2_export / n for n in TFLITE)
+def test_fp16_file_stores_half_weights_behind_dequantize(default_export):
+    f32, f16 = (default_export / n for n in TFLITE)
     assert f16.stat().st_size <= 0.52 * f32.stat().st_size
     assert "DEQUANTIZE" in tflite_op_types(f16) and "DEQUANTIZE" not in tflite_op_types(f32)
     assert tflite_tensor_types(f16).get("FLOAT16", 0) > 50 and "FLOAT16" not in tflite_tensor_types(f32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TFLITE)
 def test_unconditional_label_works_in_tflite(real_v2_export, real_v2, name):
     from mobilegen.compress.unstructured import prune_l1
@@ -77,18 +78,21 @@ def test_unconditional_label_works_in_tflite(real_v2_export, real_v2, name):
     assert 20 * np.log10(np.abs(ref).max() / rmse) > 40
 
 
+@pytest.mark.slow
 def test_pruning_is_reported_honestly(pruned_export):
     m = manifest_of(pruned_export)
     prune = m["compression"]["prune"]
     assert prune["amount"] == 0.3 and prune["global"] >= 0.3
     assert all(v >= 0.3 - 1e-3 for v in prune["layers"].values())
-    assert 20 < prune["pruned_vs_unpruned_psnr_db"]["min"] < 80
+    psnr = prune["pruned_vs_unpruned_psnr_db"]  # the untrained model: pruning moves it more than trained weights
+    assert 5 < psnr["min"] <= psnr["mean"] < 80
     assert prune["weights_gzip_bytes"].keys() == {"float32", "float16"}
     for size in prune["weights_gzip_bytes"].values():
         assert size["pruned"] < 0.9 * size["unpruned"]
     assert "makes nothing faster" in (pruned_export / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_verify_passes_then_catches_a_tampered_byte(real_v2_export, tmp_path):
     res = run("verify", real_v2_export, "--json", "--steps", "10")
     assert res.exit_code == 0, res.output
@@ -105,12 +109,12 @@ def test_verify_passes_then_catches_a_tampered_byte(real_v2_export, tmp_path):
     assert "denoiser_float16.tflite: sha256 mismatch" in res.output
 
 
-def test_non_builtin_op_is_refused(real_v2_export, tmp_path):
+def test_non_builtin_op_is_refused(default_export, tmp_path):
     """Rewrite one opcode as the FlexErf custom op the original file had: the check must fail."""
     import flatbuffers
     from onnx2tf.tflite_builder.schema import schema_generated as tfl
 
-    model = tfl.ModelT.InitFromPackedBuf(bytearray((real_v2_export / TFLITE[0]).read_bytes()), 0)
+    model = tfl.ModelT.InitFromPackedBuf(bytearray((default_export / TFLITE[0]).read_bytes()), 0)
     code = model.operatorCodes[0]
     code.builtinCode, code.deprecatedBuiltinCode, code.customCode = tfl.BuiltinOperator.CUSTOM, 32, "FlexErf"
     builder = flatbuffers.Builder(1024)
@@ -136,6 +140,7 @@ def test_readme_main_command_on_a_fresh_machine(default_export):
     assert "Latency per step" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_bench_command_updates_the_manifest(real_v2_export, tmp_path):
     copy = tmp_path / "v2"
     shutil.copytree(real_v2_export, copy)

@@ -148,6 +148,7 @@ def test_verify_refuses_a_symlink_that_leads_out_of_the_folder(folder, tmp_path)
     assert_refused(run("verify", folder, "--classes", ""), "'labels.txt' resolves to", "outside the export folder")
 
 
+@pytest.mark.slow
 def test_the_unchanged_export_still_verifies(folder):
     res = run("verify", folder, "--classes", "")
     assert res.exit_code == 0, res.output + res.stderr

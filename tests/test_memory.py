@@ -79,6 +79,7 @@ def test_pytorch_is_measured_the_same_way():
     assert 0 < m["peak_rss_mb"] < 200 and "torch" in m["method"]
 
 
+@pytest.mark.slow
 def test_a_tiny_memory_limit_fails_like_a_parity_gate_and_keeps_the_earlier_export(tmp_path):
     out = tmp_path / "v2"
     assert run("onnx", "-o", out).exit_code == 0

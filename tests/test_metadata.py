@@ -26,10 +26,12 @@ SPEC = DenoiserSpec(layout="NHWC")
 
 
 @pytest.mark.parametrize("name", ["denoiser_float32.tflite", "denoiser_float16.tflite"])
-def test_exported_files_carry_metadata(real_v2_export, name):
-    check_metadata(real_v2_export / name, json.loads((real_v2_export / "manifest.json").read_text()))
+def test_exported_files_carry_metadata(default_export, name):
+    out, _ = default_export
+    check_metadata(out / name, json.loads((out / "manifest.json").read_text()))
 
 
+@pytest.mark.slow
 def test_metadata_changes_no_output_bit_and_the_export_is_plain_plus_metadata(real_v2_export, tmp_path):
     """The stages without metadata, from the export's own ONNX file (with the depth-first
     operator order); then add_metadata. The
@@ -58,8 +60,8 @@ def test_metadata_changes_no_output_bit_and_the_export_is_plain_plus_metadata(re
         assert plain_read["signatures"] == meta_read["signatures"] == ["serving_default"] and not plain_read["zip"]
 
 
-def test_metadata_is_added_once(real_v2_export, tmp_path):
-    path = shutil.copy(real_v2_export / "denoiser_float32.tflite", tmp_path / "again.tflite")
+def test_metadata_is_added_once(default_export, tmp_path):
+    path = shutil.copy(default_export[0] / "denoiser_float32.tflite", tmp_path / "again.tflite")
     before = path.read_bytes()
     with pytest.raises(ExportError, match="already holds TFLITE_METADATA"):
         add_metadata(path, SPEC, About("student_v2", "float32", None, 1000, CIFAR10_LABELS))

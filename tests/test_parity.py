@@ -79,6 +79,7 @@ def break_onnx(path, kind: str):
     return bad
 
 
+@pytest.mark.slow
 def test_a_flipped_weight_or_broken_op_fails_far_above_the_floor(tmp_path):
     """On the probe weights, where the float32 floor is largest, a single flipped weight and
     a wrong activation are each caught with errors >= 100x the reference's own error."""

@@ -114,6 +114,7 @@ def test_bias_overflow_is_found_from_the_calibrated_ranges(default_export):
     assert out in bias_overflow_ops(path, narrow)
 
 
+@pytest.mark.slow
 def test_calibration_set_is_seeded_and_covers_sampling(real_v2):
     model = load_checkpoint(real_v2).model
     denoise = TorchBackend(model, "cpu").torch_denoise

@@ -33,6 +33,7 @@ def assert_same_image(ref, out, gate):
         assert gate[1] is None or s >= gate[1], f"SSIM {s:.4f}"
 
 
+@pytest.mark.slow
 def test_real_v2_same_image_from_checkpoint_onnx_and_both_tflite(real_v2_export, real_v2):
     ref = images(real_v2)
     for name, gate in GATES.items():
@@ -40,12 +41,15 @@ def test_real_v2_same_image_from_checkpoint_onnx_and_both_tflite(real_v2_export,
 
 
 def test_default_model_same_image_on_every_backend(default_export):
+    """The README's export, sampled (guided DDIM, 20 steps, 2 images) from the checkpoint and every file."""
     out, _ = default_export
-    ref = images(None, "cat", n=2)
+    cfg = SamplerConfig(steps=20, guidance=3.0, seed=0)
+    ref = images(None, "cat", cfg, n=2)
     for name, gate in GATES.items():
-        assert_same_image(ref, images(out / name, "cat", n=2), gate)
+        assert_same_image(ref, images(out / name, "cat", cfg, n=2), gate)
 
 
+@pytest.mark.slow
 def test_guidance_batch_2_is_one_call_batch_1_is_two(default_export, default_b2, monkeypatch):
     calls = []
     original = TFLiteBackend.raw_call
@@ -64,17 +68,19 @@ def test_guidance_batch_2_is_one_call_batch_1_is_two(default_export, default_b2,
     assert image_psnr(one[0], two[0]) >= 40
 
 
-def test_on_device_reference_loop_matches_the_sampler(real_v2_export):
+def test_on_device_reference_loop_matches_the_sampler(default_export):
     """mobilegen/runtime/ondevice.py (what docs/android.md translates) == the library sampler, same noise."""
-    manifest = read_manifest(real_v2_export)
+    out = default_export[0]
+    manifest = read_manifest(out)
     cfg = SamplerConfig(steps=20, guidance=3.0, seed=4)
     noise = torch.randn((1, 3, 64, 64), generator=torch.Generator().manual_seed(cfg.seed)).numpy()
-    phone = sample_on_device(str(real_v2_export / "denoiser_float16.tflite"), manifest, 8, noise, steps=20)
-    lib = images(real_v2_export / "denoiser_float16.tflite", "ship", cfg)[0].transpose(1, 2, 0)
+    phone = sample_on_device(str(out / "denoiser_float16.tflite"), manifest, 8, noise, steps=20)
+    lib = images(out / "denoiser_float16.tflite", "ship", cfg)[0].transpose(1, 2, 0)
     assert phone.shape == (64, 64, 3) and phone.dtype == np.uint8
     assert image_psnr(lib, phone) >= 40
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(default_export, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")

@@ -81,6 +81,7 @@ def test_loss_goes_down_on_a_fixed_batch(tmp_path):
     assert sum(losses[-3:]) / 3 < 0.75 * sum(losses[:3]) / 3, losses
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_equals_an_uninterrupted_run(data, tmp_path):
     full = train(config(data, tmp_path / "full", max_steps=4))
     assert full.step == 4
