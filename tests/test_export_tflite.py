@@ -22,27 +22,30 @@ TFLITE = ("denoiser_float32.tflite", "denoiser_float16.tflite")
 
 
 def test_writes_every_file_and_a_passing_manifest(default_export):
-    assert {p.name for p in default_export[0].iterdir()} == FILES
-    m = manifest_of(default_export)
+    out, _ = default_export
+    assert {p.name for p in out.iterdir()} == FILES
+    m = manifest_of(out)
     assert m["status"] == "passed" and m["model"]["arch"] == "student_v2"
     assert all(p["passed"] for p in m["parity"].values())
     assert m["parity"]["denoiser_float32.tflite"]["min_psnr_db"] >= 80
     assert m["parity"]["denoiser_float16.tflite"]["min_psnr_db"] >= 40
     assert len(m["schedule"]["alphas_cumprod"]) == 1000 and m["labels"][1] == "automobile"
-    assert (default_export / "labels.txt").read_text().split() == m["labels"]
+    assert (out / "labels.txt").read_text().split() == m["labels"]
 
 
 def test_manifest_hashes_match(default_export):
-    for name, entry in manifest_of(default_export)["files"].items():
-        assert sha256_file(default_export / name) == entry["sha256"]
-        assert (default_export / name).stat().st_size == entry["bytes"]
+    out, _ = default_export
+    for name, entry in manifest_of(out)["files"].items():
+        assert sha256_file(out / name) == entry["sha256"]
+        assert (out / name).stat().st_size == entry["bytes"]
 
 
 @pytest.mark.parametrize("name", TFLITE)
 def test_builtin_ops_only_and_stock_litert_signature(default_export, name):
+    out, _ = default_export
     from ai_edge_litert.interpreter import Interpreter
 
-    path = default_export[0] / name
+    path = out / name
     ops = check_builtin_only(path)
     assert "CONV_2D" in ops and "GELU" in ops and not any(op.startswith("CUSTOM") for op in ops)
     interp = Interpreter(model_path=str(path))
@@ -56,7 +59,8 @@ def test_builtin_ops_only_and_stock_litert_signature(default_export, name):
 
 
 def test_fp16_file_stores_half_weights_behind_dequantize(default_export):
-    f32, f16 = (default_export / n for n in TFLITE)
+    out, _ = default_export
+    f32, f16 = (out / n for n in TFLITE)
     assert f16.stat().st_size <= 0.52 * f32.stat().st_size
     assert "DEQUANTIZE" in tflite_op_types(f16) and "DEQUANTIZE" not in tflite_op_types(f32)
     assert tflite_tensor_types(f16).get("FLOAT16", 0) > 50 and "FLOAT16" not in tflite_tensor_types(f32)
@@ -111,10 +115,11 @@ def test_verify_passes_then_catches_a_tampered_byte(real_v2_export, tmp_path):
 
 def test_non_builtin_op_is_refused(default_export, tmp_path):
     """Rewrite one opcode as the FlexErf custom op the original file had: the check must fail."""
+    out, _ = default_export
     import flatbuffers
     from onnx2tf.tflite_builder.schema import schema_generated as tfl
 
-    model = tfl.ModelT.InitFromPackedBuf(bytearray((default_export / TFLITE[0]).read_bytes()), 0)
+    model = tfl.ModelT.InitFromPackedBuf(bytearray((out / TFLITE[0]).read_bytes()), 0)
     code = model.operatorCodes[0]
     code.builtinCode, code.deprecatedBuiltinCode, code.customCode = tfl.BuiltinOperator.CUSTOM, 32, "FlexErf"
     builder = flatbuffers.Builder(1024)
