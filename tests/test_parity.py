@@ -72,7 +72,9 @@ def break_onnx(path, kind: str):
     else:  # exact GELU lowered as its tanh approximation: a plausible lowering bug
         for node in model.graph.node:
             if node.op_type == "Gelu":
-                node.attribute.append(onnx.helper.make_attribute("approximate", "tanh"))
+                kept = [a for a in node.attribute if a.name != "approximate"]
+                del node.attribute[:]
+                node.attribute.extend([*kept, onnx.helper.make_attribute("approximate", "tanh")])
         assert any(node.op_type == "Gelu" for node in model.graph.node)
     bad = path.with_name(kind.replace(" ", "_") + ".onnx")
     onnx.save(model, str(bad))
