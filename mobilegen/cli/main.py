@@ -221,8 +221,12 @@ def demo_data_command(out, per_class, seed, overwrite) -> None:
 @click.option("--replica-cpus", type=FiniteFloat(0, min_open=True), default=1.0, show_default=True, help="With --ray: CPUs per replica.")
 @click.option("--replica-gpus", type=FiniteFloat(0), default=0.0, show_default=True, help="With --ray: GPUs per replica.")
 @click.option("--ray-address", metavar="HOST:PORT", help="With --ray: join this running cluster (ray start --head) instead of a local one.")
+@click.option("--ray-batching", type=click.Choice(["ours", "serve"]), default="ours", show_default=True,
+              help="With --ray: ours = our micro-batcher in each replica (merges denoiser calls at every step); "
+                   "serve = Serve's @serve.batch on whole requests (docs/serving.md).")
 @max_tensor_option("Checkpoints: attention in chunks so that no tensor of a --max-batch call exceeds this [unbounded].")
-def serve_command(checkpoint, models, arch, cors_origins, use_ray, replicas, replica_cpus, replica_gpus, ray_address, **values) -> None:
+def serve_command(checkpoint, models, arch, cors_origins, use_ray, replicas, replica_cpus, replica_gpus, ray_address, ray_batching,
+                  **values) -> None:  # fmt: skip
     """Serve images over HTTP: POST /generate_image (the app), POST /v1/images, GET /v1/models, /healthz, /metrics.
 
     CHECKPOINT (default: the untrained v2) is served under its architecture's name (v1, v2),
@@ -234,6 +238,7 @@ def serve_command(checkpoint, models, arch, cors_origins, use_ray, replicas, rep
     if use_ray:  # the same app, as Ray Serve replicas
         from mobilegen.serve.ray_app import RayOptions, serve_ray
 
-        options_ = RayOptions(replicas=replicas, cpus_per_replica=replica_cpus, gpus_per_replica=replica_gpus, address=ray_address)
+        options_ = RayOptions(replicas=replicas, cpus_per_replica=replica_cpus, gpus_per_replica=replica_gpus, address=ray_address,
+                              batching=ray_batching)  # fmt: skip
         serve = functools.partial(serve_ray, options=options_)
     serve(config_from(ServeConfig, values, models=tuple(sources), cors_origins=tuple(cors_origins)))

@@ -1,14 +1,16 @@
 """One entry point for sampling: config in, final x (and optionally the trajectory) out.
 
 Noise is drawn on the CPU from one seeded generator (initial x first, then each
-step's z in order), so every backend and device sees identical noise.
+step's z in order), so every backend and device sees identical noise. Several
+requests sampled as one batch (``stacked_noise``) each keep their own generator, so a
+request's rows draw exactly what they draw alone.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 
@@ -46,6 +48,19 @@ def seeded_noise(seed: int) -> Noise:
     return lambda shape: torch.randn(shape, generator=gen, dtype=torch.float32)
 
 
+def stacked_noise(parts: Sequence[tuple[int, int]]) -> Noise:
+    """Noise for (seed, rows) parts stacked in one batch: each part's rows from its own seeded generator."""
+    noises = [(seeded_noise(seed), rows) for seed, rows in parts]
+    total = sum(rows for _, rows in noises)
+
+    def draw(shape: tuple[int, ...]) -> torch.Tensor:
+        if shape[0] != total:
+            raise ValueError(f"stacked noise for {total} rows asked for {shape[0]}")
+        return torch.cat([noise((rows, *shape[1:])) for noise, rows in noises])
+
+    return draw
+
+
 def run_sampler(
     denoise: Denoiser,
     labels: torch.Tensor,
@@ -53,9 +68,13 @@ def run_sampler(
     config: SamplerConfig,
     device: torch.device | str = "cpu",
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    noise: Noise | None = None,
 ) -> torch.Tensor:
-    """Generate len(labels) images in [-1, 1] (float32, NCHW, on the CPU)."""
-    noise = seeded_noise(config.seed)
+    """Generate len(labels) images in [-1, 1] (float32, NCHW, on the CPU).
+
+    ``noise``: instead of ``seeded_noise(config.seed)`` (several requests in one batch: ``stacked_noise``).
+    """
+    noise = noise or seeded_noise(config.seed)
     x = noise((len(labels), 3, 64, 64)).to(device)
     y = labels.to(device=device, dtype=torch.int32)
     step = guided(denoise, config.guidance)

@@ -24,7 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import torch
 
@@ -43,14 +43,47 @@ ERROR_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 
                422: "validation", 499: "client_closed", 503: "busy", 504: "timeout"}  # fmt: skip
 
 
-class Server:
-    """Models, limits and the thread pool behind the routes; one per app."""
+Sample = Callable[[Job, threading.Event], Awaitable[torch.Tensor]]
+"""A job's uint8 images [n, 3, 64, 64]; the request sets the event when it is abandoned."""
 
-    def __init__(self, config: ServeConfig, models: dict[str, ServedModel], metrics: Metrics):
+
+class MicroBatched:
+    """Our batching: each request samples on a pool thread, its denoiser calls merged step by step (batcher.py)."""
+
+    def __init__(self, server: "Server"):
+        self.server = server
+
+    @property
+    def active(self) -> int:
+        """Sampling loops running (includes loops of abandoned requests until their next step)."""
+        return sum(m.batcher.active for m in self.server.models.values())
+
+    def __call__(self, job: Job, cancelled: threading.Event) -> Awaitable[torch.Tensor]:
+        return asyncio.wrap_future(self.server.pool.submit(self.sample, job, cancelled))
+
+    @staticmethod
+    def sample(job: Job, cancelled: threading.Event) -> torch.Tensor:
+        labels = torch.full((job.n,), job.label)
+        with job.model.batcher.session(cancelled) as denoise, torch.inference_mode():
+            x = run_sampler(denoise, labels, job.model.schedule, job.sampler, job.model.device)
+        return to_uint8(x)
+
+
+class Server:
+    """Models, limits and the thread pool behind the routes; one per app.
+
+    ``batching``: how requests share the model (default ``MicroBatched``; Ray Serve's
+    whole-request mode passes its own, see ray_app.py); it returns the Sample used for
+    every job, which may also report ``active`` sampling loops.
+    """
+
+    def __init__(self, config: ServeConfig, models: dict[str, ServedModel], metrics: Metrics,
+                 batching: Callable[["Server"], Sample] = MicroBatched):  # fmt: skip
         self.config, self.models, self.metrics = config, models, metrics
         self.default = next(iter(models.values()))
         self.pool = ThreadPoolExecutor(max_workers=config.max_pending, thread_name_prefix="sampler")
         self.pending = 0  # touched only on the event loop
+        self.sample = batching(self)
 
     def close(self) -> None:
         for model in self.models.values():
@@ -64,11 +97,11 @@ class Server:
                 "max_batch": c.max_batch, "max_wait_ms": c.max_wait_ms}  # fmt: skip
 
     async def run(self, job: Job, request) -> tuple[Any, float]:
-        """Generate on a pool thread (the sampler), batched with whatever else is running.
+        """Generate (``self.sample``), batched with whatever else is running, then encode on a pool thread.
 
         A client that hangs up (uvicorn's receive() then returns http.disconnect), or a
         request past the timeout (Guard's asyncio.timeout cancels this coroutine), is
-        cancelled in the batcher: its queued denoiser call is dropped and its sampling
+        cancelled: with our batcher its queued denoiser call is dropped and its sampling
         loop stops before its next step, so abandoned work does not hold the model.
         """
         from starlette.requests import ClientDisconnect
@@ -78,31 +111,32 @@ class Server:
                            headers={"Retry-After": "1"})  # fmt: skip
         self.pending += 1
         cancelled = threading.Event()
-        generating = asyncio.wrap_future(self.pool.submit(self._generate, job, cancelled))
+        start = time.perf_counter()
+        generating = asyncio.ensure_future(self._generate(job, cancelled))
         hangup = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait({generating, hangup}, return_when=asyncio.FIRST_COMPLETED)
             if not generating.done():
                 raise ClientDisconnect()
-            return generating.result()
+            return generating.result(), time.perf_counter() - start
         finally:
             hangup.cancel()
             generating.cancel()  # not started yet (the pool was full): never starts
-            job.model.batcher.cancel(cancelled)  # a no-op once the job has finished
+            job.model.batcher.cancel(cancelled)  # sets the event; a no-op once the job has finished
             self.pending -= 1
 
-    def _generate(self, job: Job, cancelled: threading.Event) -> tuple[Any, float]:
-        from mobilegen.runtime.images import png_bytes
-
-        start = time.perf_counter()
-        labels = torch.full((job.n,), job.label)
-        with job.model.batcher.session(cancelled) as denoise, torch.inference_mode():
-            x = run_sampler(denoise, labels, job.model.schedule, job.sampler, job.model.device)
-        images = to_uint8(x)
+    async def _generate(self, job: Job, cancelled: threading.Event) -> Any:
+        images = await self.sample(job, cancelled)
         self.metrics.images.labels(job.model.name).inc(job.n)
-        if job.output == "png":
-            return png_bytes(images), time.perf_counter() - start
-        return [base64.b64encode(png_bytes(images[i : i + 1])).decode() for i in range(job.n)], time.perf_counter() - start
+        return await asyncio.wrap_future(self.pool.submit(_encode, job.output, images))
+
+
+def _encode(output: str, images: torch.Tensor) -> bytes | list[str]:
+    from mobilegen.runtime.images import png_bytes
+
+    if output == "png":
+        return png_bytes(images)
+    return [base64.b64encode(png_bytes(images[i : i + 1])).decode() for i in range(len(images))]
 
 
 async def _disconnected(request) -> None:
@@ -178,8 +212,11 @@ class Guard:
                 metrics.errors.labels(route, ERROR_KINDS.get(status, "internal" if status >= 500 else "client")).inc()
 
 
-def create_app(config: ServeConfig = ServeConfig()):
-    """Load every model once (on CUDA in float16 when present), then build the FastAPI app."""
+def create_app(config: ServeConfig = ServeConfig(), batching: Callable[[Server], Sample] = MicroBatched):
+    """Load every model once (on CUDA in float16 when present), then build the FastAPI app.
+
+    ``batching``: see Server (Ray Serve's @serve.batch mode passes its own).
+    """
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.middleware.cors import CORSMiddleware
@@ -187,7 +224,7 @@ def create_app(config: ServeConfig = ServeConfig()):
     from starlette.exceptions import HTTPException
 
     metrics = Metrics()
-    server = Server(config, load_models(config, metrics.on_batch, metrics.on_drop), metrics)
+    server = Server(config, load_models(config, metrics.on_batch, metrics.on_drop), metrics, batching)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -261,7 +298,7 @@ def create_app(config: ServeConfig = ServeConfig()):
         dead = [name for name, m in server.models.items() if not m.batcher.alive]
         if dead:
             return json_error(503, f"model worker stopped: {', '.join(dead)}")
-        sampling = sum(m.batcher.active for m in server.models.values())  # includes loops of abandoned requests
+        sampling = getattr(server.sample, "active", 0)  # includes loops of abandoned requests
         return {"status": "ok", "models": list(server.models), "pending": server.pending, "sampling": sampling}
 
     @app.get("/metrics")

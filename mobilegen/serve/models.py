@@ -41,7 +41,7 @@ from torch import nn
 
 from mobilegen.diffusion import Schedule
 from mobilegen.errors import MobileGenError
-from mobilegen.serve.batcher import MicroBatcher, OnBatch, OnDrop
+from mobilegen.serve.batcher import MicroBatcher, OnBatch, OnDrop, Run
 from mobilegen.serve.config import ModelSource, ServeConfig
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,11 @@ class ServedModel:
     labels: tuple[str, ...]
     schedule: Schedule
     batcher: MicroBatcher
+
+    @property
+    def denoise(self) -> Run:
+        """The model itself, (x, t, y) -> eps: what the batcher runs each merged call on."""
+        return self.batcher.run
 
     def describe(self, config: ServeConfig) -> dict:
         return {
