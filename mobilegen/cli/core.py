@@ -195,10 +195,13 @@ class RunBar:
         self.bar.n = done
         self.bar.set_postfix_str(name, refresh=False)
         self.bar.refresh()
+        if done == total:  # a later pass over the runs (the fine-tune after the head choice) gets its own bar
+            self.close()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def teacher_summary(runs: tuple[list[str], list[str]], inputs: int, out: Path) -> str | None:

@@ -166,7 +166,8 @@ def teacher_pool(teacher: nn.Module, sha256: str, source: str, folder: Path, run
     """Load the runs from folder, generating (and caching) those it lacks; on_run(done, total, name) after each."""
     index = open_index(folder, sha256, source, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / INDEX, index)
+    if not (folder / INDEX).is_file():  # a new cache: the index names its teacher from the start
+        write_json(folder / INDEX, index)
     shards, generated, reused = [], [], []
     for i, run in enumerate(runs):
         entry = index["runs"].get(run.name)
