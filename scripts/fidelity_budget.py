@@ -13,8 +13,9 @@ wall clock of the training calls alone; the evaluation pauses it), OUT/ema.pt is
   - eps PSNR per step on the 77 parity cases (min / mean),
   - DDIM (--eval-steps, default 50) guided (guidance 3) trajectories of 4 classes x 2 seeds:
     final-image PSNR / SSIM against the unpruned model's (min / mean),
-and for the last point, per timestep, the trajectory state's PSNR (min over the images):
-where the student's error enters. An intermediate point is the middle of one schedule, not
+and for the last point, per timestep (min over the images): the PSNR of the student's
+guided eps against the teacher's on the teacher's own states (the error that enters at
+that step) and of the student's state against the teacher's (the error carried so far). An intermediate point is the middle of one schedule, not
 a shorter budget of its own. Writes OUT/fidelity.json and prints a table with the machine
 and the command.
 """
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from mobilegen.contract.labels import CIFAR10_LABELS
-from mobilegen.diffusion import SamplerConfig, linear_schedule
+from mobilegen.diffusion import SamplerConfig, guided, linear_schedule, seeded_noise
 from mobilegen.files import write_json
 from mobilegen.models.checkpoint import load_checkpoint
 from mobilegen.train import TrainConfig, Trainer, train
@@ -42,6 +43,7 @@ from mobilegen.train.data import steps_per_epoch
 from mobilegen.train.loop import step_generator
 from mobilegen.train.prune import PRUNED, PruneConfig, prune_and_distill
 from mobilegen.train.teacher_data import FOLDER, Fidelity, draw_batch, planned_runs, teacher_pool
+from mobilegen.verify.parity import psnr
 from mobilegen.verify.timing import machine, machine_line
 from mobilegen.verify.trajectory import compare_runs, record
 
@@ -83,9 +85,20 @@ class Evaluation:
         self.fidelity = Fidelity(teacher)
         with torch.no_grad():
             self.references = [record(teacher, classes, linear_schedule(), c) for c in self.configs]
+            self.teacher_eps = [self.step_eps(teacher, i) for i in range(len(self.configs))]
+
+    def step_inputs(self, i: int) -> list[torch.Tensor]:
+        """The states the teacher's run i fed its denoiser: the initial noise, then each state after a step."""
+        noise = seeded_noise(self.configs[i].seed)((len(self.classes), 3, 64, 64))
+        return [noise, *(torch.from_numpy(x) for x in self.references[i].states[:-1])]
+
+    def step_eps(self, model: torch.nn.Module, i: int) -> list[np.ndarray]:
+        """The model's guided eps (guidance 3) at every state of the teacher's run i."""
+        step, y = guided(model, 3.0), torch.tensor(self.classes, dtype=torch.int32)
+        return [step(x, torch.full((len(y),), float(t)), y).numpy() for x, t in zip(self.step_inputs(i), self.references[i].timesteps)]
 
     @torch.no_grad()
-    def __call__(self, model: torch.nn.Module) -> dict:
+    def __call__(self, model: torch.nn.Module, per_step_eps: bool = False) -> dict:
         model = model.eval()
         names = [f"{CIFAR10_LABELS[c]}/seed{s}" for s in self.seeds for c in self.classes]
         images, per_step = {}, []
@@ -97,11 +110,17 @@ class Evaluation:
         psnrs, ssims = [images[n]["psnr"] for n in names], [images[n]["ssim"] for n in names]
         timesteps = self.references[0].timesteps
         states = np.min(np.concatenate(per_step, axis=1), axis=1)  # per t, the worst image
+        entering = [None] * len(timesteps)
+        if per_step_eps:
+            student = [self.step_eps(model, i) for i in range(len(self.configs))]
+            entering = [min(psnr(ref[k][j], out[k][j]) for ref, out in zip(self.teacher_eps, student) for j in range(len(self.classes)))
+                        for k in range(len(timesteps))]  # fmt: skip
         return {
             "parity": self.fidelity(model),
             "trajectory": {"psnr_min": round(min(psnrs), 2), "psnr_mean": round(float(np.mean(psnrs)), 2),
                            "ssim_min": round(min(ssims), 4), "ssim_mean": round(float(np.mean(ssims)), 4), "images": images},
-            "per_timestep": [{"t": t, "state_psnr_min": round(float(p), 2)} for t, p in zip(timesteps, states)],
+            "per_timestep": [{"t": t, "eps_psnr_min": None if e is None else round(e, 2), "state_psnr_min": round(float(p), 2)}
+                             for t, e, p in zip(timesteps, entering, states)],
         }  # fmt: skip
 
 
@@ -164,8 +183,9 @@ def main() -> None:
         result = train(replace(fine, max_steps=step, resume=i > 0, overwrite=args.overwrite and i == 0))
         train_s += time.perf_counter() - start
         busy_s += (step - rows[-1]["step"]) * args.batch_size / result.images_per_second
+        last = i == len(points) - 1
         rows.append({"step": step, "train_s": round(train_s, 1), "busy_s": round(busy_s, 1), "last_loss": result.losses[-1],
-                     **evaluate(load_checkpoint(out / "ema.pt").model)})  # fmt: skip
+                     **evaluate(load_checkpoint(out / "ema.pt").model, per_step_eps=last)})  # fmt: skip
         print(table_row(rows[-1]), flush=True)
     m = machine()
     report = {
@@ -200,8 +220,8 @@ def render(report: dict) -> str:
         "|---:|---:|---:|---:|---:|",
         *[table_row(r) for r in report["points"]],
         "",
-        "Where the error enters (last point; state PSNR per timestep, worst image):",
-        "  " + ", ".join(f"t={p['t']}: {p['state_psnr_min']:.1f}" for p in report["points"][-1]["per_timestep"]),
+        "Where the error enters (last point, worst image per timestep: eps PSNR on the teacher's states / state PSNR, dB):",
+        "  " + ", ".join(f"t={p['t']}: {p['eps_psnr_min']:.1f} / {p['state_psnr_min']:.1f}" for p in report["points"][-1]["per_timestep"]),
     ]  # fmt: skip
     for name, r in report["head_rankings"].items():
         if "psnr_min" in r:

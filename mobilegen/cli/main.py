@@ -84,7 +84,8 @@ train_options = options(
     seed_option(),
     click.option("--sample-every", type=click.IntRange(0), default=0, help="Save a DDIM sample grid every N steps (0 = off)."),
     click.option("--val-every", type=click.IntRange(0), default=0,
-                 help="Validation eps-MSE every N steps (0 = at the end); data-free: fidelity to the teacher every N steps and at the end (0 = never)."),
+                 help="Validation eps-MSE every N steps (0 = at the end); data-free: fidelity to the teacher every N steps "
+                      "and at the end (0 = never)."),
     click.option("--checkpoint-every", type=click.IntRange(0), default=500, show_default=True),
     device_option(),
     click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader worker processes."),

@@ -163,7 +163,8 @@ def prune_and_distill(prune: PruneConfig, config: TrainConfig, on_step: Callable
     if config.resume and path.is_file():
         pruned, meta = resumed_pruning(path, loaded.sha256, prune.settings(config))
     else:
-        if prune.head_ratio and (ranking == "ablation" or config.from_teacher):
+        needs_trajectories = ranking == "ablation" or (config.from_teacher and prune.steps)  # a data-free fine-tune reads them too
+        if prune.head_ratio and needs_trajectories:
             pool = teacher_pool(loaded.model.to(device), loaded.sha256, str(checkpoint), out / FOLDER, runs, device,
                                 config.overwrite, (checkpoint,), on_teacher_run)  # fmt: skip
             loaded.model.cpu()
