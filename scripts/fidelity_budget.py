@@ -159,7 +159,9 @@ def main() -> None:
     teacher = load_checkpoint(args.checkpoint)
     start = time.perf_counter()
     runs = planned_runs(config.teacher_steps, config.teacher_guidance, config.teacher_seeds)
-    pool = teacher_pool(teacher.model, teacher.sha256, str(args.checkpoint), out / FOLDER, runs, device, args.overwrite, (args.checkpoint,))
+    pool = teacher_pool(teacher.model.to(device), teacher.sha256, str(args.checkpoint), out / FOLDER, runs, device, args.overwrite,
+                        (args.checkpoint,))  # fmt: skip
+    teacher.model.cpu()  # the references are the unpruned fp32 model on the CPU
     generation_s = time.perf_counter() - start
     print(f"teacher trajectories: {len(pool)} inputs, {len(pool.generated)} runs generated, {len(pool.reused)} read ({generation_s:.0f} s)")
     start = time.perf_counter()

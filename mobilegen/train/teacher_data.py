@@ -122,6 +122,10 @@ def record_run(teacher: nn.Module, run: TeacherRun, device: torch.device) -> dic
             "run": {"steps": run.steps, "guidance": run.guidance, "seed": run.seed}}  # fmt: skip
 
 
+def shard_path(folder: Path, entry: dict) -> Path:
+    return folder / Path(str(entry.get("file", ""))).name  # a file of the folder, whatever the index says
+
+
 def open_index(folder: Path, sha256: str, source: str, overwrite: bool) -> dict:
     """The folder's index, or a fresh one; a cache of another teacher is refused (replaced with overwrite)."""
     path = folder / INDEX
@@ -147,13 +151,13 @@ def open_index(folder: Path, sha256: str, source: str, overwrite: bool) -> dict:
         raise MobileGenError(f"{folder} holds trajectories of another teacher ({index['teacher'].get('source')}, sha256 {theirs[:12]}), "
                              f"not of {source} (sha256 {sha256[:12]}): pass --overwrite to regenerate them, or choose another -o")  # fmt: skip
     for entry in runs.values():  # only the shards the index names: nothing else in the folder is ours
-        (folder / Path(str(entry.get("file", ""))).name).unlink(missing_ok=True)
+        shard_path(folder, entry).unlink(missing_ok=True)
     path.unlink()
     return fresh
 
 
 def read_shard(folder: Path, entry: dict) -> dict:
-    path = folder / entry["file"]
+    path = shard_path(folder, entry)
     if sha256_file(path) != entry["sha256"]:
         raise MobileGenError(f"{path}: its sha256 differs from the one {folder / INDEX} recorded (a damaged or replaced file); "
                              "delete it and run again to regenerate it")  # fmt: skip
@@ -171,7 +175,7 @@ def teacher_pool(teacher: nn.Module, sha256: str, source: str, folder: Path, run
     shards, generated, reused = [], [], []
     for i, run in enumerate(runs):
         entry = index["runs"].get(run.name)
-        if entry is not None and (folder / entry["file"]).is_file():
+        if entry is not None and shard_path(folder, entry).is_file():
             shards.append(read_shard(folder, entry))
             reused.append(run.name)
         else:
