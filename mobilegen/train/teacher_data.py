@@ -19,7 +19,7 @@ recorded eps. The forward-process items get their teacher eps in the step itself
 (float32, outside autocast). With x0 = (x_t - sqrt(1-ab) eps) / sqrt(ab), the loss is
     w_teacher MSE(eps_s, eps_T) + w_x0 MSE(x0_s, x0_T) [+ w_noise MSE(eps_s, eps) on the forward-process items]
 and x0_s - x0_T = -sqrt((1-ab)/ab) (eps_s - eps_T): the x0 term weighs an eps error by
-(1-ab)/ab, about 1e-4 at t=1 and 2.5e4 at t=999, so it stresses the noisy end.
+(1-ab)/ab, about 2e-4 at t=1 and 2.5e4 at t=999, so it stresses the noisy end.
 """
 
 from __future__ import annotations
