@@ -188,3 +188,36 @@ class StepBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class RunBar:
+    """The progress bar of the teacher's sampling runs (data-free distillation), on rank 0 only."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(desc="teacher trajectories", unit="run", file=sys.stderr, total=total, disable=not rank0())
+        self.bar.n = done
+        self.bar.set_postfix_str(name, refresh=False)
+        self.bar.refresh()
+        if done == total:  # a later pass over the runs (the fine-tune after the head choice) gets its own bar
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def teacher_summary(runs: tuple[list[str], list[str]], inputs: int, out: Path) -> str | None:
+    """One line on the teacher's trajectories of a data-free run (None when it had none)."""
+    generated, reused = runs
+    if not generated and not reused:
+        return None
+    counted = f"{inputs:,} inputs from " if inputs else ""
+    return (f"teacher trajectories: {counted}{len(generated) + len(reused)} runs ({len(generated)} generated, "
+            f"{len(reused)} read from {out}/teacher)")

@@ -11,6 +11,7 @@ import click
 from mobilegen.cli.core import (
     AnyFinite,
     FiniteFloat,
+    RunBar,
     StepBar,
     arch_option,
     config_from,
@@ -24,6 +25,7 @@ from mobilegen.cli.core import (
     sampler_option,
     seed_option,
     steps_option,
+    teacher_summary,
 )
 
 RUN_FOLDER = click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Run folder.")
@@ -66,9 +68,10 @@ def sample_command(model_path, label, n, seed, steps, sampler, guidance, eta, de
                f"{1000 * result.seconds / total:.1f} ms/step -> {out}")  # fmt: skip
 
 
+DATA_HELP = "CIFAR-10 layout folder: DATA/train/<class>/*.png (+ DATA/test/ for validation)"
 train_options = options(
-    click.option("--data", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True,
-                 help="CIFAR-10 layout folder: DATA/train/<class>/*.png (+ DATA/test/ for validation)."),
+    click.option("--data", type=click.Path(path_type=Path, file_okay=False, exists=True),
+                 help=f"{DATA_HELP}. distill without it learns from the teacher's own sampling trajectories."),
     RUN_FOLDER,
     click.option("--epochs", type=click.IntRange(1), default=100, show_default=True),
     click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True),
@@ -81,7 +84,9 @@ train_options = options(
     click.option("--ema-start", type=click.IntRange(0), default=2000, show_default=True, help="EMA copies the weights until this step."),
     seed_option(),
     click.option("--sample-every", type=click.IntRange(0), default=0, help="Save a DDIM sample grid every N steps (0 = off)."),
-    click.option("--val-every", type=click.IntRange(0), default=0, help="Validation eps-MSE every N steps (0 = at the end)."),
+    click.option("--val-every", type=click.IntRange(0), default=0,
+                 help="Validation eps-MSE every N steps (0 = at the end); data-free: fidelity to the teacher every N steps "
+                      "and at the end (0 = never)."),
     click.option("--checkpoint-every", type=click.IntRange(0), default=500, show_default=True),
     device_option(),
     click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader worker processes."),
@@ -92,23 +97,54 @@ train_options = options(
 )  # fmt: skip
 
 
+teacher_data_options = options(
+    click.option("--data-fraction", type=FiniteFloat(0, 1, max_open=True), default=None,
+                 help="With --data: mix this share of real images into the teacher's trajectories [real images alone]."),
+    click.option("--x0-weight", type=FiniteFloat(0), default=0.0, show_default=True,
+                 help="Data-free: weight of MSE(x0 of the student, x0 of the teacher), which stresses large t."),
+    click.option("--forward-fraction", type=FiniteFloat(0, 1), default=0.25, show_default=True,
+                 help="Data-free: share of items that are the teacher's final samples through the forward process at a random t."),
+    click.option("--teacher-steps", type=click.IntRange(1, 999), multiple=True, default=(10, 20, 50), show_default=True,
+                 help="Data-free: the teacher's DDIM runs, one per step count (repeat the option)."),
+    click.option("--teacher-guidance", type=FiniteFloat(0, 50), multiple=True, default=(0.0, 3.0), show_default=True,
+                 help="Data-free: guidance scales of the teacher's runs (0 = unguided, with the unconditional label)."),
+    click.option("--teacher-seeds", type=click.IntRange(1), default=1, show_default=True,
+                 help="Data-free: seeds of the teacher's runs (cached in OUT/teacher/)."),
+)  # fmt: skip
+
+
+def validation_text(result, data_free: bool) -> str:
+    if data_free:
+        fidelity = [f"step {k}: eps-MSE {result.val_losses[k]:.5f}, PSNR min {lo:.1f} / mean {mean:.1f} dB"
+                    for k, (lo, mean) in result.val_psnr.items()]  # fmt: skip
+        return "fidelity to the teacher (77 parity cases) " + (", ".join(fidelity) or "not measured (--val-every N)")
+    return "validation eps-MSE " + (", ".join(f"step {k}: {v:.4f}" for k, v in result.val_losses.items()) or "no test/ split")
+
+
+def last_loss(result) -> float:
+    return result.losses[-1] if result.losses else float("nan")  # a resumed run that was already done
+
+
 def run_training(values: dict) -> None:
     from mobilegen.train import TrainConfig, train
 
     config = config_from(TrainConfig, values, {"workers": "num_workers"})
-    bar = StepBar(f"{'distill' if config.teacher else 'train'} {config.arch}")
+    bar, runs = StepBar(f"{'distill' if config.teacher else 'train'} {config.arch}"), RunBar()
     try:
-        result = train(config, bar)
+        result = train(config, bar, runs)
     except KeyboardInterrupt:
         bar.close()
+        runs.close()
         fail(f"interrupted; the last finished step is saved in {config.out}/last.pt: continue with --resume", 130)
     bar.close()
+    runs.close()
     if not rank0():
         return
-    val = ", ".join(f"step {k}: {v:.4f}" for k, v in result.val_losses.items()) or "no test/ split"
     skipped = f", {result.skipped_images} unreadable images skipped" if result.skipped_images else ""
-    click.echo(f"{config.arch}: step {result.step}, last loss {result.losses[-1] if result.losses else float('nan'):.4f}, "
-               f"validation eps-MSE {val}, {result.images_per_second:.1f} images/s{skipped}")  # fmt: skip
+    if line := teacher_summary(result.teacher_runs, result.teacher_inputs, config.out):
+        click.echo(line)
+    click.echo(f"{config.arch}: step {result.step}, last loss {last_loss(result):.4f}, "
+               f"{validation_text(result, config.from_teacher)}, {result.images_per_second:.1f} images/s{skipped}")  # fmt: skip
     click.echo(f"wrote {config.out}/ema.pt (export it with: mobilegen-export tflite {config.out}/ema.pt --fp16) and {config.out}/last.pt")
 
 
@@ -123,11 +159,17 @@ def train_command(**values) -> None:
 @click.command("distill")
 @click.option("--teacher", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True, help="Teacher checkpoint.")
 @arch_option("Student architecture.", default="student_v2")
-@click.option("--noise-weight", type=FiniteFloat(0), default=1.0, show_default=True, help="Weight of MSE(noise, student).")
+@click.option("--noise-weight", type=FiniteFloat(0), default=None,
+              help="Weight of MSE(noise, student) [1 with --data alone; 0 data-free].")
 @click.option("--teacher-weight", type=FiniteFloat(0), default=1.0, show_default=True, help="Weight of MSE(teacher, student).")
 @train_options
+@teacher_data_options
 def distill_command(**values) -> None:
-    """Distil a teacher checkpoint into a student: loss = w_n MSE(noise, s) + w_t MSE(teacher, s)."""
+    """Distil a teacher checkpoint into a student: loss = w_n MSE(noise, s) + w_t MSE(teacher, s).
+
+    Without --data, data-free: the inputs are the teacher's own DDIM trajectories (cached in OUT/teacher/)
+    and its final samples through the forward process (docs/training.md).
+    """
     run_training(values)
 
 
@@ -135,8 +177,13 @@ def distill_command(**values) -> None:
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--ratio", type=AnyFinite(), default=0.0, show_default=True, help="Fraction of the channels of every prunable group to remove, in [0, 1).")
 @click.option("--head-ratio", type=AnyFinite(), default=0.0, show_default=True, help="Fraction of every attention block's heads to remove, in [0, 1).")
-@click.option("--data", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="CIFAR-10 layout folder for the fine-tune: DATA/train/<class>/*.png (+ DATA/test/).")
+@click.option("--data", type=click.Path(path_type=Path, file_okay=False),
+              help=f"{DATA_HELP} for the fine-tune [none: data-free, from CHECKPOINT's own sampling trajectories].")
+@click.option("--head-importance", type=click.Choice(["ablation", "magnitude"]), default=None,
+              help="Which heads go: the least useful on the trajectories (ablation) or the smallest weights (magnitude) "
+                   "[ablation data-free, magnitude with --data alone].")
+@click.option("--importance-samples", type=click.IntRange(1), default=32, show_default=True,
+              help="Trajectory inputs the head ablation runs on.")
 @steps_option(200, "Fine-tune steps (0: prune only).", low=0)
 @RUN_FOLDER
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
@@ -145,32 +192,49 @@ def distill_command(**values) -> None:
 @click.option("--teacher-weight", type=FiniteFloat(0), default=1.0, show_default=True,
               help="Weight of MSE(unpruned, pruned): distillation from CHECKPOINT.")
 @seed_option()
+@click.option("--val-every", type=click.IntRange(0), default=0, show_default=True,
+              help="Data-free: fidelity to CHECKPOINT on the 77 parity cases every N steps and at the end (0 = never).")
 @click.option("--checkpoint-every", type=click.IntRange(0), default=500, show_default=True)
 @device_option()
-@overwrite_option("Replace pruned.pt, last.pt and ema.pt in --out (never CHECKPOINT).")
-def prune_command(checkpoint, ratio, head_ratio, steps, **values) -> None:
-    """Structured pruning of CHECKPOINT (whole channels and heads), then a distillation fine-tune from it."""
-    from mobilegen.train import TrainConfig
-    from mobilegen.train.prune import prune_and_distill
+@teacher_data_options
+@click.option("--resume", is_flag=True, help="Continue the run in --out (trajectories, pruning, fine-tune) where it stopped.")
+@overwrite_option("Replace pruned.pt, last.pt, ema.pt and another teacher's OUT/teacher/ in --out (never CHECKPOINT).")
+def prune_command(checkpoint, **values) -> None:
+    """Structured pruning of CHECKPOINT (whole channels and heads), then a distillation fine-tune from it.
 
-    config = config_from(TrainConfig, values)
-    out, bar = config.out, StepBar("fine-tune pruned")
+    Without --data the fine-tune is data-free: it learns from CHECKPOINT's own sampling trajectories
+    (cached in OUT/teacher/), the default way to compress a checkpoint you did not train (docs/pruning.md).
+    """
+    from mobilegen.train import TrainConfig
+    from mobilegen.train.prune import PruneConfig, prune_and_distill
+
+    config = config_from(TrainConfig, values, teacher=checkpoint)
+    out, bar, runs = config.out, StepBar("fine-tune pruned"), RunBar()
     try:
-        result = prune_and_distill(checkpoint, ratio, head_ratio, steps, config, bar)
+        result = prune_and_distill(config_from(PruneConfig, values, checkpoint=checkpoint), config, bar, runs)
     except KeyboardInterrupt:
         bar.close()
-        fail(f"interrupted; the pruned weights are in {out}/pruned.pt and the last finished step in {out}/last.pt", 130)
+        runs.close()
+        fail(f"interrupted; what was finished is in {out} (teacher/, pruned.pt, last.pt): continue with --resume", 130)
     bar.close()
+    runs.close()
     if not rank0():
         return
     (p0, p1), (m0, m1), (h0, h1) = result.params, result.macs, result.heads
     click.echo(f"params {p0:,} -> {p1:,} ({p0 / p1:.2f}x fewer); MACs per step {m0 / 1e9:.3f} G -> {m1 / 1e9:.3f} G "
                f"({m0 / m1:.2f}x fewer); attention heads {h0} -> {h1}")  # fmt: skip
+    for name, r in result.rankings.items():
+        removed = ", ".join(f"{block} {heads}" for block, heads in r["heads_removed"].items())
+        error = (f"; before the fine-tune, eps PSNR vs CHECKPOINT on the 77 parity cases min {r['psnr_min']:.1f} / "
+                 f"mean {r['psnr_mean']:.1f} dB" if "psnr_min" in r else "")  # fmt: skip
+        click.echo(f"heads by {name}{' (chosen)' if name == result.head_importance else ''}: removed {removed}{error}")
+    if line := teacher_summary(result.teacher_runs, result.train.teacher_inputs if result.train else 0, out):
+        click.echo(line)
     if result.train is None:
         click.echo(f"wrote {result.pruned} (not fine-tuned; export it with: mobilegen-export tflite {result.pruned})")
         return
-    val = ", ".join(f"step {k}: {v:.4f}" for k, v in result.train.val_losses.items()) or "no test/ split"
-    click.echo(f"fine-tuned {result.train.step} steps, last loss {result.train.losses[-1]:.4f}, validation eps-MSE {val}")
+    click.echo(f"fine-tuned {result.train.step} steps, last loss {last_loss(result.train):.4f}, "
+               f"{validation_text(result.train, config.from_teacher)}")
     click.echo(f"wrote {result.pruned}, {out}/last.pt and {out}/ema.pt (export it with: mobilegen-export tflite {out}/ema.pt --fp16)")
 
 

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mobilegen.contract.labels import CIFAR10_LABELS
+from mobilegen.diffusion import linear_schedule
 from mobilegen.errors import MobileGenError
 from mobilegen.files import check_output_folder, make_staging, publish_folder
 
@@ -34,6 +35,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 OnBadImage = Literal["skip", "stop"]
 DEMO_MARKER = "mobilegen-demo-data.json"  # what tells a demo-data folder from a real data set
 DEMO_IMAGE = re.compile(r"^\d{4}\.png$")
+VAL_TIMESTEPS = (50, 250, 500, 750, 950)
 
 
 class DataError(MobileGenError):
@@ -155,6 +157,23 @@ class StepSampler(torch.utils.data.Sampler):
                 perm_epoch, perm = epoch, torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
             idx = perm[k * self.batch_size : (k + 1) * self.batch_size].tolist()
             yield [(i, self.seed * 1_000_003 + step * 1009 + j) for j, i in enumerate(idx)]
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, data: ImageFolder, device: torch.device, limit: int = 64) -> float:
+    """eps MSE on held-out images at fixed timesteps with fixed noise."""
+    schedule = linear_schedule()
+    gen = torch.Generator().manual_seed(1234)
+    n = min(limit, len(data))
+    x0 = torch.stack([data.load(i, 0)[0] for i in range(n)])
+    y = torch.tensor([data.items[i][1] for i in range(n)])
+    total = 0.0
+    for t_val in VAL_TIMESTEPS:
+        t = torch.full((n,), t_val)
+        eps = torch.randn(x0.shape, generator=gen)
+        x_t = schedule.q_sample(x0, t, eps)
+        total += float(torch.nn.functional.mse_loss(model(x_t.to(device), t.float().to(device), y.to(device)).float().cpu(), eps))
+    return total / len(VAL_TIMESTEPS)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -7,6 +7,11 @@ The second term is the original project's knowledge distillation (1:1 by default
 Labels are dropped to -1 (unconditional) per sample with probability label_dropout,
 so the model learns the unconditional pass guidance needs.
 
+Data-free distillation (a teacher and no --data, or --data with data_fraction): the
+inputs are the teacher's own sampling trajectories and its final samples through the
+forward process, cached in OUT/teacher/ (train/teacher_data.py has the loss); an epoch
+is as many items as the trajectories hold.
+
 fp16 quantization-aware training (QAT), precisely: every `qat_every` optimizer
 steps the trained weights are rounded to the nearest float16 value and training
 continues from the rounded values (the original's "intermittent shifts to the
@@ -41,7 +46,7 @@ from mobilegen.models import UNet
 from mobilegen.models.checkpoint import check_zip_sizes, load_checkpoint, save_checkpoint, seeded_model
 from mobilegen.runtime.backends import resolve_device
 from mobilegen.runtime.images import save_png
-from mobilegen.train.data import ImageFolder, OnBadImage, StepSampler, steps_per_epoch
+from mobilegen.train.data import ImageFolder, OnBadImage, StepSampler, steps_per_epoch, validation_loss
 from mobilegen.train.distributed import (
     DistributedStepSampler,
     World,
@@ -51,19 +56,28 @@ from mobilegen.train.distributed import (
     ranks_agree,
     wrap_ddp,
 )
+from mobilegen.train.teacher_data import (
+    FOLDER,
+    Fidelity,
+    TeacherBatch,
+    distillation_loss,
+    draw_batch,
+    planned_runs,
+    teacher_pool,
+    teacher_targets,
+)
 
 log = logging.getLogger(__name__)
 
 LAST = "last.pt"  # everything needed to resume
 EMA = "ema.pt"  # the EMA weights alone: what mobilegen-export takes
-VAL_TIMESTEPS = (50, 250, 500, 750, 950)
 SAMPLE_CLASSES = (0, 3, 8)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: Path
     out: Path
+    data: Path | None = None  # None: data-free, from the teacher's own trajectories
     arch: str = "student_v2"
     epochs: int = 100
     batch_size: int = 64
@@ -87,8 +101,19 @@ class TrainConfig:
     overwrite: bool = False  # start over in a run folder that holds a run (never with resume)
     teacher: Path | None = None
     init: Path | None = None  # start from this checkpoint (its weights and widths) instead of a seeded init
-    noise_weight: float = 1.0
+    noise_weight: float | None = None  # None: 1 on real data alone, 0 from the teacher's trajectories
     teacher_weight: float = 1.0
+    x0_weight: float = 0.0  # data-free: weight of MSE(x0 of the student, x0 of the teacher)
+    data_fraction: float | None = None  # with data: this share of real images mixed into the teacher's inputs
+    forward_fraction: float = 0.25  # data-free: share of the teacher's final samples through the forward process
+    teacher_steps: tuple[int, ...] = (10, 20, 50)  # data-free: the teacher's DDIM runs (x guidance x seeds)
+    teacher_guidance: tuple[float, ...] = (0.0, 3.0)
+    teacher_seeds: int = 1
+
+    @property
+    def from_teacher(self) -> bool:
+        """Data-free distillation: no --data, or --data mixed into the teacher's trajectories."""
+        return self.data is None or self.data_fraction is not None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -100,6 +125,17 @@ class TrainConfig:
             raise InvalidInput("qat_every must be >= 0 (0 = off)")
         if self.resume and self.overwrite:
             raise MobileGenError("--resume continues the run in --out and --overwrite starts it over: give one of them")
+        if self.from_teacher and self.teacher is None:
+            raise InvalidInput("no --data: training from scratch needs a CIFAR-10 layout folder (--data DATA); learning "
+                               "without data works from a teacher: mobilegen distill --teacher T, or mobilegen prune CKPT")  # fmt: skip
+        if self.data_fraction is not None and (self.data is None or not 0 <= self.data_fraction < 1):
+            raise InvalidInput(f"--data-fraction {self.data_fraction:g}: a share in [0, 1) of real images, so it needs --data")
+        if not (0 <= self.forward_fraction <= 1 and self.x0_weight >= 0):
+            raise InvalidInput("forward_fraction must be in [0, 1] and x0_weight >= 0")
+        if self.from_teacher:
+            planned_runs(self.teacher_steps, self.teacher_guidance, self.teacher_seeds)  # refuses bad settings
+        if self.noise_weight is None:
+            object.__setattr__(self, "noise_weight", 0.0 if self.from_teacher else 1.0)
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -107,7 +143,8 @@ class TrainConfig:
 
 # The settings a resumed run must share with the run it continues.
 RESUME_KEYS = ("arch", "epochs", "batch_size", "lr", "weight_decay", "ema_beta", "ema_start", "label_dropout",
-               "grad_clip", "seed", "qat_every", "noise_weight", "teacher_weight", "init")  # fmt: skip
+               "grad_clip", "seed", "qat_every", "noise_weight", "teacher_weight", "init", "x0_weight", "data_fraction",
+               "forward_fraction", "teacher_steps", "teacher_guidance", "teacher_seeds")  # fmt: skip
 
 
 @dataclass
@@ -119,6 +156,9 @@ class TrainResult:
     images_per_second: float = 0.0
     skipped_images: int = 0
     world: World = field(default_factory=World)
+    val_psnr: dict[int, tuple[float, float]] = field(default_factory=dict)  # data-free: eps PSNR min/mean vs the teacher
+    teacher_runs: tuple[list[str], list[str]] = ([], [])  # data-free: runs generated, runs read from OUT/teacher
+    teacher_inputs: int = 0
 
 
 @torch.no_grad()
@@ -162,6 +202,7 @@ class Trainer:
     model: UNet = field(init=False)
     ema: UNet = field(init=False)
     teacher: UNet | None = field(init=False, default=None)
+    teacher_sha256: str | None = field(init=False, default=None)
     step: int = 0
 
     def __post_init__(self) -> None:
@@ -178,7 +219,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         if cfg.teacher is not None:
             # Loaded once, in eval mode, without gradients.
-            self.teacher = load_checkpoint(cfg.teacher).model.to(self.device).eval().requires_grad_(False)
+            loaded = load_checkpoint(cfg.teacher)
+            self.teacher = loaded.model.to(self.device).eval().requires_grad_(False)
+            self.teacher_sha256 = loaded.sha256
 
     def train_step(self, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> float:
         cfg = self.config
@@ -190,6 +233,18 @@ class Trainer:
                 with torch.no_grad():
                     target = self.teacher(x_t, t, y).float()
                 loss = loss + cfg.teacher_weight * F.mse_loss(pred.float(), target)
+        return self._optimize(loss)
+
+    def distill_step(self, batch: TeacherBatch) -> float:
+        """One data-free step: the teacher's eps on the batch's inputs is the target (train/teacher_data.py)."""
+        cfg, batch = self.config, batch.to(self.device)
+        target = teacher_targets(self.teacher, batch)  # float32, outside autocast
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+            pred = self.net(batch.x, batch.t, batch.y)
+        return self._optimize(distillation_loss(pred.float(), batch, target, cfg.teacher_weight, cfg.x0_weight, cfg.noise_weight))
+
+    def _optimize(self, loss: torch.Tensor) -> float:
+        cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -241,23 +296,6 @@ class Trainer:
 
 
 @torch.no_grad()
-def validation_loss(model: UNet, data: ImageFolder, device: torch.device, limit: int = 64) -> float:
-    """eps MSE on held-out images at fixed timesteps with fixed noise."""
-    schedule = linear_schedule()
-    gen = torch.Generator().manual_seed(1234)
-    n = min(limit, len(data))
-    x0 = torch.stack([data.load(i, 0)[0] for i in range(n)])
-    y = torch.tensor([data.items[i][1] for i in range(n)])
-    total = 0.0
-    for t_val in VAL_TIMESTEPS:
-        t = torch.full((n,), t_val)
-        eps = torch.randn(x0.shape, generator=gen)
-        x_t = schedule.q_sample(x0, t, eps)
-        total += float(F.mse_loss(model(x_t.to(device), t.float().to(device), y.to(device)).float().cpu(), eps))
-    return total / len(VAL_TIMESTEPS)
-
-
-@torch.no_grad()
 def sample_grid(model: UNet, path: Path, device: torch.device, steps: int = 20) -> Path:
     labels = torch.tensor(SAMPLE_CLASSES)
     x = run_sampler(lambda x, t, y: model(x, t, y), labels, linear_schedule(), SamplerConfig(steps=steps), device)
@@ -274,48 +312,69 @@ def check_run_folder(config: TrainConfig) -> None:
         check_output_file(config.out / name, config.overwrite or config.resume, [config.teacher, config.init], hint)
 
 
-def train(config: TrainConfig, on_step: Callable[[int, int, float, float], None] | None = None) -> TrainResult:
-    """Run (or resume) training; on_step(step, end, loss, images_per_second) drives a progress bar.
+def train(config: TrainConfig, on_step: Callable[[int, int, float, float], None] | None = None,
+          on_teacher_run: Callable[[int, int, str], None] | None = None) -> TrainResult:
+    """Run (or resume) training; on_step(step, end, loss, images_per_second) drives a progress bar,
+    on_teacher_run(done, total, name) the data-free generation of the teacher's trajectories.
 
     Under torchrun every rank runs this; rank 0 alone writes files and calls on_step.
     """
     world, device = init_world(resolve_device(config.device))
     try:
-        return _train(config, on_step, world, device)
+        return _train(config, on_step, on_teacher_run, world, device)
     finally:
         close_world(world)
 
 
-def _train(config: TrainConfig, on_step, world: World, device: torch.device) -> TrainResult:
-    data = ImageFolder(config.data / "train", on_bad_image=config.on_bad_image)
-    val = ImageFolder(config.data / "test", augment=False, on_bad_image=config.on_bad_image) if (config.data / "test").is_dir() else None
-    total = config.epochs * steps_per_epoch(len(data), config.batch_size * world.size)  # global batches
+def _train(config: TrainConfig, on_step, on_teacher_run, world: World, device: torch.device) -> TrainResult:
+    if config.from_teacher and world.distributed:
+        raise MobileGenError("data-free distillation (no --data, or --data-fraction) runs in one process: run it without "
+                             "torchrun, or give --data alone for the data-parallel loop")  # fmt: skip
+    data = ImageFolder(config.data / "train", on_bad_image=config.on_bad_image) if config.data is not None else None
+    val = (ImageFolder(config.data / "test", augment=False, on_bad_image=config.on_bad_image)
+           if data is not None and not config.from_teacher and (config.data / "test").is_dir() else None)  # fmt: skip
+    runs = planned_runs(config.teacher_steps, config.teacher_guidance, config.teacher_seeds) if config.from_teacher else []
+    items = sum(r.inputs for r in runs) if config.from_teacher else len(data)
+    total = config.epochs * steps_per_epoch(items, config.batch_size * world.size)  # global batches
     end = min(total, config.max_steps or total)
     check_run_folder(config)
     trainer = Trainer(config, total, device, world)
     if config.resume:
         trainer.restore()
     config.out.mkdir(parents=True, exist_ok=True)
-    result = TrainResult(config.out, trainer.step, skipped_images=len(data.skipped), world=world)
-    batches = (DistributedStepSampler(len(data), config.batch_size, config.seed, trainer.step, end, world) if world.distributed
-               else StepSampler(len(data), config.batch_size, config.seed, trainer.step, end))  # fmt: skip
-    loader = torch.utils.data.DataLoader(data, batch_sampler=batches, num_workers=config.num_workers)
+    result = TrainResult(config.out, trainer.step, skipped_images=len(data.skipped) if data else 0, world=world)
     writes = world.main  # rank 0 alone writes; the others only train
     busy, seen = 0.0, 0
     try:
-        for x0, y in loader:
+        if config.from_teacher:  # inside the try: Ctrl-C during the generation saves step 0, and --resume continues it
+            pool = teacher_pool(trainer.teacher, trainer.teacher_sha256, str(config.teacher), config.out / FOLDER, runs, device,
+                                config.overwrite, (config.teacher, config.init), on_teacher_run)  # fmt: skip
+            result.teacher_runs, result.teacher_inputs = (pool.generated, pool.reused), len(pool)
+            fidelity = Fidelity(trainer.teacher) if config.val_every else None
+            validate = (lambda: record_fidelity(result, trainer.step, fidelity(trainer.ema))) if fidelity else None
+            batches = (draw_batch(pool, step_generator(config.seed, k), config.batch_size, config.data_fraction or 0.0,
+                                  config.forward_fraction, config.label_dropout, data, config.seed * 1_000_003 + k * 1009)
+                       for k in range(trainer.step, end))  # fmt: skip
+            run_step = trainer.distill_step
+        else:
+            sampler = (DistributedStepSampler(len(data), config.batch_size, config.seed, trainer.step, end, world) if world.distributed
+                       else StepSampler(len(data), config.batch_size, config.seed, trainer.step, end))  # fmt: skip
+            batches = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=config.num_workers)
+            validate = (lambda: validation_loss(trainer.ema, val, device)) if val is not None else None
+            run_step = lambda batch: trainer.train_step(*batch, step_generator(config.seed, trainer.step))
+        for batch in batches:
             start = time.perf_counter()
-            loss = trainer.train_step(x0, y, step_generator(config.seed, trainer.step))
+            loss = run_step(batch)
             busy += time.perf_counter() - start
             result.losses.append(loss)
-            seen += len(y) * world.size
+            seen += config.batch_size * world.size
             result.images_per_second = seen / busy  # training steps only: not loading, sampling or validation
             if on_step and writes:
                 on_step(trainer.step, end, loss, result.images_per_second)
             if not writes:
                 continue
-            if config.val_every and val and trainer.step % config.val_every == 0:
-                result.val_losses[trainer.step] = validation_loss(trainer.ema, val, device)
+            if config.val_every and validate and trainer.step % config.val_every == 0:
+                result.val_losses[trainer.step] = validate()
                 log.info("step %d: validation eps-MSE %.4f", trainer.step, result.val_losses[trainer.step])
             if config.sample_every and trainer.step % config.sample_every == 0:
                 sample_grid(trainer.ema, config.out / "samples" / f"step_{trainer.step:07d}.png", device)
@@ -329,7 +388,13 @@ def _train(config: TrainConfig, on_step, world: World, device: torch.device) -> 
         digests = ranks_agree(world, trainer.model, trainer.ema)
     if writes:
         trainer.save(**({"ranks_sha256": digests} if world.distributed else {}))
-    if writes and val is not None and trainer.step not in result.val_losses:
-        result.val_losses[trainer.step] = validation_loss(trainer.ema, val, device)
+    if writes and validate is not None and trainer.step not in result.val_losses:
+        result.val_losses[trainer.step] = validate()
     result.step = trainer.step
     return result
+
+
+def record_fidelity(result: TrainResult, step: int, fidelity: dict[str, float]) -> float:
+    """Data-free validation: eps PSNR against the teacher on the parity cases; returns the eps-MSE."""
+    result.val_psnr[step] = (fidelity["psnr_min"], fidelity["psnr_mean"])
+    return fidelity["mse"]
