@@ -91,6 +91,7 @@ def test_a_second_run_reads_the_cache_without_generating(teacher, first):
     assert again.teacher_runs == ([], RUNS) and mtimes(out / "teacher") == before
 
 
+@pytest.mark.slow
 def test_an_interrupt_during_generation_or_training_resumes_exactly(teacher, first, tmp_path):
     full = train(config(teacher, with_cache(first[0], tmp_path / "full"), max_steps=6))
 
@@ -150,6 +151,7 @@ def test_cli_distill_without_data(teacher, tmp_path):
     assert loaded.meta["step"] == 2 and loaded.meta["train_config"]["data"] is None
 
 
+@pytest.mark.slow
 def test_cli_prune_without_data_chooses_heads_by_ablation_and_compares(teacher, first, tmp_path):
     out = with_cache(first[0], tmp_path / "pruned")
     args = ["prune", str(teacher), "--head-ratio", "0.5", "--teacher-steps", "2", "--importance-samples", "4", "--steps", "2",

@@ -391,6 +391,7 @@ def test_requests_past_the_timeout_get_504_and_free_the_model():
     assert codes["504"] == 12 and codes["200"] == 1
 
 
+@pytest.mark.slow
 def test_burst_of_100_with_half_hanging_up_then_a_new_request_within_10_s():
     """Issue 12's acceptance line, with the default max batch (32 rows): 50 light requests
     that wait for their answers and 50 heavy ones whose clients hang up mid-request (10 of

@@ -105,6 +105,7 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(data, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), key
 
 
+@pytest.mark.slow
 def test_qat_rounds_weights_to_float16(data, tmp_path):
     train(config(data, tmp_path / "qat", max_steps=2, qat_every=1))
     for key, path in (("weights", "last.pt"), ("weights", "ema.pt")):
@@ -112,6 +113,7 @@ def test_qat_rounds_weights_to_float16(data, tmp_path):
             assert torch.equal(v, v.half().float())
 
 
+@pytest.mark.slow
 def test_distillation_uses_the_teacher_once_in_eval_mode(data, tmp_path):
     teacher_dir = tmp_path / "teacher"
     train(config(data, teacher_dir, arch="student_v1", max_steps=1))
