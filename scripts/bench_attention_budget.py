@@ -20,7 +20,7 @@ from mobilegen.contract.spec import TFLITE_FP32
 from mobilegen.export.build import ExportOptions, build_artifacts
 from mobilegen.models.checkpoint import load_checkpoint
 from mobilegen.runtime.backends import TorchBackend, open_artifact
-from mobilegen.verify.compare import SPEC, latency, step_feeds
+from mobilegen.verify.compare import PYTORCH_SDPA, SPEC, latency, step_feeds
 from mobilegen.verify.foreign import ForeignTFLite, parse_inputs
 from mobilegen.verify.memory import measure_file
 from mobilegen.verify.timing import machine
@@ -61,7 +61,7 @@ def main() -> None:
         t, g = timing[name], memory[name].get("graph", {})
         print(f"| {name} | {t['median_ms']:.1f} | {t['p90_ms']:.1f} | {base / t['median_ms']:.3f}x | {foreign / t['median_ms']:.3f}x "
               f"| {memory[name]['peak_rss_mb']:.1f} | {g.get('largest_tensor_mb', math.nan):.2f} | {g.get('peak_live_mb', math.nan):.1f} |")
-    print(f"PyTorch fp32 fused SDPA: {timing['PyTorch fp32, fused SDPA']['median_ms']:.1f} ms")
+    print(f"{PYTORCH_SDPA}: {timing[PYTORCH_SDPA]['median_ms']:.1f} ms")
 
 
 if __name__ == "__main__":
