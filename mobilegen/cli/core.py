@@ -10,6 +10,7 @@ traceback of every error.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -221,3 +222,17 @@ def teacher_summary(runs: tuple[list[str], list[str]], inputs: int, out: Path) -
     counted = f"{inputs:,} inputs from " if inputs else ""
     return (f"teacher trajectories: {counted}{len(generated) + len(reused)} runs ({len(generated)} generated, "
             f"{len(reused)} read from {out}/teacher)")
+
+
+@contextlib.contextmanager
+def training_bars(desc: str, interrupted: str):
+    """The step bar and the teacher-run bar of a training job, closed however it ends; Ctrl-C
+    becomes exit 130 with `interrupted` (what was saved, and how to continue)."""
+    bar, runs = StepBar(desc), RunBar()
+    try:
+        yield bar, runs
+    except KeyboardInterrupt:
+        fail(interrupted, 130)
+    finally:
+        bar.close()
+        runs.close()

@@ -11,12 +11,9 @@ import click
 from mobilegen.cli.core import (
     AnyFinite,
     FiniteFloat,
-    RunBar,
-    StepBar,
     arch_option,
     config_from,
     device_option,
-    fail,
     guidance_option,
     max_tensor_option,
     options,
@@ -26,6 +23,7 @@ from mobilegen.cli.core import (
     seed_option,
     steps_option,
     teacher_summary,
+    training_bars,
 )
 
 RUN_FOLDER = click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Run folder.")
@@ -129,15 +127,9 @@ def run_training(values: dict) -> None:
     from mobilegen.train import TrainConfig, train
 
     config = config_from(TrainConfig, values, {"workers": "num_workers"})
-    bar, runs = StepBar(f"{'distill' if config.teacher else 'train'} {config.arch}"), RunBar()
-    try:
+    interrupted = f"interrupted; the last finished step is saved in {config.out}/last.pt: continue with --resume"
+    with training_bars(f"{'distill' if config.teacher else 'train'} {config.arch}", interrupted) as (bar, runs):
         result = train(config, bar, runs)
-    except KeyboardInterrupt:
-        bar.close()
-        runs.close()
-        fail(f"interrupted; the last finished step is saved in {config.out}/last.pt: continue with --resume", 130)
-    bar.close()
-    runs.close()
     if not rank0():
         return
     skipped = f", {result.skipped_images} unreadable images skipped" if result.skipped_images else ""
@@ -209,15 +201,10 @@ def prune_command(checkpoint, **values) -> None:
     from mobilegen.train.prune import PruneConfig, prune_and_distill
 
     config = config_from(TrainConfig, values, teacher=checkpoint)
-    out, bar, runs = config.out, StepBar("fine-tune pruned"), RunBar()
-    try:
+    out = config.out
+    interrupted = f"interrupted; what was finished is in {out} (teacher/, pruned.pt, last.pt): continue with --resume"
+    with training_bars("fine-tune pruned", interrupted) as (bar, runs):
         result = prune_and_distill(config_from(PruneConfig, values, checkpoint=checkpoint), config, bar, runs)
-    except KeyboardInterrupt:
-        bar.close()
-        runs.close()
-        fail(f"interrupted; what was finished is in {out} (teacher/, pruned.pt, last.pt): continue with --resume", 130)
-    bar.close()
-    runs.close()
     if not rank0():
         return
     (p0, p1), (m0, m1), (h0, h1) = result.params, result.macs, result.heads
