@@ -64,11 +64,16 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--x0-weight", type=float, default=0.0)
+    ap.add_argument("--ema-start", type=int, default=0,
+                    help="EMA copies the weights until this step, then averages [0: from the start, for a fine-tune]")
     ap.add_argument("--teacher-steps", type=int, nargs="+", default=[10, 20, 50])
     ap.add_argument("--teacher-seeds", type=int, default=1)
     ap.add_argument("--eval-steps", type=int, default=50, help="DDIM steps of the evaluated trajectories")
     ap.add_argument("--classes", nargs="+", default=["airplane", "cat", "ship", "truck"])
-    ap.add_argument("--seeds", type=int, default=2, help="trajectory seeds 0..N-1")
+    ap.add_argument("--seeds", type=int, default=2, help="evaluated trajectories per class: seeds --eval-seed.. --eval-seed+N-1")
+    ap.add_argument("--eval-seed", type=int, default=1000,
+                    help="first seed of the evaluated trajectories; must not be a teacher-run seed (0..--teacher-seeds-1), "
+                         "whose states the student trains on [1000]")
     ap.add_argument("--seed", type=int, default=0, help="training seed")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads [torch's default]")
     ap.add_argument("--device", default="cpu")
@@ -79,8 +84,8 @@ def parse() -> argparse.Namespace:
 class Evaluation:
     """The unpruned model's references, computed once; __call__ measures a student against them."""
 
-    def __init__(self, teacher: torch.nn.Module, classes: list[int], seeds: int, steps: int) -> None:
-        self.teacher, self.classes, self.seeds = teacher, classes, range(seeds)
+    def __init__(self, teacher: torch.nn.Module, classes: list[int], seeds: range, steps: int) -> None:
+        self.teacher, self.classes, self.seeds = teacher, classes, seeds
         self.configs = [SamplerConfig(steps=steps, guidance=3.0, seed=s) for s in self.seeds]
         self.fidelity = Fidelity(teacher)
         with torch.no_grad():
@@ -148,6 +153,10 @@ def step_seconds(config: TrainConfig, pool, device: torch.device, steps: int = 3
 
 def main() -> None:
     args = parse()
+    eval_seeds = range(args.eval_seed, args.eval_seed + args.seeds)
+    if set(eval_seeds) & set(range(args.teacher_seeds)):
+        sys.exit(f"error: evaluation seeds {list(eval_seeds)} overlap the teacher runs' seeds 0..{args.teacher_seeds - 1}: "
+                 "the student would be measured on trajectories it trained on; choose another --eval-seed")
     if args.threads:
         torch.set_num_threads(args.threads)
     command = shlex.join([Path(sys.executable).name, *sys.argv])
@@ -155,7 +164,7 @@ def main() -> None:
     classes = [CIFAR10_LABELS.index(c) for c in args.classes]
     config = TrainConfig(out=out, teacher=args.checkpoint, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          device=args.device, x0_weight=args.x0_weight, teacher_steps=tuple(args.teacher_steps),
-                         teacher_seeds=args.teacher_seeds, checkpoint_every=0, overwrite=args.overwrite)  # fmt: skip
+                         teacher_seeds=args.teacher_seeds, ema_start=args.ema_start, checkpoint_every=0, overwrite=args.overwrite)  # fmt: skip
     teacher = load_checkpoint(args.checkpoint)
     start = time.perf_counter()
     runs = planned_runs(config.teacher_steps, config.teacher_guidance, config.teacher_seeds)
@@ -177,7 +186,7 @@ def main() -> None:
     fine = replace(fine, epochs=math.ceil(total / steps_per_epoch(len(pool), args.batch_size)))
     print(f"pruned in {prune_s:.0f} s ({pruning.heads[0]} -> {pruning.heads[1]} heads, by {pruning.head_importance}); "
           f"{step_s:.2f} s/step -> {total} steps in {args.minutes:g} min, evaluated at steps {points}")  # fmt: skip
-    evaluate = Evaluation(teacher.model, classes, args.seeds, args.eval_steps)
+    evaluate = Evaluation(teacher.model, classes, eval_seeds, args.eval_steps)
     rows = [{"step": 0, "train_s": 0.0, "busy_s": 0.0, **evaluate(pruned)}]
     train_s = busy_s = 0.0
     for i, step in enumerate(points):
@@ -215,8 +224,8 @@ def render(report: dict) -> str:
         f"Command: {report['command']}",
         (f"Teacher: {s['checkpoint']}; {report['teacher_inputs']} trajectory inputs ({report['teacher_generation_s']:.0f} s); "
          f"heads by {report['head_importance']}; {report['step_s']:.2f} s per step at batch {s['batch_size']}."),
-        "Trajectories: DDIM-{} guided (3), classes {}, seeds 0..{}; against the unpruned fp32 model. Gate {} dB / SSIM {}.".format(
-            s["eval_steps"], ", ".join(s["classes"]), s["seeds"] - 1, report["gate"]["psnr_db"], report["gate"]["ssim"]),
+        "Trajectories: DDIM-{} guided (3), classes {}, seeds {}..{}; against the unpruned fp32 model. Gate {} dB / SSIM {}.".format(
+            s["eval_steps"], ", ".join(s["classes"]), s.get("eval_seed", 0), s.get("eval_seed", 0) + s["seeds"] - 1, report["gate"]["psnr_db"], report["gate"]["ssim"]),
         "",
         "| distillation minutes | steps | parity PSNR min / mean dB | trajectory PSNR min / mean dB | SSIM min / mean |",
         "|---:|---:|---:|---:|---:|",

@@ -52,20 +52,27 @@ def test_modules_v2_never_applies_keep_their_widths(pruned):
     assert not any(name.startswith(UNUSED_BY_V2) for name, _ in pruned.config.widths)
 
 
-def test_whole_heads_are_removed_and_the_rest_keeps_its_weights(v2_model):
-    model = copy.deepcopy(v2_model)
+def test_whole_heads_leave_inside_the_attention_and_cost_what_silencing_them_costs(v2_model):
+    choice = {"sa1": [0, 3], "sa2": [1, 2], "sa5": [2, 3], "sa6": [1, 3]}
+    heads_only = prune_channels(v2_model, 0.0, head_ratio=0.5, heads=choice)
+    silenced = copy.deepcopy(v2_model)
     with torch.no_grad():
-        for name in ("sa1", "sa6"):  # tag each channel so the survivors can be named
-            bias = model.get_submodule(name).mha.out_proj.bias
-            bias.copy_(torch.arange(len(bias)))
-    heads_only = prune_channels(model, 0.0, head_ratio=0.5)
-    for name in ("sa1", "sa6"):
-        a, b = model.get_submodule(name).mha, heads_only.get_submodule(name).mha
-        kept = b.out_proj.bias.long().tolist()
-        d = a.head_dim
-        assert len(kept) == a.embed_dim // 2 and all(kept[i] - kept[i - 1] == 1 for i in range(1, len(kept)) if i % d)
-        big, small = a.in_proj_weight.view(3, a.embed_dim, a.embed_dim), b.in_proj_weight.view(3, b.embed_dim, b.embed_dim)
-        assert torch.equal(small, big[:, kept][:, :, kept])
+        for name, heads in choice.items():
+            mha = silenced.get_submodule(name).mha
+            for h in heads:
+                mha.out_proj.weight[:, h * mha.head_dim : (h + 1) * mha.head_dim] = 0
+        assert torch.allclose(heads_only(*inputs()), silenced(*inputs()), atol=1e-5)
+    for name, heads in choice.items():
+        a, b = v2_model.get_submodule(name).mha, heads_only.get_submodule(name).mha
+        d, kept = a.head_dim, [h for h in range(4) if h not in heads]
+        cols = [h * d + i for h in kept for i in range(d)]
+        assert (b.embed_dim, b.num_heads, b.head_dim) == (a.embed_dim, 2, d)  # the residual stream keeps its width
+        assert dict(heads_only.config.widths)[f"{name}.mha"] == (a.embed_dim, 2, d)
+        big, small = a.in_proj_weight.view(3, a.embed_dim, -1), b.in_proj_weight.view(3, 2 * d, -1)
+        assert torch.equal(small, big[:, cols]) and torch.equal(b.out_proj.weight, a.out_proj.weight[:, cols])
+        assert torch.equal(b.out_proj.bias, a.out_proj.bias)
+    with pytest.raises(ValueError, match="already removed"):
+        prune_channels(heads_only, 0.25)
 
 
 def test_macs_count_attention_and_drop_with_pruning(v2_model):
@@ -76,7 +83,8 @@ def test_macs_count_attention_and_drop_with_pruning(v2_model):
     half = prune_channels(v2_model, 0.5)
     assert 2.4 < count_macs(v2_model) / count_macs(half) < 2.8  # convs ~1/4, attention matmuls ~1/2
     heads = prune_channels(v2_model, 0.0, head_ratio=0.5)
-    assert count_macs(v2_model) / count_macs(heads) > 1.5
+    assert 1.35 < count_macs(v2_model) / count_macs(heads) < 1.5  # attention's projections and matmuls; convs untouched
+    assert count_macs(v2_model) / count_macs(prune_channels(v2_model, 0.0, head_ratio=0.75)) > 1.9
     assert count_params(half) < count_params(v2_model) / 3
     assert count_params(v2_model, only_used=False) > count_params(v2_model)  # v2 carries unused modules
 
@@ -95,6 +103,8 @@ def test_pruned_checkpoint_describes_its_widths_and_loads_strictly(tmp_path, pru
         UNet(UNetConfig(widths={"nonsense.layer": [1, 2]}))
     with pytest.raises(ValueError, match="divisible by heads"):
         UNet(UNetConfig(widths={"sa6.mha": [30, 4]}))
+    with pytest.raises(ValueError, match="heads x head_dim <= embed"):
+        UNet(UNetConfig(widths={"sa6.mha": [64, 3, 32]}))
 
 
 def test_ratio_out_of_range_is_refused(v2_model):
@@ -149,7 +159,7 @@ def test_pruned_checkpoint_exports_through_the_normal_pipeline(tmp_path, pruned)
     run_export("tflite", ckpt, "--fp16", "--no-bench", "-o", out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "passed"
-    assert manifest["model"]["config"]["widths"]["sa6.mha"] == [24, 2]
+    assert manifest["model"]["config"]["widths"]["sa6.mha"] == [48, 2, 12]  # 0.25 of 64 channels, then 2 of 4 heads
     assert all(manifest["parity"][name]["passed"] for name in manifest["parity"])
 
 

@@ -168,7 +168,8 @@ def distill_command(**values) -> None:
 @click.command("prune")
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--ratio", type=AnyFinite(), default=0.0, show_default=True, help="Fraction of the channels of every prunable group to remove, in [0, 1).")
-@click.option("--head-ratio", type=AnyFinite(), default=0.0, show_default=True, help="Fraction of every attention block's heads to remove, in [0, 1).")
+@click.option("--head-ratio", type=AnyFinite(), default=0.0, show_default=True,
+              help="Fraction of every attention block's heads to remove, in [0, 1): inside the attention (the block keeps its width).")
 @click.option("--data", type=click.Path(path_type=Path, file_okay=False),
               help=f"{DATA_HELP} for the fine-tune [none: data-free, from CHECKPOINT's own sampling trajectories].")
 @click.option("--head-importance", type=click.Choice(["ablation", "magnitude"]), default=None,

@@ -6,9 +6,10 @@ inputs (the teacher's own sampling trajectories, in practice), when that head al
 is silenced. Silencing head h of a block means zeroing the columns h*d..(h+1)*d of its
 output projection: the head's attention output then adds nothing to the residual
 stream, whatever its queries, keys and values. The heads with the smallest error go.
-Removing a head (structured.remove_heads) also takes the residual-stream channels it
-lives on, which the ablation does not measure; so the prune summary (train/prune.py)
-reports what each choice's removal costs on the parity cases, side by side.
+Removing a head (structured.remove_heads) takes exactly that away and nothing else (the
+block keeps its width), so a head's ablation score is what its removal costs; the scores
+of several heads do not add exactly, so the prune summary (train/prune.py) reports what
+each choice's removal costs on the parity cases, side by side.
 
 Magnitude (what torch-pruning's dependency graph offers): the summed L2 norm of every
 weight coupled to the head's channels; structured.remove_heads computes it.

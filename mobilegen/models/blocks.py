@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilegen.errors import InvalidInput
+
 # "sdpa": fused scaled_dot_product_attention (fastest in PyTorch).
 # "math": explicit matmul/softmax, what the ONNX and TFLite graphs contain.
 # "original": nn.MultiheadAttention as the original computed it, including the
@@ -74,6 +76,30 @@ class Up(nn.Module):
         return self.conv(x) + self.emb_layer(emb)[:, :, None, None]
 
 
+def attention_layer(embed: int, heads: int, head_dim: int | None = None, batch_first: bool = True) -> nn.MultiheadAttention:
+    """nn.MultiheadAttention over `embed` channels with `heads` heads of `head_dim` (embed // heads
+    by default). With fewer heads than the width holds (heads x head_dim < embed: heads removed
+    by compress/structured.remove_heads, the residual stream kept), the input projection has
+    3 x heads x head_dim rows and the output projection heads x head_dim inputs; the state-dict
+    keys stay those of nn.MultiheadAttention. Such a layer runs through SelfAttention's own
+    attention (sdpa or math), not nn.MultiheadAttention.forward."""
+    if head_dim is None:
+        if embed % heads:
+            raise InvalidInput(f"attention widths must be (embed, heads) with embed divisible by heads, got {[embed, heads]}")
+        return nn.MultiheadAttention(embed, heads, batch_first=batch_first)
+    if heads * head_dim > embed:
+        raise InvalidInput(f"attention widths (embed, heads, head_dim) need heads x head_dim <= embed, got {[embed, heads, head_dim]}")
+    mha = nn.MultiheadAttention(embed, 1, batch_first=batch_first)
+    inner = heads * head_dim
+    if inner < embed:
+        mha.in_proj_weight = nn.Parameter(torch.empty(3 * inner, embed))
+        mha.in_proj_bias = nn.Parameter(torch.zeros(3 * inner))
+        mha.out_proj = nn.Linear(inner, embed)
+        nn.init.xavier_uniform_(mha.in_proj_weight)
+    mha.num_heads, mha.head_dim = heads, head_dim
+    return mha
+
+
 class SelfAttention(nn.Module):
     """Attention over the H*W positions, then a feed-forward block, both residual."""
 
@@ -95,18 +121,18 @@ class SelfAttention(nn.Module):
         self.head_group = 0
 
     def _attend(self, h: torch.Tensor) -> torch.Tensor:
-        if self.impl == "original":
+        heads, d = self.mha.num_heads, self.mha.head_dim
+        inner = heads * d  # the embedding width, or less once heads were removed (attention_layer)
+        if self.impl == "original" and inner == self.mha.embed_dim:
             return self.mha(h, h, h)[0]
-        n, seq, c = h.shape
-        heads = self.mha.num_heads
-        d = c // heads
+        n, seq, _ = h.shape
         qkv = F.linear(h, self.mha.in_proj_weight, self.mha.in_proj_bias)
-        # [N, L, 3c] -> 3 x [N, heads, L, d]: column slices, then 4-D reshapes and permutes, every
+        # [N, L, 3 inner] -> 3 x [N, heads, L, d]: column slices, then 4-D reshapes and permutes, every
         # shape static (a 5-D split exports as Squeeze ops that TFLite runs as dynamic reshapes,
         # outside XNNPACK, each one a delegate partition boundary).
-        q, k, v = (qkv[..., i * c : (i + 1) * c].reshape(n, seq, heads, d).permute(0, 2, 1, 3) for i in range(3))
+        q, k, v = (qkv[..., i * inner : (i + 1) * inner].reshape(n, seq, heads, d).permute(0, 2, 1, 3) for i in range(3))
         out = self._bounded(q, k, v)
-        out = out.permute(0, 2, 1, 3).reshape(n, seq, c)
+        out = out.permute(0, 2, 1, 3).reshape(n, seq, inner)
         return self.mha.out_proj(out)
 
     def _bounded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -127,7 +153,7 @@ class SelfAttention(nn.Module):
         return concat(groups, dim=1)
 
     def _block(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if self.impl == "sdpa":
+        if self.impl != "math":  # sdpa, or "original" on a block whose heads were removed
             return F.scaled_dot_product_attention(q, k, v)
         return torch.softmax(q @ k, dim=-1) @ v  # q pre-scaled, k pre-transposed
 

@@ -7,7 +7,8 @@ because the original checkpoints contain them (strict loading needs them).
 
 A structurally pruned UNet has narrower layers. ``UNetConfig.widths`` describes
 them, layer by layer, as the constructor arguments that differ from the
-architecture's defaults (``{"inc.double_conv.0": [3, 48], "sa1.mha": [64, 2], ...}``);
+architecture's defaults (``{"inc.double_conv.0": [3, 48], "sa1.mha": [128, 2, 32], ...}``;
+attention is (embed, heads) or, with heads removed inside it, (embed, heads, head_dim));
 the model is built at the default widths and those layers are rebuilt at theirs.
 """
 
@@ -28,6 +29,7 @@ from mobilegen.models.blocks import (
     Down,
     SelfAttention,
     Up,
+    attention_layer,
     timestep_embedding,
 )
 
@@ -36,7 +38,7 @@ RESIZABLE = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm, nn.MultiheadAtten
 
 
 def layer_dims(module: nn.Module) -> tuple[int, ...]:
-    """The widths a layer is built from: (in, out) for conv/linear, (embed, heads) for attention, (channels,) for norms."""
+    """The widths a layer is built from: (in, out) for conv/linear, (embed, heads[, head_dim]) for attention, (channels,) for norms."""
     if isinstance(module, nn.Conv2d):
         return (module.in_channels, module.out_channels)
     if isinstance(module, nn.Linear):
@@ -45,7 +47,10 @@ def layer_dims(module: nn.Module) -> tuple[int, ...]:
         return (module.num_channels,)
     if isinstance(module, nn.LayerNorm):
         return tuple(module.normalized_shape)
-    return (module.embed_dim, module.num_heads)  # nn.MultiheadAttention: its out_proj follows it
+    # nn.MultiheadAttention (its out_proj follows it); head_dim only once heads were removed inside it
+    if module.num_heads * module.head_dim == module.embed_dim:
+        return (module.embed_dim, module.num_heads)
+    return (module.embed_dim, module.num_heads, module.head_dim)
 
 
 def resized_layer(module: nn.Module, dims: tuple[int, ...]) -> nn.Module:
@@ -58,9 +63,9 @@ def resized_layer(module: nn.Module, dims: tuple[int, ...]) -> nn.Module:
         return nn.GroupNorm(module.num_groups, dims[0], eps=module.eps)
     if isinstance(module, nn.LayerNorm):
         return nn.LayerNorm(list(dims), eps=module.eps)
-    if len(dims) != 2 or dims[0] % dims[1]:
-        raise InvalidInput(f"attention widths must be (embed, heads) with embed divisible by heads, got {list(dims)}")
-    return nn.MultiheadAttention(dims[0], dims[1], batch_first=module.batch_first)
+    if len(dims) not in (2, 3):
+        raise InvalidInput(f"attention widths must be (embed, heads) or (embed, heads, head_dim), got {list(dims)}")
+    return attention_layer(*dims, batch_first=module.batch_first)
 
 
 def resizable_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -127,7 +127,8 @@ def choose_and_prune(model, prune: PruneConfig, ranking: str, pool: TeacherPool 
     chosen = pruned[ranking] if prune.head_ratio else prune_channels(model, prune.ratio)
     meta = {"ratio": prune.ratio, "head_ratio": prune.head_ratio, "head_importance": ranking,
             "importance_samples": prune.importance_samples, "rankings": rankings, "ablation_scores": scores,
-            "method": f"torch-pruning; heads by {ranking if prune.head_ratio else 'none'}, channels by L2 magnitude"}  # fmt: skip
+            "method": f"heads removed inside the attention, by {ranking if prune.head_ratio else 'none'}; "
+                      "channels by L2 magnitude (torch-pruning)"}  # fmt: skip
     return chosen, meta
 
 
@@ -186,8 +187,9 @@ def prune_and_distill(prune: PruneConfig, config: TrainConfig, on_step: Callable
         return result
     items = sum(r.inputs for r in runs) if config.from_teacher else images
     epochs = math.ceil(prune.steps / steps_per_epoch(items, config.batch_size))  # the LR schedule spans the fine-tune
+    # A fine-tune starts from trained weights: the EMA averages from its first step (no warm-start copy).
     finetune = replace(config, arch=pruned.arch, init=path, teacher=checkpoint, epochs=epochs, max_steps=prune.steps,
-                       resume=config.resume and (out / LAST).is_file())  # fmt: skip
+                       resume=config.resume and (out / LAST).is_file(), ema_start=0)  # fmt: skip
     tuned = train(finetune, on_step, on_teacher_run)
     generated = result.teacher_runs[0] + tuned.teacher_runs[0]  # the head choice's runs, then the fine-tune's
     runs_seen = (generated, [r for r in tuned.teacher_runs[1] if r not in generated] or result.teacher_runs[1])
