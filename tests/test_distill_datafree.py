@@ -158,7 +158,7 @@ def test_cli_prune_without_data_chooses_heads_by_ablation_and_compares(teacher, 
             "--batch-size", "2", "-o", str(out), "--device", "cpu"]  # fmt: skip
     res = CliRunner().invoke(main_cli, args)
     assert res.exit_code == 0, res.output + res.stderr
-    assert "attention heads 24 -> 16" in res.output and "heads by ablation (chosen): removed sa1 [" in res.output
+    assert "attention heads 16 -> 8" in res.output and "heads by ablation (chosen): removed sa1 [" in res.output
     assert "heads by magnitude: removed sa1 [" in res.output and res.output.count("on the 77 parity cases min") == 2
     assert "0 generated, 2 read from" in res.output and "fine-tuned 2 steps" in res.output
     meta = load_checkpoint(out / "pruned.pt").meta["prune"]

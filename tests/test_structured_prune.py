@@ -84,7 +84,7 @@ def test_macs_count_attention_and_drop_with_pruning(v2_model):
     assert 2.4 < count_macs(v2_model) / count_macs(half) < 2.8  # convs ~1/4, attention matmuls ~1/2
     heads = prune_channels(v2_model, 0.0, head_ratio=0.5)
     assert 1.35 < count_macs(v2_model) / count_macs(heads) < 1.5  # attention's projections and matmuls; convs untouched
-    assert count_macs(v2_model) / count_macs(prune_channels(v2_model, 0.0, head_ratio=0.75)) > 1.9
+    assert count_macs(v2_model) / count_macs(prune_channels(v2_model, 0.0, head_ratio=0.75)) > 1.7  # 1.79: sa6 is most of it
     assert count_params(half) < count_params(v2_model) / 3
     assert count_params(v2_model, only_used=False) > count_params(v2_model)  # v2 carries unused modules
 
@@ -144,7 +144,7 @@ def test_cli_prunes_fine_tunes_and_refuses_to_overwrite(tmp_path, v2_checkpoint,
     res = prune_cli(v2_checkpoint, "--ratio", "0.3", "--head-ratio", "0.5", "--data", tiny_data, "--steps", "2",
                     "--batch-size", "2", "-o", out)  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "MACs per step 4.769 G ->" in res.output and "attention heads 24 -> 16" in res.output
+    assert "MACs per step 4.769 G ->" in res.output and "attention heads 16 -> 8" in res.output
     ema = load_checkpoint(out / "ema.pt")
     assert ema.model.config.widths == load_checkpoint(out / "pruned.pt").model.config.widths != ()
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 2

@@ -33,6 +33,7 @@ import torch
 
 from mobilegen.compress import (
     HEAD_IMPORTANCE,
+    applied_blocks,
     count_macs,
     count_params,
     head_ablation_scores,
@@ -97,9 +98,7 @@ class PruneResult:
 
 
 def _heads(model) -> int:
-    from torch import nn
-
-    return sum(m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention))
+    return sum(block.mha.num_heads for block in applied_blocks(model).values())  # v2 never applies sa3, sa4
 
 
 def importance_inputs(pool: TeacherPool, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
