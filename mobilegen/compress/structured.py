@@ -10,8 +10,8 @@ lowest by summed magnitude or those a caller chose, e.g. by ablation in compress
 On a CPU the attention of the 64x64 block is bound by its heads x 4096 x 4096 score
 matrix, which narrower heads do not shrink; so a head leaves inside its attention, and
 the block's width, the residual stream, stays: removing a head this way costs exactly what
-silencing it costs (on the real v2, half the heads: per-step PSNR min 36.9 dB, where also
-taking the channels they live on gave 14.9 dB). In the channel step each
+silencing it costs (on the real v2, half the heads by ablation: per-step PSNR min 37.1 dB,
+where also taking the channels they live on gave 14.1 dB; docs/pruning.md). In the channel step each
 nn.MultiheadAttention is told its head count as a channel grouping, so every head loses
 the same channels at the same offsets and the width stays divisible by the head count.
 The time-embedding width (shared
