@@ -17,7 +17,8 @@ the per-step PSNR mean.
 With --budget FIDELITY_JSON (what scripts/fidelity_budget.py wrote for STUDENT's fine-tune)
 it also extrapolates the budget: a line through the distillation points' per-step PSNR min
 (and, apart, mean) against log10(steps), and the steps (and hours, at that run's seconds per
-step) at which it reaches those per-step levels. --rows reuses an earlier run's measured rows. Writes OUT.json with the machine and the command.
+step) at which it reaches those per-step levels. --rows reuses an earlier run's measured
+rows. Writes OUT.json with the machine and the command.
 """
 
 from __future__ import annotations

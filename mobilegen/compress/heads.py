@@ -11,8 +11,8 @@ block keeps its width), so a head's ablation score is what its removal costs; th
 of several heads do not add exactly, so the prune summary (train/prune.py) reports what
 each choice's removal costs on the parity cases, side by side.
 
-Magnitude (what torch-pruning's dependency graph offers): the summed L2 norm of every
-weight coupled to the head's channels; structured.remove_heads computes it.
+Magnitude: the L2 norms of the head's query, key and value rows of the input projection
+and of its output-projection columns, summed (structured.head_magnitudes).
 """
 
 from __future__ import annotations

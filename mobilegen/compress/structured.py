@@ -126,8 +126,7 @@ def head_magnitudes(mha: nn.MultiheadAttention) -> torch.Tensor:
 
 def magnitude_heads(unet: UNet, head_ratio: float) -> dict[str, list[int]]:
     """Block name -> the heads remove_heads takes by magnitude (what prune_channels removes without a choice)."""
-    model = copy.deepcopy(unet).float().eval().set_attention("original")
-    return remove_heads(model, head_ratio)
+    return remove_heads(copy.deepcopy(unet).float().eval(), head_ratio)
 
 
 def prune_channels(unet: UNet, ratio: float, head_ratio: float = 0.0, heads: Mapping[str, Sequence[int]] | None = None) -> UNet:
