@@ -4,9 +4,13 @@
 - An input is never overwritten (nor a folder holding one deleted), with or without it.
 - A folder is replaced only when it is one we wrote; the caller says how to tell.
 - A file is written under a temporary name and renamed into place; a folder is built
-  in a hidden staging folder beside it and swapped in at the end. A staging folder's
-  name carries the pid of the process that made it, so a later run can remove those
-  of processes that died (SIGKILL) without touching a running one's.
+  in a hidden staging folder beside it and swapped in at the end, under a lock on the
+  folder that holds it (flock), after checking the target again: two runs racing into one
+  output never replace each other's work unless ``--overwrite`` asks for it.
+- A staging folder's name carries the host and the pid of the process that made it, so a
+  later run can remove those of processes that died (SIGKILL) on this host without
+  touching a running one's; on a folder that several hosts share, another host's staging
+  folders are never removed (their process cannot be seen from here).
 - SIGTERM is handled like Ctrl-C (``sigterm_as_interrupt``), so the clean-up above
   also runs when a job is terminated.
 """
@@ -21,6 +25,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -29,8 +34,9 @@ from typing import Callable, Iterable
 from mobilegen.errors import OutputError
 
 OVERWRITE_HINT = "pass --overwrite to replace it, or choose another path"
-# .<name>.staging-<pid>-<8 chars> (tempfile.mkdtemp's suffix) and .<name>.old-<pid>-<8 hex>
-LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|old)-(?P<pid>\d+)-[a-z0-9_]{8}$")
+# .<name>.staging-<host>-<pid>-<8 chars> (tempfile.mkdtemp's suffix) and .<name>.old-<host>-<pid>-<8 hex>;
+# <host> is this host's name with every character but letters and digits made "_".
+LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|old)-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[a-z0-9_]{8}$")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -48,8 +54,18 @@ def umask() -> int:
 
 
 def _forms(path: Path) -> tuple[Path, Path]:
-    """The path made absolute as written and with every symlink resolved."""
-    return Path(os.path.abspath(path)), Path(path).resolve()
+    """The path made absolute as written and with every symlink resolved (a symlink loop is
+    left as it is: os.path.realpath, unlike Path.resolve on Python 3.11, does not raise)."""
+    return Path(os.path.abspath(path)), Path(os.path.realpath(path))
+
+
+def check_parents(path: Path) -> None:
+    """Refuse an output whose parent path runs through a file (mkdir would say only 'File exists')."""
+    for parent in Path(os.path.abspath(path)).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"cannot write {path}: its parent {parent} is a file, not a folder; choose another path")
+            return
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -66,6 +82,7 @@ def contains(folder: Path, path: Path) -> bool:
 def check_output_file(path: Path, overwrite: bool, inputs: Iterable[Path | None] = (), hint: str = OVERWRITE_HINT) -> Path:
     """Refuse an output file that is an input (always) or exists (unless overwrite)."""
     path = Path(path)
+    check_parents(path)
     for source in filter(None, inputs):
         if same_file(path, Path(source)):
             raise OutputError(f"{path} is an input of this command ({source}); it is never overwritten, "
@@ -82,11 +99,15 @@ def check_output_folder(folder: Path, overwrite: bool, inputs: Iterable[Path | N
     """Refuse an output folder that holds an input (always), that exists (unless overwrite),
     or that is not `what` we write (problem(folder) says why not; None when it is)."""
     folder = Path(folder)
+    check_parents(folder)
     for source in filter(None, inputs):
         if contains(folder, Path(source)):
             raise OutputError(f"output folder {folder} contains the input {source}; it is never replaced: choose another -o")
     if not (folder.exists() or folder.is_symlink()):
         return
+    if contains(folder, Path.cwd()):
+        raise OutputError(f"output folder {folder} is the current folder or holds it; a folder is replaced whole, "
+                          "so run the command from outside it")
     if folder.is_symlink():
         raise OutputError(f"output folder {folder} is a symbolic link; give the folder it points to, or another -o")
     if not folder.is_dir():
@@ -117,6 +138,31 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that names one key twice: parsers disagree on which value counts."""
+
+    def __init__(self, key: str):
+        shown = key if len(key) <= 60 else key[:57] + "..."
+        super().__init__(f"duplicate key {shown!r} in one JSON object")
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json's object_pairs_hook: a dict, or DuplicateKey. Python keeps the last value of a
+    repeated key and other parsers the first; for a manifest or a request that is two readings."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def loads_strict(text: str | bytes, **kwargs) -> object:
+    """json.loads that refuses a repeated key in any object (DuplicateKey, a ValueError)."""
+    return json.loads(text, object_pairs_hook=unique_keys, **kwargs)
+
+
 def write_json(path: Path, data: dict) -> Path:
     """Strict JSON only: NaN or Infinity raise ValueError instead of writing invalid JSON."""
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
@@ -133,17 +179,26 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_leftovers(parent: Path) -> list[Path]:
-    """Remove the staging and swap folders that dead processes of ours left in parent.
+def host_tag() -> str:
+    """This host's name as it appears in staging folder names."""
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "_"
 
-    A swap folder (.NAME.old-PID-*) holds the previous export; if NAME itself is gone
-    (killed between the two renames of a swap) it is put back instead of removed."""
+
+def remove_leftovers(parent: Path) -> list[Path]:
+    """Remove the staging and swap folders that dead processes of this host left in parent.
+
+    A folder of another host is kept: whether its process is alive cannot be known from
+    here. A swap folder (.NAME.old-HOST-PID-*) holds the previous export; if NAME itself is
+    gone (killed between the two renames of a swap) it is put back instead of removed."""
     removed = []
     if not parent.is_dir():
         return removed
+    host = host_tag()
     for entry in parent.iterdir():
         match = LEFTOVER.match(entry.name)
-        if not match or entry.is_symlink() or not entry.is_dir() or pid_alive(int(match["pid"])):
+        if not match or match["host"] != host or entry.is_symlink() or not entry.is_dir():
+            continue
+        if pid_alive(int(match["pid"])):
             continue
         target = parent / match["name"]
         if match["kind"] == "old" and not (target.exists() or target.is_symlink()):
@@ -158,7 +213,21 @@ def make_staging(target: Path) -> Path:
     """A fresh hidden folder beside target, after removing dead processes' leftovers."""
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(target.parent)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-{os.getpid()}-", dir=target.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-{host_tag()}-{os.getpid()}-", dir=target.parent))
+
+
+@contextlib.contextmanager
+def publish_lock(target: Path):
+    """An exclusive lock on the folder that holds target while a folder is checked and swapped
+    in. Locking the parent leaves no lock file behind (one would race if it were removed)."""
+    import fcntl
+
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 @contextlib.contextmanager
@@ -178,13 +247,16 @@ def deferred_signals():
             raise KeyboardInterrupt(signal.Signals(caught[0]).name)
 
 
-def publish_folder(stage: Path, target: Path) -> Path:
-    """Move stage into place as target; an existing target (already checked) is swapped out only now."""
+def publish_folder(stage: Path, target: Path, check: Callable[[], None] = lambda: None) -> Path:
+    """Move stage into place as target. Under the target's lock, check() runs first (it raises
+    when the target may not be replaced: another run may have published there meanwhile); an
+    existing target is swapped out only then."""
     os.chmod(stage, 0o777 & ~umask())  # mkdtemp makes 0700
     for path in stage.rglob("*"):
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())
-    old = target.with_name(f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-    with deferred_signals():
+    old = target.with_name(f".{target.name}.old-{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}")
+    with publish_lock(target), deferred_signals():
+        check()
         if not target.exists():
             os.rename(stage, target)
             return target

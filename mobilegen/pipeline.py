@@ -11,8 +11,8 @@ bad or half-written one. A failed export lands in ``<out>.failed/`` with
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -28,7 +28,7 @@ from mobilegen.diffusion import linear_schedule
 from mobilegen.diffusion.cases import forward_process_cases
 from mobilegen.export.build import ExportOptions, build_artifacts, op_types, tensor_budget
 from mobilegen.export.tflite import check_converter
-from mobilegen.files import check_output_folder, make_staging, publish_folder
+from mobilegen.files import check_output_folder, loads_strict, make_staging, publish_folder
 from mobilegen.models.checkpoint import LoadedModel
 from mobilegen.verify.parity import PSNR_IDENTICAL, ParityResult, float32_reference, float64_outputs, psnr, run_parity
 from mobilegen.verify.report import REPORT_HTML, REPORT_MD, write_report
@@ -53,6 +53,7 @@ class ExportResult:
 
 
 def failed_dir(out_dir: Path) -> Path:
+    out_dir = Path(os.path.abspath(out_dir))  # "-o ." has no name to add ".failed" to
     return out_dir.with_name(out_dir.name + ".failed")
 
 
@@ -60,11 +61,11 @@ def export_folder_problem(folder: Path) -> str | None:
     """None when folder is an export of ours (or its .failed twin): a manifest.json with our
     schema_version, beside nothing but files an export writes; else what is wrong."""
     try:
-        manifest = json.loads((folder / mf.MANIFEST).read_text())
+        manifest = loads_strict((folder / mf.MANIFEST).read_text())
     except FileNotFoundError:
         return f"no {mf.MANIFEST}"
-    except (OSError, ValueError):
-        return f"its {mf.MANIFEST} is not readable JSON"
+    except (OSError, ValueError, RecursionError):
+        return f"its {mf.MANIFEST} is not readable JSON with unique keys"
     if not isinstance(manifest, dict) or manifest.get("schema_version") != mf.SCHEMA_VERSION:
         return f"its {mf.MANIFEST} has no schema_version {mf.SCHEMA_VERSION}"
 
@@ -138,9 +139,9 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
         mf.write_json(stage / mf.MANIFEST, manifest)
         write_report(stage, manifest)
         target = opts.out_dir if status == "passed" else failed_dir(opts.out_dir)
-        # Checked again: the folder may have changed during the export.
-        check_output_folder(target, opts.overwrite or status != "passed", [loaded.path], EXPORT, export_folder_problem)
-        publish_folder(stage, target)
+        # Checked again under the target's lock: another run may have published there meanwhile.
+        replace = opts.overwrite or status != "passed"
+        publish_folder(stage, target, lambda: check_output_folder(target, replace, [loaded.path], EXPORT, export_folder_problem))
         return ExportResult(target, manifest, parity, tuple(memory_failures))
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -163,6 +163,21 @@ def test_manifest_refuses_what_it_cannot_run(jvm, tmp_path, case):
     assert message in res.stderr
 
 
+@pytest.mark.parametrize("where", ["top", "nested"])
+def test_manifest_refuses_a_repeated_key(jvm, tmp_path, where):
+    """org.json keeps the last value of a repeated key; the library refuses it, as the exporter's checker does."""
+    text = json.dumps(synthetic_manifest())
+    if where == "top":
+        text = text.replace('{"schema_version"', '{"status": "failed", "schema_version"', 1)  # then "status": "passed"
+        key = "status"
+    else:
+        text = text.replace('"sampler_defaults": {', '"sampler_defaults": {"guidance": 9.0, ', 1)
+        key = "sampler_defaults.guidance"
+    (tmp_path / "manifest.json").write_text(text)
+    res = jvm("manifest", tmp_path / "manifest.json", check=False)
+    assert res.returncode == 3 and f"key '{key}' appears twice" in res.stderr, res.stdout + res.stderr
+
+
 @pytest.mark.slow
 def test_manifest_reads_a_real_export(jvm, default_b2):
     res = jvm("manifest", default_b2 / mf.MANIFEST)

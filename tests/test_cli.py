@@ -45,7 +45,7 @@ import sys
 import mobilegen.runtime.generate as g
 def broken(*args, **kwargs):
     raise RuntimeError("an internal bug")
-g.generate = broken
+g.prepare = broken
 from mobilegen.cli import main_cli
 main_cli(sys.argv[1:], prog_name="mobilegen")
 """
@@ -134,6 +134,57 @@ def test_bad_checkpoints_give_one_line_and_nonzero_exit(tmp_path, make, message)
     assert res.stderr.count("\n") == 1 and message in res.stderr
     assert "Traceback" not in res.output + res.stderr
     assert not out.exists()
+
+
+def one_line(res, code: int = 2) -> str:
+    """The error of a refused command: exit code, one line, no traceback."""
+    assert res.exit_code == code, res.output + res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.output + res.stderr, res.stderr
+    return res.stderr
+
+
+def test_a_symlink_loop_checkpoint_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("a.pt").symlink_to("b.pt")
+    Path("b.pt").symlink_to("a.pt")
+    for cli, args in ((main_cli, ["sample", "a.pt", "-o", "x.png"]), (export_cli, ["onnx", "a.pt", "-o", "out"])):
+        assert "a.pt: a symbolic link that leads to no file" in one_line(run(cli, *args))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.pt"]
+
+
+@pytest.mark.parametrize("seed", ["-1", "9223372036854775808", "1180591620717411303424"])
+def test_a_seed_outside_what_the_server_allows_is_refused(tmp_path, seed):
+    res = run(main_cli, "sample", "--seed", seed, "--steps", "1", "-o", tmp_path / "x.png")
+    assert res.exit_code == 2 and "0..9223372036854775807" in res.output and not (tmp_path / "x.png").exists()
+
+
+def test_the_largest_seed_samples(tmp_path):
+    assert run(main_cli, "sample", "--seed", str(2**63 - 1), "--steps", "1", "-o", tmp_path / "x.png").exit_code == 0
+
+
+@pytest.mark.parametrize("name, fmt", [("x.jpg", "JPEG"), ("x.JPEG", "JPEG"), ("x.webp", "WEBP"), ("x.png", "PNG")])
+def test_sample_writes_the_format_its_extension_names(tmp_path, name, fmt):
+    res = run(main_cli, "sample", "--steps", "1", "-o", tmp_path / name)
+    assert res.exit_code == 0, res.output + res.stderr
+    assert Image.open(tmp_path / name).format == fmt
+
+
+@pytest.mark.parametrize("name", ["x.txt", "x", "x.gif.bak"])
+def test_sample_refuses_an_extension_it_cannot_write_before_any_work(tmp_path, name):
+    assert "cannot tell the image format" in one_line(run(main_cli, "sample", "--steps", "1", "-o", tmp_path / name))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args", [["--label", "unicorn"], ["missing.pt"]])
+def test_no_progress_bar_before_the_input_is_checked(tmp_path, args):
+    res = run(main_cli, "sample", *args, "--steps", "1", "-o", tmp_path / "x.png")
+    assert "denoising" not in res.stderr and "error:" in one_line(res)
+
+
+def test_an_output_under_a_regular_file_says_so(tmp_path):
+    (tmp_path / "regular.txt").write_text("x")
+    message = one_line(run(export_cli, "onnx", "-o", tmp_path / "regular.txt" / "sub"))
+    assert "its parent" in message and "regular.txt is a file, not a folder" in message
 
 
 def test_wrong_arguments_are_rejected():

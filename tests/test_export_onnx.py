@@ -23,6 +23,7 @@ from mobilegen.cli import export_cli
 from mobilegen.contract import spec as spec_module
 from mobilegen.contract.spec import DenoiserSpec, Tolerance
 from mobilegen.export.onnx import DYNAMIC_OPS, onnx_op_types
+from mobilegen.files import host_tag
 from mobilegen.models.checkpoint import save_checkpoint, seeded_model
 from mobilegen.runtime.backends import OnnxBackend
 
@@ -173,13 +174,15 @@ def test_overwrite_refuses_what_is_not_an_export_and_deletes_nothing(tmp_path, v
 @pytest.fixture(scope="module")
 def relative_export(tmp_path_factory):
     """`onnx ckpt.pt -o out --overwrite`, paths typed relative, over an earlier export of ours,
-    beside the staging folder a killed export left."""
+    beside the staging folder a killed export of this host left, and one of another host
+    sharing the disk (its PID means nothing here: it may be alive)."""
     proj = tmp_path_factory.mktemp("proj")
     save_checkpoint(proj / "ckpt.pt", seeded_model("student_v2").model)  # the default weights: their references are cached
     (earlier_export(proj / "out") / ".manifest.json.abc123_x.tmp").write_text("{")  # from a killed writer: ours too
-    stale = proj / f".out.staging-{dead_pid()}-abcdefgh"
-    stale.mkdir()
-    (stale / "denoiser.onnx").write_bytes(b"half")
+    for host in (host_tag(), "ci-runner-7"):
+        stale = proj / f".out.staging-{host}-{dead_pid()}-abcdefgh"
+        stale.mkdir()
+        (stale / "denoiser.onnx").write_bytes(b"half")
     old = os.getcwd()
     os.chdir(proj)
     try:
@@ -192,7 +195,9 @@ def relative_export(tmp_path_factory):
 
 def test_overwrite_replaces_an_earlier_export_and_dead_staging_is_removed(relative_export):
     proj = relative_export
-    assert sorted(p.name for p in proj.iterdir()) == ["ckpt.pt", "out"]
+    other = [p.name for p in proj.iterdir() if p.name.startswith(".out.staging-ci-runner-7-")]
+    assert sorted(p.name for p in proj.iterdir() if p.name not in other) == ["ckpt.pt", "out"]
+    assert len(other) == 1 and (proj / other[0] / "denoiser.onnx").read_bytes() == b"half", "another host's work is kept"
     assert {p.name for p in (proj / "out").iterdir()} == {"denoiser.onnx", "labels.txt", "manifest.json", "report.md"}
     assert "earlier" not in json.loads((proj / "out" / "manifest.json").read_text())
 

@@ -111,6 +111,57 @@ def test_every_reader_validates(folder, command, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def with_duplicate_labels_entry(folder: Path) -> None:
+    """files gets a second "labels.txt" key, first in the object: Python's json keeps the last
+    (the true entry), a parser that keeps the first reads another sha256."""
+    m = load(folder)
+    forged = json.dumps(m["files"]["labels.txt"] | {"sha256": "0" * 64})
+    text = json.dumps(m).replace('"files": {', '"files": {"labels.txt": ' + forged + ", ", 1)
+    (folder / "manifest.json").write_text(text)
+
+
+@pytest.mark.parametrize("command", ["verify", "bench", "report", "sample"])
+def test_every_reader_refuses_a_repeated_key(folder, command, tmp_path):
+    with_duplicate_labels_entry(folder)
+    args = ["sample", folder / ONNX, "--steps", "1", "-o", tmp_path / "x.png"] if command == "sample" else [command, folder]
+    assert_refused(run(*args), "duplicate key 'labels.txt'", "one reading")
+    assert not (tmp_path / "x.png").exists() and not (folder / "report.html").exists()
+
+
+def test_a_huge_number_is_cut_in_the_error(folder):
+    edited(folder, set_key(["files", ONNX, "bytes"], 10**400))
+    res = run("verify", folder, "--classes", "")
+    assert_refused(res, f"files['{ONNX}'].bytes: must be in 1..", "an integer of about 401 digits")
+    assert len(res.stderr) < 300
+
+
+def test_verify_checks_every_file_loads_before_the_reference_work(folder, monkeypatch):
+    """A valid ONNX model whose inputs are not the contract (its hash updated): refused once the
+    files are opened, before the reference model is even built."""
+    import onnx
+
+    import mobilegen.verify.recheck as recheck
+
+    model = onnx.load(str(folder / ONNX))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3
+    onnx.save(model, str(folder / ONNX))
+    rehash(folder, ONNX)
+
+    def reference_model(*args, **kwargs):
+        raise AssertionError("the reference model was built before every file was opened")
+
+    monkeypatch.setattr(recheck, "reference_model", reference_model)
+    assert_refused(run("verify", folder), ONNX, "do not match the manifest's io contract")
+
+
+def test_an_export_into_the_current_export_folder_is_refused(folder, monkeypatch):
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    monkeypatch.chdir(folder)
+    assert_refused(run("onnx", "-o", ".", "--overwrite"), "is the current folder or holds it")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+
+
 def test_sample_with_12_labels_and_label_11(folder, tmp_path):
     edited(folder, MALFORMED["12-labels"][0])
     assert_refused(run("sample", folder / F32, "--label", "11", "--steps", "1", "-o", tmp_path / "x.png"), "labels")

@@ -296,6 +296,51 @@ def test_malformed_request_storm_leaves_the_server_healthy(url):
     assert total(m["mobilegen_http_requests_total"], status="500") == 0
 
 
+def test_a_repeated_field_is_refused_not_read_twice(url):
+    """Python's json keeps the last of a repeated key, other parsers the first: one request, two readings."""
+    res = httpx.post(f"{url}/v1/images", content=b'{"label": "cat", "label": "dog"}', headers={"content-type": "application/json"})
+    assert res.status_code == 422 and res.json()["problems"][0]["field"] == "label", res.text
+    assert "more than once" in res.json()["error"]
+    for send in (lambda d: httpx.post(f"{url}/generate_image", content=d, headers={"content-type": "application/x-www-form-urlencoded"}),
+                 lambda d: httpx.post(f"{url}/generate_image", files=[("text", (None, "cat")), ("text", (None, "dog"))])):  # fmt: skip
+        res = send(b"text=cat&text=dog")
+        assert res.status_code == 422 and res.json()["problems"][0]["field"] == "text", res.text
+        assert "given 2 times" in res.json()["error"]
+
+
+@pytest.mark.parametrize("field, allowed", [("steps", "1..20"), ("seed", "0..9223372036854775807"), ("guidance", "0..50"),
+                                            ("label", "use a class name")])  # fmt: skip
+def test_a_5000_digit_number_gets_a_422_that_says_what_is_allowed(url, field, allowed):
+    body = b'{"label": "cat", "%s": %s}' % (field.encode(), b"9" * 5000)
+    if field == "label":
+        body = b'{"label": %s}' % (b"9" * 5000)
+    res = httpx.post(f"{url}/v1/images", content=body, headers={"content-type": "application/json"})
+    assert res.status_code == 422 and res.json()["problems"][0]["field"] == field, res.text
+    assert allowed in res.json()["error"] and "an integer of 5000 digits" in res.json()["error"]
+
+
+def test_a_20_mb_body_gets_a_readable_413(url):
+    """The client is still sending when the server refuses: it must read the 413, not a reset connection."""
+    host, port = url.removeprefix("http://").split(":")
+    size = 20 * 2**20
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % size)  # fmt: skip
+        chunk = b"x" * 2**16
+        for _ in range(size // len(chunk)):
+            sock.sendall(chunk)
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"over this server's limit of 8192 bytes" in answer
+    for send in (lambda: httpx.post(f"{url}/v1/images", content=b"x" * size),  # Content-Length
+                 lambda: httpx.post(f"{url}/v1/images", content=iter([b"x" * 2**16] * (size // 2**16)))):  # chunked
+        res = send()
+        assert res.status_code == 413 and "limit of 8192 bytes" in res.json()["error"]
+    assert_healthy(url)
+
+
 # --- abandoned work: hang-ups and timeouts free the model --------------------------------
 # CPU on purpose (also where CUDA is present): the counts below need a model call to take
 # far longer than the server takes to notice a hang-up (measured well under 1 ms).

@@ -117,8 +117,23 @@ def device_option(help_text: str | None = None):
     return click.option("--device", type=DEVICE_CHOICES, default="auto", show_default=True, help=help_text)
 
 
+class Seed(click.ParamType):
+    """A seed in 0..MAX_SEED, the rule the server applies too (the bound is read when a value is
+    converted, so that --help does not import torch)."""
+
+    name = "seed"
+
+    def convert(self, value, param, ctx):
+        from mobilegen.diffusion.sampler import MAX_SEED
+
+        number = click.INT.convert(value, param, ctx)
+        if not 0 <= number <= MAX_SEED:
+            self.fail(f"{str(value)[:40]} is not in 0..{MAX_SEED} (2^63-1)", param, ctx)
+        return number
+
+
 def seed_option():
-    return click.option("--seed", type=int, default=0, show_default=True)
+    return click.option("--seed", type=Seed(), default=0, show_default=True, help="Seed, 0..2^63-1.")
 
 
 def steps_option(default: int = 50, help_text: str | None = None, name: str = "--steps", low: int = 1):

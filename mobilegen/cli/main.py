@@ -30,7 +30,8 @@ RUN_FOLDER = click.option("-o", "--out", type=click.Path(path_type=Path, file_ok
 
 
 def register(cli: click.Group) -> None:
-    for command in (sample_command, train_command, distill_command, prune_command, demo_data_command, serve_command):
+    for command in (sample_command, train_command, distill_command, prune_command, demo_data_command, serve_command,
+                    bench_serve_command, soak_serve_command):
         cli.add_command(command)
 
 
@@ -47,19 +48,20 @@ def register(cli: click.Group) -> None:
 @max_tensor_option("Checkpoints: attention in chunks so that no tensor exceeds this [unbounded].")
 @arch_option()
 @overwrite_option("Replace an existing --out file (never the input).")
-@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("sample.png"), show_default=True)
+@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("sample.png"), show_default=True,
+              help="Image file: .png, .jpg/.jpeg or .webp (the extension names the format).")
 def sample_command(model_path, label, n, seed, steps, sampler, guidance, eta, device, max_tensor_mb, arch, overwrite, out) -> None:
     """Generate images from a checkpoint, an ONNX or a TFLite artifact (default: untrained v2)."""
     from tqdm import tqdm
 
-    from mobilegen.diffusion import SamplerConfig, linear_schedule
-    from mobilegen.runtime.generate import generate
+    from mobilegen.diffusion import SamplerConfig
+    from mobilegen.runtime.generate import prepare
 
     config = SamplerConfig(sampler=sampler, steps=steps, guidance=guidance, eta=eta, seed=seed)
-    total = len(config.timesteps(linear_schedule()))
+    generation = prepare(model_path, label, n, config, device, arch, out, overwrite, max_tensor_mb)
+    total = generation.steps
     with tqdm(total=total, desc="denoising", unit="step", file=sys.stderr, leave=False) as bar:
-        result = generate(model_path, label, n, config, device, arch, out, on_step=lambda *_: bar.update(),
-                          overwrite=overwrite, max_tensor_mb=max_tensor_mb)  # fmt: skip
+        result = generation.run(on_step=lambda *_: bar.update())
     click.echo(f"model: {result.model}", err=True)
     click.echo(f"{result.backend}: {result.label_name} x{n}, {config.sampler} {total} steps, guidance {guidance:g}, "
                f"seed {seed}: {result.seconds:.2f} s total, {result.seconds / n:.2f} s/image, "
@@ -294,3 +296,98 @@ def serve_command(checkpoint, models, arch, cors_origins, use_ray, replicas, rep
                               batching=ray_batching)  # fmt: skip
         serve = functools.partial(serve_ray, options=options_)
     serve(config_from(ServeConfig, values, models=tuple(sources), cors_origins=tuple(cors_origins)))
+
+
+load_options = options(
+    click.argument("models", nargs=-1, type=click.Path(path_type=Path, dir_okay=False, exists=True)),
+    steps_option(10, "DDIM steps of the server's default (the soak's requests choose 1-3)."),
+    guidance_option("The server's default guidance."),
+    click.option("--max-batch", type=click.IntRange(1, 4096), default=32, show_default=True, help="The server's --max-batch."),
+    click.option("--max-wait-ms", type=FiniteFloat(0, 1000), default=5.0, show_default=True),
+    click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Also write the results here."),
+    overwrite_option("Replace an existing --json file."),
+)  # fmt: skip
+
+
+def load_header(what: str) -> None:
+    import os
+
+    import torch
+
+    from mobilegen.verify.timing import machine, machine_line
+
+    click.echo(f"machine: {machine_line(machine())}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if hasattr(os, "getloadavg"):  # other work on the machine skews every number
+        click.echo(f"load average before the run (1/5/15 min): {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    click.echo(what)
+
+
+def write_results(path: Path | None, overwrite: bool, data: dict) -> None:
+    from mobilegen.files import check_output_file, write_json
+    from mobilegen.verify.timing import machine
+
+    if path is not None:
+        check_output_file(path, overwrite)
+        write_json(path, {"machine": machine()} | data)
+        click.echo(f"wrote {path}")
+
+
+@click.command("bench-serve")
+@load_options
+@click.option("--modes", default="on,off", show_default=True,
+              help="Comma-separated: on (our batcher), off (--max-batch 1), rayN (Ray Serve, N replicas), rayN-serve "
+                   "(the same with @serve.batch); a mode may repeat to show the spread.")
+@click.option("--clients", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option("--duration", type=FiniteFloat(1, 3600), default=25.0, show_default=True, help="Seconds of load per mode.")
+@click.option("--n", "n", type=click.IntRange(1, 64), default=1, show_default=True, help="Images per request.")
+def bench_serve_command(models, steps, guidance, max_batch, max_wait_ms, json_out, overwrite, modes, clients, duration, n) -> None:  # fmt: skip
+    """Throughput of `mobilegen serve` (MODELS, default: the untrained v2) under N clients, per batching mode."""
+    from mobilegen.serve import ServeConfig
+    from mobilegen.serve.loadtest import LoadPlan, bench_table, parse_modes, run_mode
+
+    names = parse_modes(modes)
+    if json_out is not None:
+        from mobilegen.files import check_output_file
+
+        check_output_file(json_out, overwrite)  # before minutes of load
+    config = ServeConfig(steps=steps, guidance=guidance, max_batch=max_batch, max_wait_ms=max_wait_ms, max_n=max(16, n),
+                         max_pending=max(64, 2 * clients), timeout_s=600, log_level="warning")  # fmt: skip
+    plan = LoadPlan(clients, duration, n)
+    load_header(f"load: {clients} clients x {duration:g} s per mode; ddim {steps} steps, guidance {guidance:g}, n={n}; "
+                f"max wait {max_wait_ms:g} ms")  # fmt: skip
+    results = []
+    for mode in names:
+        click.echo(f"running batching {mode} ...")
+        results.append(run_mode(config, list(models), plan, mode))
+    click.echo(bench_table(results))
+    write_results(json_out, overwrite, {"plan": vars(plan), "steps": steps, "guidance": guidance, "results": results})
+
+
+@click.command("soak-serve")
+@load_options
+@click.option("--requests", type=click.IntRange(1), default=500, show_default=True, help="Requests in the storm.")
+@click.option("--clients", type=click.IntRange(1, 1024), default=20, show_default=True, help="Concurrent clients.")
+@click.option("--hangup", type=FiniteFloat(0, 1), default=0.2, show_default=True, help="Share of clients that hang up.")
+@click.option("--level-at", type=click.IntRange(1), default=100, show_default=True,
+              help="Growth is measured from the peak RSS over the first this-many storm requests.")
+@click.option("--idle-s", type=FiniteFloat(0, 3600), default=20.0, show_default=True, help="Idle time after the storm.")
+def soak_serve_command(models, steps, guidance, max_batch, max_wait_ms, json_out, overwrite, requests, clients, hangup, level_at,
+                       idle_s) -> None:  # fmt: skip
+    """Server RSS under a bounded storm of mixed requests (MODELS, default: the untrained v2), sampled throughout."""
+    from mobilegen.errors import InvalidInput
+    from mobilegen.serve import ServeConfig
+    from mobilegen.serve.soak import SoakPlan, soak, soak_summary
+
+    if level_at >= requests:
+        raise InvalidInput(f"--level-at {level_at} must be below --requests {requests}")
+    if json_out is not None:
+        from mobilegen.files import check_output_file
+
+        check_output_file(json_out, overwrite)
+    config = ServeConfig(steps=steps, guidance=guidance, max_batch=max_batch, max_wait_ms=max_wait_ms, max_n=4,
+                         max_pending=max(128, 2 * clients), timeout_s=600, log_level="warning")  # fmt: skip
+    plan = SoakPlan(requests=requests, clients=clients, hangup=hangup, checkpoint_at=level_at, idle_s=idle_s)
+    load_header(f"soak: {requests} requests of 1-4 images, 1-3 steps, guided or not; --max-batch {max_batch}")
+    result = soak(config, list(models), plan)
+    click.echo(soak_summary(result))
+    write_results(json_out, overwrite, result)

@@ -12,7 +12,8 @@ from mobilegen.contract.labels import CIFAR10_LABELS
 from mobilegen.contract.schema import SCHEMA_VERSION, validate_manifest
 from mobilegen.contract.spec import LABELS_FILE, DenoiserSpec
 from mobilegen.diffusion import SamplerConfig, Schedule
-from mobilegen.files import sha256_file, write_json  # noqa: F401  mf.write_json: strict JSON (no NaN/Infinity), atomic
+from mobilegen.errors import ManifestError
+from mobilegen.files import DuplicateKey, loads_strict, sha256_file, write_json  # noqa: F401  mf.write_json: strict JSON (no NaN/Infinity), atomic
 
 MANIFEST = "manifest.json"
 LABELS = LABELS_FILE
@@ -84,15 +85,15 @@ def build_manifest(
 
 
 def read_manifest(directory: Path) -> dict:
-    from mobilegen.errors import MobileGenError
-
     path = directory / MANIFEST
     if not path.is_file():
-        raise MobileGenError(f"{directory}: no {MANIFEST}; expected a folder written by mobilegen-export")
+        raise ManifestError(f"{directory}: no {MANIFEST}; expected a folder written by mobilegen-export")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MobileGenError(f"{path}: not valid JSON ({exc})") from None
+        data = loads_strict(path.read_text())
+    except DuplicateKey as exc:
+        raise ManifestError(f"{path}: refused: {exc}; a manifest must have one reading (re-export the folder)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ManifestError(f"{path}: not valid JSON ({str(exc)[:120]})") from None
     return validate_manifest(data, path)
 
 

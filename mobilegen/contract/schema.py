@@ -40,8 +40,11 @@ def typed(value: Any, field: str, kind: type) -> Any:
 
 
 def json_text(value: Any) -> str:
+    """A value as JSON writes it, cut to 40 characters (an integer of thousands of digits included)."""
     if value is None:
         return "missing or null"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
     text = json.dumps(value) if isinstance(value, (dict, list, str, int, float)) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -53,7 +56,7 @@ def member(obj: dict, key: str, field: str, kind: type) -> Any:
 def whole(obj: dict, key: str, field: str, low: int, high: int) -> int:
     value = member(obj, key, field, int)
     if not low <= value <= high:
-        raise Invalid(f"{field}.{key}", f"must be in {low}..{high}, got {value}")
+        raise Invalid(f"{field}.{key}", f"must be in {low}..{high}, got {json_text(value)}")
     return value
 
 

@@ -21,6 +21,8 @@ from mobilegen.diffusion.schedule import Schedule
 from mobilegen.errors import InvalidInput, NonFiniteError
 
 SAMPLERS = ("ddim", "ddpm")
+# Seeds of torch.Generator.manual_seed, the one rule for the CLI and the server: 0..2^63-1.
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class SamplerConfig:
             raise InvalidInput(f"guidance and eta must be finite numbers, got guidance={self.guidance}, eta={self.eta}")
         if self.guidance < 0:
             raise InvalidInput(f"guidance must be >= 0 (0 turns it off), got {self.guidance}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise InvalidInput(f"seed must be an integer in 0..{MAX_SEED} (2^63-1), got {str(self.seed)[:40]}")
 
     def timesteps(self, schedule: Schedule) -> list[int]:
         return ddpm_timesteps(schedule) if self.sampler == "ddpm" else ddim_timesteps(schedule, self.steps)

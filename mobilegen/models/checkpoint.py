@@ -115,6 +115,8 @@ def check_zip_sizes(path: Path) -> None:
 def _read_file(path: Path) -> tuple[Any, dict]:
     """Raw object from disk, plus safetensors metadata (empty for torch files)."""
     if not path.is_file():
+        if path.is_symlink():
+            raise CheckpointError(f"{path}: a symbolic link that leads to no file (dangling, or a loop of links)")
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix not in SUFFIXES:
         raise CheckpointError(f"{path}: unsupported extension {path.suffix!r}; expected one of {', '.join(SUFFIXES)}")

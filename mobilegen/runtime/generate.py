@@ -20,7 +20,7 @@ from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
 from mobilegen.files import check_output_file
 from mobilegen.models.checkpoint import load_or_default
 from mobilegen.runtime.backends import OnnxBackend, TFLiteBackend, TorchBackend, open_artifact
-from mobilegen.runtime.images import save_png
+from mobilegen.runtime.images import image_format, save_image
 
 ARTIFACT_SUFFIXES = (".onnx", ".tflite")
 
@@ -71,7 +71,35 @@ def open_backend(model_path: Path | None, device: str, arch: str | None, manifes
                        linear_schedule(), CIFAR10_LABELS)  # fmt: skip
 
 
-def generate(
+@dataclass(frozen=True)
+class Generation:
+    """A sampling run with every input checked and the model open: nothing is left that can
+    fail on bad input once ``run`` starts (the CLI starts its progress bar only then)."""
+
+    opened: OpenedModel
+    label: int
+    n: int
+    config: SamplerConfig
+    out: Path | None
+
+    @property
+    def steps(self) -> int:
+        return len(self.config.timesteps(self.opened.schedule))
+
+    def run(self, on_step: Callable[[int, torch.Tensor], None] | None = None) -> Generated:
+        backend = self.opened.backend
+        start = time.perf_counter()
+        x = run_sampler(backend.torch_denoise, torch.full((self.n,), self.label), self.opened.schedule, self.config,
+                        getattr(backend, "device", "cpu"), on_step)  # fmt: skip
+        seconds = time.perf_counter() - start
+        images = to_uint8(x)
+        if self.out is not None:
+            save_image(images, self.out)
+        name = "unconditional" if self.label < 0 else self.opened.labels[self.label]
+        return Generated(images, backend.name, self.opened.description, name, seconds)
+
+
+def prepare(
     model_path: Path | None,
     label: str,
     n: int,
@@ -79,25 +107,24 @@ def generate(
     device: str = "auto",
     arch: str | None = None,
     out: Path | None = None,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
     overwrite: bool = False,
     max_tensor_mb: float | None = None,
-) -> Generated:
+) -> Generation:
+    """Check the output path, the label and the model, and open the model."""
     manifest = artifact_manifest(model_path)
     if out is not None:  # the input, and for an artifact every file of its export, is never overwritten
         folder = model_path.parent if manifest else None
         inputs = [model_path] + ([folder / MANIFEST] + [folder / name for name in manifest["files"]] if manifest else [])
         check_output_file(out, overwrite, inputs)
+        image_format(out)
     y = parse_label(label, tuple(manifest["labels"]) if manifest else CIFAR10_LABELS)  # before loading anything
     rows = n * (2 if config.guidance else 1)  # a guided step runs both passes as one batch
     opened = open_backend(model_path, device, arch, manifest, (rows, max_tensor_mb) if max_tensor_mb else None)
-    backend = opened.backend
-    start = time.perf_counter()
-    x = run_sampler(backend.torch_denoise, torch.full((n,), y), opened.schedule, config,
-                    getattr(backend, "device", "cpu"), on_step)  # fmt: skip
-    seconds = time.perf_counter() - start
-    images = to_uint8(x)
-    if out is not None:
-        save_png(images, out)
-    name = "unconditional" if y < 0 else opened.labels[y]
-    return Generated(images, backend.name, opened.description, name, seconds)
+    return Generation(opened, y, n, config, out)
+
+
+def generate(model_path: Path | None, label: str, n: int, config: SamplerConfig, device: str = "auto",
+             arch: str | None = None, out: Path | None = None, on_step: Callable[[int, torch.Tensor], None] | None = None,
+             overwrite: bool = False, max_tensor_mb: float | None = None) -> Generated:  # fmt: skip
+    """prepare, then run."""
+    return prepare(model_path, label, n, config, device, arch, out, overwrite, max_tensor_mb).run(on_step)

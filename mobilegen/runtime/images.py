@@ -1,4 +1,5 @@
-"""uint8 image tensors -> PNG files (a grid when there are several)."""
+"""uint8 image tensors -> image files (a grid when there are several), in the format the
+file name's extension names: PNG (lossless, the default everywhere), JPEG or WebP."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mobilegen.errors import InvalidInput
 from mobilegen.files import atomic_write
 
 
@@ -27,14 +29,33 @@ def grid(images: torch.Tensor, pad: int = 2, cols: int | None = None) -> np.ndar
     return canvas
 
 
-def png_bytes(images: torch.Tensor, cols: int | None = None) -> bytes:
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def image_format(path: str | Path) -> str:
+    """The PIL format the extension names; InvalidInput for any other extension (or none)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise InvalidInput(f"{path}: cannot tell the image format from {suffix or 'no extension'!r}; "
+                           f"name the file with one of {', '.join(FORMATS)}")  # fmt: skip
+    return FORMATS[suffix]
+
+
+def image_bytes(images: torch.Tensor, image_format: str = "PNG", cols: int | None = None) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(grid(images, cols=cols)).save(buf, format="PNG")
+    options = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
+    Image.fromarray(grid(images, cols=cols)).save(buf, format=image_format, **options)
     return buf.getvalue()
 
 
-def save_png(images: torch.Tensor, path: str | Path, cols: int | None = None) -> Path:
-    data = png_bytes(images, cols)
+def png_bytes(images: torch.Tensor, cols: int | None = None) -> bytes:
+    return image_bytes(images, "PNG", cols)
+
+
+def save_image(images: torch.Tensor, path: str | Path, cols: int | None = None) -> Path:
+    """An image file of the format its extension names (image_format)."""
+    data = image_bytes(images, image_format(path), cols)
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+

@@ -146,7 +146,25 @@ async def _disconnected(request) -> None:
 
 
 class _BodyTooLarge(Exception):
-    pass
+    """args[0]: whether more of the body is still to come."""
+
+
+DRAIN_LIMIT = 256 * 2**20  # past this a refused body is not read on: the connection is closed
+
+
+async def _drain(receive, timeout_s: float) -> None:
+    """Read and drop the rest of a refused body, so that the client, still sending, reads our
+    413 instead of a connection reset (closing a socket with unread data resets it)."""
+    dropped = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while dropped <= DRAIN_LIMIT:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    return
+                dropped += len(message.get("body", b""))
+    except TimeoutError:
+        pass
 
 
 class Guard:
@@ -185,19 +203,22 @@ class Guard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > config.max_body_bytes:
-                    raise _BodyTooLarge()
+                    raise _BodyTooLarge(bool(message.get("more_body")))
             return message
 
         too_large = f"request body over this server's limit of {config.max_body_bytes} bytes"
         metrics.in_progress.inc()
         try:
             length = dict(scope["headers"]).get(b"content-length", b"0")
-            if not length.isdigit() or int(length) > config.max_body_bytes:
+            if not length.isdigit() or len(length) > 18 or int(length) > config.max_body_bytes:
+                await _drain(receive, config.timeout_s)
                 await fail(413, too_large)
                 return
             async with asyncio.timeout(config.timeout_s):
                 await self.app(scope, limited_receive, tracked_send)
-        except _BodyTooLarge:
+        except _BodyTooLarge as exc:
+            if exc.args[0]:  # more of the body is on its way
+                await _drain(receive, config.timeout_s)
             await fail(413, too_large)
         except TimeoutError:
             await fail(504, f"request took longer than this server's timeout of {config.timeout_s:g} s")

@@ -17,12 +17,12 @@ from typing import Any
 
 from mobilegen.contract.labels import ALIASES, ascii_int, parse_label
 from mobilegen.diffusion import SamplerConfig
-from mobilegen.diffusion.sampler import SAMPLERS
+from mobilegen.diffusion.sampler import MAX_SEED, SAMPLERS
 from mobilegen.errors import MobileGenError
+from mobilegen.files import DuplicateKey, loads_strict
 from mobilegen.serve.config import DDPM_STEPS, ServeConfig
 from mobilegen.serve.models import ServedModel, find_model
 
-MAX_SEED = 2**63 - 1
 JSON_FIELDS = ("label", "version", "seed", "steps", "sampler", "guidance", "eta", "n", "output")
 FORM_FIELDS = ("text", "version", "seed")
 OUTPUTS = ("png", "json")
@@ -60,8 +60,33 @@ class Job:
         return {k: str(v) for k, v in zip(RESULT_HEADERS, values)} | {"Cache-Control": "no-store"}
 
 
+@dataclass(frozen=True)
+class LongInteger:
+    """A JSON integer too long to be any allowed value (Python refuses to convert one of over
+    4,300 digits; anything over MAX_DIGITS is out of every range here anyway)."""
+
+    digits: int
+
+    MAX_DIGITS = 40
+
+    @classmethod
+    def parse(cls, text: str) -> "int | LongInteger":
+        digits = len(text.lstrip("-"))
+        return int(text) if digits <= cls.MAX_DIGITS else cls(digits)
+
+    def __str__(self) -> str:
+        return f"an integer of {self.digits} digits"
+
+
+def parse_body(raw: bytes) -> Any:
+    """The JSON body, refusing repeated keys (DuplicateKey) and reading huge integers as LongInteger."""
+    return loads_strict(raw, parse_int=LongInteger.parse)
+
+
 def shown(value: Any) -> str:
     """A value as the client sent it (JSON spelling), cut to 60 characters."""
+    if isinstance(value, LongInteger):
+        return str(value)
     try:
         text = json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):
@@ -91,7 +116,9 @@ class Fields:
                 self.bad(field, f"{field} must be an integer in ASCII digits 0-9, got {shown(value)}")
                 return None
             value = parsed
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, LongInteger):
+            self.bad(field, f"{field} must be in {low}..{high}, got {value}", min=low, max=high)
+        elif isinstance(value, bool) or not isinstance(value, int):
             self.bad(field, f"{field} must be an integer, got {shown(value)}")
         elif not low <= value <= high:
             self.bad(field, f"{field} must be in {low}..{high}, got {shown(value)}", min=low, max=high)
@@ -103,7 +130,9 @@ class Fields:
         """A finite JSON number in low..high (compared before any cast: 10**400 is not an overflow)."""
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, LongInteger):
+            self.bad(field, f"{field} must be in {low:g}..{high:g}, got {value}", min=low, max=high)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
             self.bad(field, f"{field} must be a number, got {shown(value)}")
         elif isinstance(value, float) and not math.isfinite(value):
             self.bad(field, f"{field} must be a finite number, got {shown(value)}")
@@ -141,7 +170,9 @@ def build_job(config: ServeConfig, models: dict[str, ServedModel], fields: dict[
     label, label_index, label_name = fields.get(label_field), -1, "unconditional"
     allowed = [*model.labels, *ALIASES, "none"]
     use = f"use a class name, an index 0-{len(model.labels) - 1} in ASCII digits, an alias or 'none'"
-    if isinstance(label, bool) or not isinstance(label, (str, int)):
+    if isinstance(label, LongInteger):
+        f.bad(label_field, f"unknown {label_field} ({label}); {use}", allowed=allowed)
+    elif isinstance(label, bool) or not isinstance(label, (str, int)):
         f.bad(label_field, f"{label_field} must be a string or an integer, got {shown(label)}; {use}", allowed=allowed)
     else:
         try:
@@ -172,7 +203,9 @@ def build_job(config: ServeConfig, models: dict[str, ServedModel], fields: dict[
 def json_job(raw: bytes, config: ServeConfig, models: dict[str, ServedModel]) -> Job:
     """POST /v1/images: the body must be one JSON object of known fields, label included."""
     try:
-        data = json.loads(raw)
+        data = parse_body(raw)
+    except DuplicateKey as exc:
+        raise invalid(exc.key, f"field {shown(exc.key)} is given more than once; send each field once") from None
     except (ValueError, RecursionError) as exc:
         raise invalid("body", f"body is not valid JSON ({str(exc)[:100]}); send e.g. {JSON_EXAMPLE}") from None
     if not isinstance(data, dict):
@@ -191,7 +224,9 @@ def form_job(form, config: ServeConfig, models: dict[str, ServedModel]) -> Job:
     fields, f = {}, Fields()
     for key in FORM_FIELDS:
         value = form.get(key)
-        if value is not None and not isinstance(value, str):
+        if len(form.getlist(key)) > 1:
+            f.bad(key, f"form field {key!r} is given {len(form.getlist(key))} times; send it once")
+        elif value is not None and not isinstance(value, str):
             f.bad(key, f"form field {key!r} must be text, not a file")
         else:
             fields[key] = value

@@ -232,6 +232,6 @@ def write_demo_data(out: Path, per_class: int, seed: int = 0, overwrite: bool = 
     try:
         write_demo_folder(stage, per_class, seed)
         (stage / DEMO_MARKER).write_text(json.dumps({"written_by": "mobilegen demo-data", "per_class": per_class, "seed": seed}) + "\n")
-        return publish_folder(stage, out)
+        return publish_folder(stage, out, lambda: check_output_folder(out, overwrite, [], "a demo-data folder", demo_folder_problem))
     finally:
         shutil.rmtree(stage, ignore_errors=True)

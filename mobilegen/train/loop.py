@@ -45,7 +45,7 @@ from mobilegen.files import check_output_file
 from mobilegen.models import UNet
 from mobilegen.models.checkpoint import check_zip_sizes, load_checkpoint, save_checkpoint, seeded_model
 from mobilegen.runtime.backends import resolve_device
-from mobilegen.runtime.images import save_png
+from mobilegen.runtime.images import save_image
 from mobilegen.train.data import ImageFolder, OnBadImage, StepSampler, steps_per_epoch, validation_loss
 from mobilegen.train.distributed import (
     DistributedStepSampler,
@@ -299,7 +299,7 @@ class Trainer:
 def sample_grid(model: UNet, path: Path, device: torch.device, steps: int = 20) -> Path:
     labels = torch.tensor(SAMPLE_CLASSES)
     x = run_sampler(lambda x, t, y: model(x, t, y), labels, linear_schedule(), SamplerConfig(steps=steps), device)
-    return save_png(to_uint8(x), path)
+    return save_image(to_uint8(x), path)
 
 
 def check_run_folder(config: TrainConfig) -> None:

@@ -36,7 +36,7 @@ from mobilegen.export.build import ExportOptions, build_artifacts
 from mobilegen.files import atomic_write, check_output_file, write_json
 from mobilegen.models.checkpoint import LoadedModel
 from mobilegen.runtime.backends import TorchBackend, default_threads, open_artifact
-from mobilegen.runtime.images import save_png
+from mobilegen.runtime.images import save_image
 from mobilegen.runtime.tflite_file import check_builtin_only
 from mobilegen.verify.foreign import ForeignTFLite
 from mobilegen.verify.memory import contract_feeds, measure_file, measure_torch
@@ -187,7 +187,7 @@ def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, thread
         "image": {"sampler": IMAGE_CONFIG.sampler, "steps": IMAGE_CONFIG.steps, "guidance": IMAGE_CONFIG.guidance,
                   "label": CIFAR10_LABELS[labels[0]], "rounds": image_rounds},
     }  # fmt: skip
-    save_png(torch.cat(images), out / "samples.png", cols=len(labels))
+    save_image(torch.cat(images), out / "samples.png", cols=len(labels))
     write_json(out / "compare.json", result)
     atomic_write(out / "compare.md", lambda p: p.write_text(render(result)))
     return result

@@ -20,7 +20,7 @@ from mobilegen.contract import manifest as mf
 from mobilegen.diffusion import SamplerConfig
 from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
 from mobilegen.runtime.images import png_bytes
-from mobilegen.verify.recheck import REFERENCE, Trajectories, check_hashes, reference_model, run_trajectories
+from mobilegen.verify.recheck import REFERENCE, Trajectories, check_hashes, check_loadable, reference_model, run_trajectories
 
 SPEED_STEPS = (10, 20, 50)
 
@@ -171,6 +171,7 @@ def write_html_report(directory: Path, labels: tuple[int, ...], config: SamplerC
     problems = check_hashes(directory, manifest)
     if problems:
         raise MobileGenError(f"{directory}: " + "; ".join(problems))
+    check_loadable(directory, manifest, threads)
     model = reference_model(manifest, checkpoint, directory).model
     traj = run_trajectories(directory, manifest, model, list(labels), config, threads)
     ips = images_per_second(manifest, labels[0], traj)

@@ -112,6 +112,14 @@ def artifacts(directory: Path, manifest: dict) -> dict[str, Path]:
     return {n: directory / n for n in manifest["files"] if n in PRECISION}
 
 
+def check_loadable(directory: Path, manifest: dict, threads: int | None = None) -> None:
+    """Open every file in its runtime (ManifestError for one that does not load or whose
+    inputs/outputs are not the contract): seconds, before minutes of reference work."""
+    spec = mf.spec_from_manifest(manifest)
+    for path in artifacts(directory, manifest).values():
+        open_artifact(path, spec, threads)
+
+
 @dataclass
 class Trajectories:
     config: SamplerConfig
@@ -147,6 +155,7 @@ def verify_directory(directory: Path, threads: int | None = None, checkpoint: Pa
         problems.append(f"manifest status is {manifest.get('status')!r}, not 'passed'")
     parity, trajectories, memory = {}, None, {}
     if intact:
+        check_loadable(directory, manifest, threads)  # the cheap checks first: fail fast
         spec = mf.spec_from_manifest(manifest)
         model = reference_model(manifest, checkpoint, directory).model
         cases = forward_process_cases(schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"]))
@@ -229,6 +238,7 @@ def bench_directory(directory: Path, checkpoint: Path | None, threads: int | Non
     problems = check_hashes(directory, manifest)
     if problems:
         raise MobileGenError(f"{directory}: " + "; ".join(problems))
+    check_loadable(directory, manifest, threads)
     model = reference_model(manifest, checkpoint, directory).model
     manifest["latency"] = bench_directory_files(model, artifacts(directory, manifest), mf.spec_from_manifest(manifest), threads, repeats=repeats)
     manifest["latency"]["memory"] = bench_memory(directory, manifest, checkpoint, threads)

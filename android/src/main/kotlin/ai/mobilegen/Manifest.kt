@@ -3,6 +3,7 @@ package ai.mobilegen
 import org.json.JSONArray
 import org.json.JSONException
 import org.json.JSONObject
+import org.json.JSONTokener
 
 /** manifest.json is not an export this library can run. The message says what was wrong and what is allowed. */
 class ManifestException(message: String) : Exception(message)
@@ -52,7 +53,8 @@ class Manifest private constructor(
 
         fun parse(text: String): Manifest {
             val root = try {
-                JSONObject(text)
+                StrictJson(text).document() as? JSONObject
+                    ?: throw ManifestException("manifest.json is not a JSON object")
             } catch (e: JSONException) {
                 throw ManifestException("manifest.json is not valid JSON: ${e.message}")
             }
@@ -148,5 +150,54 @@ class Manifest private constructor(
         }
         fun doubles() = DoubleArray(length) { ((value as JSONArray).opt(it) as? Number ?: wrong("[$it]", "a number")).toDouble() }
         fun strings() = (0 until length).map { (value as JSONArray).opt(it) as? String ?: wrong("[$it]", "a string") }
+    }
+}
+
+/**
+ * JSON read with org.json's tokenizer, refusing a key repeated in one object. org.json keeps the
+ * last value of a repeated key, other parsers the first: a manifest must have one reading, so
+ * the exporter's checker (Python) and this library both refuse it.
+ */
+internal class StrictJson(text: String) {
+    private val tokens = JSONTokener(text)
+
+    fun document(): Any {
+        val value = value("")
+        if (tokens.nextClean() != 0.toChar()) throw tokens.syntaxError("text after the JSON value")
+        return value
+    }
+
+    private fun value(path: String): Any = when (tokens.nextClean()) {
+        '{' -> obj(path)
+        '[' -> array(path)
+        else -> { tokens.back(); tokens.nextValue() }
+    }
+
+    private fun obj(path: String): JSONObject {
+        val out = JSONObject()
+        if (tokens.nextClean() == '}') return out
+        tokens.back()
+        while (true) {
+            val key = tokens.nextValue() as? String ?: throw tokens.syntaxError("object keys must be strings")
+            val at = if (path == "") key else "$path.$key"
+            if (out.has(key)) throw ManifestException("manifest.json: key '$at' appears twice; a manifest must have one reading")
+            if (tokens.nextClean() != ':') throw tokens.syntaxError("expected ':' after key '$at'")
+            out.put(key, value(at))
+            val next = tokens.nextClean()
+            if (next == '}') return out
+            if (next != ',') throw tokens.syntaxError("expected ',' or '}' in '$path'")
+        }
+    }
+
+    private fun array(path: String): JSONArray {
+        val out = JSONArray()
+        if (tokens.nextClean() == ']') return out
+        tokens.back()
+        while (true) {
+            out.put(value("$path[${out.length()}]"))
+            val next = tokens.nextClean()
+            if (next == ']') return out
+            if (next != ',') throw tokens.syntaxError("expected ',' or ']' in '$path'")
+        }
     }
 }
