@@ -37,9 +37,14 @@ class OutputError(MobileGenError):
 
 
 class GateError(MobileGenError):
-    """A verification gate failed: the artifact is not trustworthy."""
+    """A verification gate failed: the artifact is not trustworthy. Carries every gate's
+    result (contract.gates.GateResult), whose summaries the CLI prints before the message."""
 
     exit_code = 1
+
+    def __init__(self, message: str, results: tuple = ()):
+        super().__init__(message)
+        self.results = tuple(results)
 
 
 # The one command that completes an install for a package pip leaves out. onnx2tf 2.6.9

@@ -114,12 +114,12 @@ def test_failed_gate_exits_1_and_publishes_nothing(tmp_path, v2_checkpoint, monk
 
 
 def test_interrupted_export_leaves_nothing_behind(tmp_path, v2_checkpoint, monkeypatch):
-    from mobilegen import pipeline
+    from mobilegen.jobs import export as job
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "run_parity", interrupted)
+    monkeypatch.setattr(job, "run_parity", interrupted)
     res = CliRunner().invoke(export_cli, ["onnx", str(v2_checkpoint), "-o", str(tmp_path / "v2")])
     assert res.exit_code == 130 and res.stderr.splitlines()[-1].startswith("error: interrupted (Ctrl-C)")
     assert list(tmp_path.iterdir()) == [v2_checkpoint], "no output folder and no staging leftovers"
@@ -267,13 +267,17 @@ def test_killed_exports_leave_nothing_behind(tmp_path):
 @pytest.mark.slow
 def test_failed_export_manifest_is_strict_json(tmp_path):
     """NaN weights make every output NaN: the failed manifest says so with null, never Infinity."""
-    from mobilegen.pipeline import ExportOptions, export_artifacts
+    from mobilegen.errors import GateError
+    from mobilegen.export.build import BuildOptions
+    from mobilegen.jobs.export import ExportOptions, export_artifacts
 
     loaded = seeded_model("student_v2")
     with torch.no_grad():
         loaded.model.inc.double_conv[0].weight[0, 0, 0, 0] = float("nan")
-    result = export_artifacts(loaded, ExportOptions(out_dir=tmp_path / "nan", tflite=False, fp16=False, bench=False))
-    assert not result.passed
+    options = ExportOptions(out_dir=tmp_path / "nan", build=BuildOptions(tflite=False), layout="NCHW", bench=False)
+    with pytest.raises(GateError) as failed:
+        export_artifacts(loaded, options)
+    assert {r.gate for r in failed.value.results if not r.passed} == {"parity"}
 
     def refuse(constant):
         raise ValueError(f"not JSON: {constant}")

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mobilegen"
 # Bottom to top: a module may import its own package and any package listed before it.
 # Lazy imports (inside a function) count too: they are still a dependency.
 LAYERS = ("errors", "files", "diffusion", "contract", "models", "runtime", "compress", "export", "verify",
-          "pipeline", "train", "serve", "cli", "__main__")  # fmt: skip
+          "jobs", "train", "serve", "cli", "__main__")  # fmt: skip
 MAX_LINES = 400
 
 
@@ -129,3 +129,48 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path, monkeypatch):
 def test_every_file_is_readable_in_one_sitting():
     long = {str(p.relative_to(PACKAGE)): n for p in SOURCES if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, long
+
+
+def test_no_sys_exit_below_the_cli_group():
+    """Only the group's error handler (cli/core.py) ends the process: commands raise, the
+    pipeline raises GateError, and the group maps both to exit codes."""
+    found = []
+    for path in SOURCES:
+        if path.relative_to(PACKAGE).as_posix() == "cli/core.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            call = node.func if isinstance(node, ast.Call) else None
+            if isinstance(call, ast.Attribute) and call.attr == "exit" and isinstance(call.value, ast.Name) and call.value.id == "sys":
+                found.append(f"{path.name}:{node.lineno}: sys.exit")
+            if isinstance(node, ast.Raise) and isinstance(node.exc, (ast.Call, ast.Name)) and "SystemExit" in ast.unparse(node.exc):
+                found.append(f"{path.name}:{node.lineno}: raise SystemExit")
+    assert not found, "\n".join(found)
+
+
+MAX_FUNCTION_LINES = 60
+MAX_FMT_SKIPS = 10
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = [f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+            for path in SOURCES for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]  # fmt: skip
+    assert not long, "\n".join(long)
+
+
+def test_the_formatter_is_skipped_only_for_a_few_tables():
+    skips = [f"{path.relative_to(PACKAGE)}:{i}" for path in SOURCES for i, line in enumerate(path.read_text().splitlines(), 1)
+             if "# fmt: skip" in line]  # fmt: skip
+    assert len(skips) <= MAX_FMT_SKIPS, f"{len(skips)} '# fmt: skip' markers:\n" + "\n".join(skips)
+
+
+def test_every_module_is_imported_by_a_unit_test():
+    tests = Path(__file__).resolve().parent
+    imported = set()
+    for path in tests.rglob("*.py"):
+        for _, target, names in imports(path):
+            imported.add(target)
+            imported.update(f"{target}.{n}" for n in names)
+    modules = {module_name(p) for p in SOURCES if p.name != "__init__.py" and p.name != "__main__.py"}
+    missing = sorted(m for m in modules if m not in imported)
+    assert not missing, "modules no test imports:\n" + "\n".join(missing)

@@ -140,7 +140,7 @@ def test_verify_checks_every_file_loads_before_the_reference_work(folder, monkey
     files are opened, before the reference model is even built."""
     import onnx
 
-    import mobilegen.verify.recheck as recheck
+    import mobilegen.jobs.verify as job
 
     model = onnx.load(str(folder / ONNX))
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3
@@ -150,7 +150,7 @@ def test_verify_checks_every_file_loads_before_the_reference_work(folder, monkey
     def reference_model(*args, **kwargs):
         raise AssertionError("the reference model was built before every file was opened")
 
-    monkeypatch.setattr(recheck, "reference_model", reference_model)
+    monkeypatch.setattr(job, "reference_model", reference_model)
     assert_refused(run("verify", folder), ONNX, "do not match the manifest's io contract")
 
 
@@ -200,10 +200,24 @@ def test_verify_refuses_a_symlink_that_leads_out_of_the_folder(folder, tmp_path)
 
 
 @pytest.mark.slow
-def test_the_unchanged_export_still_verifies(folder):
+def test_verify_bench_and_report_leave_the_manifest_byte_identical(folder):
+    """The read-only commands write what they measure beside the manifest, never into it."""
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
     res = run("verify", folder, "--classes", "")
     assert res.exit_code == 0, res.output + res.stderr
     assert "pytorch fp32 vs float64" in res.output
+    assert run("bench", folder, "--repeats", "3").exit_code == 0
+    res = run("report", folder, "--classes", "cat", "--steps", "2")
+    assert res.exit_code == 0, res.output + res.stderr
+    after = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert {n: after[n] for n in before} == before, "every file of the export is byte-identical"
+    assert set(after) - set(before) == {"bench.json", "trajectory.json", "report.html"}
+    manifest_sha = hashlib.sha256(before["manifest.json"]).hexdigest()
+    bench, trajectory = (json.loads(after[n]) for n in ("bench.json", "trajectory.json"))
+    assert bench["manifest_sha256"] == trajectory["manifest_sha256"] == manifest_sha
+    assert bench["repeats"] == 3 and set(trajectory["results"]) == {ONNX, F32, F16}
+    assert "Latency per denoising step" in after["report.html"].decode(), "report.html draws bench.json's latency"
+    assert run("verify", folder, "--classes", "").exit_code == 0, "the folder, with them, still verifies"
 
 
 @pytest.mark.parametrize("case", ["nan-in-schedule", "schedule-above-1", "truncated-schedule"])

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 from helpers import run
 
-from mobilegen.export.build import DEFAULT_TENSOR_MB
+from mobilegen.contract.defaults import TENSOR_MB as DEFAULT_TENSOR_MB
 from mobilegen.export.schedule import depth_first_order
 from mobilegen.models.budget import MB, min_budget, plan_attention, set_bounded_attention
 from mobilegen.runtime.tflite_file import graph_memory, peak_live_bytes, read_graph

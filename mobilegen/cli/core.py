@@ -79,6 +79,8 @@ class Group(click.Group):
         except MobileGenError as exc:
             if debug:
                 raise
+            for result in getattr(exc, "results", ()):  # a GateError: every gate's summary, then the verdict
+                click.echo(result.summary())
             fail(str(exc), exc.exit_code)
         except OSError as exc:  # full disk, permissions: nothing was published
             if debug:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import click
 
+from mobilegen.contract import defaults
+from mobilegen.contract.spec import LAYOUTS
+from mobilegen.errors import GateError
 from mobilegen.cli.core import (
     FiniteFloat,
     arch_option,
@@ -33,7 +35,7 @@ export_options = options(
                  show_default=True, help="Output folder (created; refused if it exists without --overwrite)."),
     overwrite_option("Replace an existing export folder once the new export passed (only a MobileGen export: "
                      "anything else is refused)."),
-    click.option("--batch", type=click.IntRange(1, 16), default=1, show_default=True,
+    click.option("--batch", type=click.IntRange(1, 16), default=defaults.BATCH, show_default=True,
                  help="Fixed batch of the exported graph (2 runs a guided step in one call)."),
     threads_option(),
     max_tensor_option("Largest tensor of the graph: attention runs in chunks to fit [4 x batch]; inf: unbounded."),
@@ -42,7 +44,7 @@ export_options = options(
                       "fp32 and fp16 64, int8 48, ONNX 96 at batch 1, x0.75 x batch above; other architectures: not gated]."),
 )  # fmt: skip
 trajectory_options = options(
-    click.option("--classes", default="cat,ship", show_default=True,
+    click.option("--classes", default=defaults.CLASSES, show_default=True,
                  help="Comma-separated labels for the trajectory check ('' skips it)."),
     sampler_option("ddpm runs the original 999-step sampler (slow)."),
     steps_option(),
@@ -59,36 +61,34 @@ def register(cli: click.Group) -> None:
 
 
 def run_export(checkpoint, arch, out, overwrite, batch, threads, **kw) -> None:
-    from mobilegen.pipeline import ExportOptions, check_output_dir, export_artifacts
-    from mobilegen.verify.memory import limit_text
+    from mobilegen.jobs.export import check_output_dir, export_artifacts
 
     check_output_dir(out, overwrite, checkpoint)  # before any work
     loaded = load_model(checkpoint, arch)
     start = time.perf_counter()
-    result = export_artifacts(loaded, ExportOptions(out_dir=out, overwrite=overwrite, batch=batch, threads=threads, **kw))
-    for parity in result.parity.values():
-        click.echo(parity.summary())
-    for name, entry in result.manifest["files"].items():
-        if "memory" in entry:
-            m = entry["memory"]
-            click.echo(f"{name}: peak RSS {m['peak_rss_mb']:.1f} MB ({limit_text(m['limit_mb'])})"
-                       + (f", largest tensor {m['graph']['largest_tensor_mb']:.2f} MB" if "graph" in m else ""))  # fmt: skip
+    result = export_artifacts(loaded, export_options_of(out, overwrite, batch, threads, **kw))  # GateError: exit 1
+    for gate in result.gates:
+        click.echo(gate.summary())
     if "latency" in result.manifest:
         click.echo(result.manifest["latency"]["table"])
-    took = time.perf_counter() - start
-    if result.memory_failures:
-        fail("a memory gate failed: " + "; ".join(result.memory_failures)
-             + f". Nothing was published to {out}. Failed export kept in {result.out_dir}", 1)  # fmt: skip
-    if not result.passed:
-        fail(f"a parity gate failed; nothing was published to {out}. Failed export kept in {result.out_dir}", 1)
     files = ", ".join(result.manifest["files"])
-    click.echo(f"verified and wrote {result.out_dir}/ ({files}, manifest.json, report.md) in {took:.1f} s")
+    click.echo(f"verified and wrote {result.out_dir}/ ({files}, manifest.json, report.md) in {time.perf_counter() - start:.1f} s")
+
+
+def export_options_of(out, overwrite, batch, threads, *, tflite, fp16, layout, bench, max_tensor_mb, max_memory_mb,
+                      prune=defaults.PRUNE, int8=(), calibration_size=defaults.CALIBRATION_SAMPLES):  # fmt: skip
+    from mobilegen.export.build import BuildOptions
+    from mobilegen.jobs.export import ExportOptions
+
+    build = BuildOptions(tflite=tflite, fp16=fp16, int8=int8, calibration_size=calibration_size)
+    return ExportOptions(out_dir=out, build=build, batch=batch, layout=layout, prune=prune, overwrite=overwrite,
+                         bench=bench, threads=threads, max_tensor_mb=max_tensor_mb, max_memory_mb=max_memory_mb)  # fmt: skip
 
 
 @click.command("onnx")
 @CHECKPOINT
 @export_options
-@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
+@click.option("--layout", type=click.Choice(LAYOUTS), default=defaults.LAYOUT["onnx"], show_default=True)
 def onnx_command(checkpoint, arch, out, overwrite, batch, threads, max_tensor_mb, max_memory_mb, layout) -> None:
     """Export CHECKPOINT (default: untrained v2) to a verified denoiser.onnx."""
     run_export(checkpoint, arch, out, overwrite, batch, threads, tflite=False, fp16=False, layout=layout, bench=False,
@@ -99,19 +99,19 @@ def onnx_command(checkpoint, arch, out, overwrite, batch, threads, max_tensor_mb
 @CHECKPOINT
 @export_options
 @click.option("--fp16", is_flag=True, help="Also write denoiser_float16.tflite (float16 weights, float32 IO).")
-@click.option("--prune", type=FiniteFloat(0, 1, max_open=True), default=0.0, show_default=True,
+@click.option("--prune", type=FiniteFloat(0, 1, max_open=True), default=defaults.PRUNE, show_default=True,
               help="L1 unstructured pruning amount per layer (0 = off).")  # fmt: skip
 @click.option("--int8", "int8", type=click.Choice(["dynamic", "full"]), multiple=True,
               help="Also write denoiser_int8_<mode>.tflite, float32 IO (repeatable). dynamic: int8 weights, activations "
                    "quantized per call (gate: PSNR >= 30 dB). full: int8 weights and calibrated int8 activations "
                    "in every conv/linear layer (gate: PSNR >= 30 dB).")  # fmt: skip
-@click.option("--calibration-samples", type=click.IntRange(22, 5000), default=320, show_default=True,
+@click.option("--calibration-samples", type=click.IntRange(22, 5000), default=defaults.CALIBRATION_SAMPLES, show_default=True,
               help="Inputs that calibrate --int8 full (half forward-process x_t, half from real DDIM sampling).")  # fmt: skip
 @click.option("--no-bench", is_flag=True, help="Skip the latency benchmark.")
 def tflite_command(checkpoint, arch, out, overwrite, batch, threads, max_tensor_mb, max_memory_mb, fp16, prune, int8,
                    calibration_samples, no_bench) -> None:  # fmt: skip
     """Export CHECKPOINT (default: untrained v2) to ONNX + TFLite, verified, with manifest and report."""
-    run_export(checkpoint, arch, out, overwrite, batch, threads, tflite=True, fp16=fp16, prune=prune, layout="NHWC",
+    run_export(checkpoint, arch, out, overwrite, batch, threads, tflite=True, fp16=fp16, prune=prune, layout=defaults.LAYOUT["tflite"],
                bench=not no_bench, int8=tuple(dict.fromkeys(int8)), calibration_size=calibration_samples,
                max_tensor_mb=max_tensor_mb, max_memory_mb=max_memory_mb)  # fmt: skip
 
@@ -129,12 +129,13 @@ def parse_classes(value: str) -> tuple[int, ...]:
 def verify_command(directory, as_json, classes, sampler, steps, guidance, seed, checkpoint, threads) -> None:
     """Recheck an export folder: every sha256, per-step parity, trajectory parity. Exit 0 only if all hold."""
     from mobilegen.diffusion import SamplerConfig
-    from mobilegen.verify.recheck import verify_directory
+    from mobilegen.jobs.verify import verify_directory
 
     config = SamplerConfig(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
     result = verify_directory(directory, threads, checkpoint, parse_classes(classes), config)
     click.echo(json.dumps(result, indent=2) if as_json else result["summary"])
-    sys.exit(0 if result["passed"] else 1)
+    if not result["passed"]:
+        raise GateError(f"verify {directory}: {len(result['problems'])} problem(s); see above")
 
 
 @click.command("report")
@@ -143,12 +144,12 @@ def verify_command(directory, as_json, classes, sampler, steps, guidance, seed, 
 @overwrite_option("Replace an existing DIR/report.html.")
 def report_command(directory, classes, sampler, steps, guidance, seed, checkpoint, threads, overwrite) -> None:
     """Write DIR/report.html: sample grids per backend, per-step error curves, latency, sizes, sparsity
-    (and the trajectory results into DIR/manifest.json)."""
+    (and the trajectory results into DIR/trajectory.json; the manifest is never rewritten)."""
     from mobilegen.diffusion import SamplerConfig
-    from mobilegen.verify.html import write_html_report
+    from mobilegen.jobs.report import write_html_report
 
     config = SamplerConfig(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
-    labels = parse_classes(classes) or (3, 8)
+    labels = parse_classes(classes) or parse_classes(defaults.CLASSES)
     path, summary = write_html_report(directory, labels, config, checkpoint, threads, overwrite)
     click.echo(summary)
     click.echo(f"wrote {path}")
@@ -158,10 +159,11 @@ def report_command(directory, classes, sampler, steps, guidance, seed, checkpoin
 @DIRECTORY
 @reference_checkpoint_option()
 @threads_option()
-@click.option("--repeats", type=click.IntRange(3, 10000), default=20, show_default=True)
+@click.option("--repeats", type=click.IntRange(3, 10000), default=defaults.BENCH_REPEATS, show_default=True)
 def bench_command(directory, checkpoint, threads, repeats) -> None:
-    """Per-step latency (warm-up, median, p90) of PyTorch and every artifact; into the manifest."""
-    from mobilegen.verify.recheck import bench_directory
+    """Per-step latency (warm-up, median, p90) and peak RSS of PyTorch and every artifact; into DIR/bench.json
+    (the manifest is never rewritten)."""
+    from mobilegen.jobs.bench import bench_directory
 
     latency = bench_directory(directory, checkpoint, threads, repeats)
     click.echo(f"{latency['machine']['cpu']}, {latency['threads']} threads, batch {latency['batch']}")
@@ -177,9 +179,9 @@ def bench_command(directory, checkpoint, threads, repeats) -> None:
 @click.option("--pruned", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="A structurally pruned checkpoint (mobilegen prune) to add as a row.")  # fmt: skip
 @click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), default=Path("artifacts/compare"), show_default=True)
-@click.option("--classes", default="cat,ship", show_default=True, help="Comma-separated labels for the trajectories.")
+@click.option("--classes", default=defaults.CLASSES, show_default=True, help="Comma-separated labels for the trajectories.")
 @steps_option(help_text="DDIM steps of the trajectories.")
-@click.option("--calibration-samples", type=click.IntRange(22, 5000), default=320, show_default=True)
+@click.option("--calibration-samples", type=click.IntRange(22, 5000), default=defaults.CALIBRATION_SAMPLES, show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 1000), default=5, show_default=True, help="Latency rounds (files take turns).")
 @click.option("--image-rounds", type=click.IntRange(1, 100), default=3, show_default=True,
               help="Rounds of the one-image time (a guided DDIM-20 image per variant, end to end).")
@@ -195,7 +197,7 @@ def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples
     from mobilegen.diffusion import SamplerConfig
     from mobilegen.errors import InvalidInput
     from mobilegen.models.checkpoint import load_checkpoint
-    from mobilegen.verify.compare import compare, render
+    from mobilegen.jobs.compare import compare, render
     from mobilegen.verify.foreign import parse_inputs
 
     labels = parse_classes(classes)

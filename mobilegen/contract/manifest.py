@@ -10,12 +10,13 @@ from pathlib import Path
 
 from mobilegen.contract.labels import CIFAR10_LABELS
 from mobilegen.contract.schema import SCHEMA_VERSION, validate_manifest
-from mobilegen.contract.spec import LABELS_FILE, DenoiserSpec
+from mobilegen.contract.defaults import LABELS_FILE, MANIFEST_FILE
+from mobilegen.contract.spec import DenoiserSpec
 from mobilegen.diffusion import SamplerConfig, Schedule
 from mobilegen.errors import ManifestError
 from mobilegen.files import DuplicateKey, loads_strict, sha256_file, write_json  # noqa: F401  mf.write_json: strict JSON (no NaN/Infinity), atomic
 
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_FILE
 LABELS = LABELS_FILE
 LIBRARIES = ("mobilegen", "torch", "onnx", "onnxruntime", "onnxsim", "onnx2tf", "ai-edge-litert", "numpy")
 

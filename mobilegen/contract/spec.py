@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 
+from mobilegen.contract.defaults import BATCH, LABELS_FILE, LAYOUT
 from mobilegen.errors import InvalidInput
 
 # The three original networks (models/unet.py builds them).
@@ -34,7 +35,6 @@ TFLITE_INT8 = {"dynamic": "denoiser_int8_dynamic.tflite", "full": "denoiser_int8
 PRECISION = {ONNX_FILE: "onnx", TFLITE_FP32: "float32", TFLITE_FP16: "float16"} | {
     name: f"int8_{mode}" for mode, name in TFLITE_INT8.items()
 }
-LABELS_FILE = "labels.txt"
 SLOTS = PRECISION | {LABELS_FILE: "text"}
 
 
@@ -85,8 +85,8 @@ TOLERANCES: dict[str, Tolerance] = {
 
 @dataclass(frozen=True)
 class DenoiserSpec:
-    batch: int = 1
-    layout: Layout = "NCHW"
+    batch: int = BATCH
+    layout: Layout = LAYOUT["onnx"]  # the model's own; the tflite command exports NHWC
     image_size: int = 64
     channels: int = 3
     num_classes: int = 10

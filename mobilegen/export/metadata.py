@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mobilegen.contract.defaults import LABELS_FILE
 from mobilegen.contract.spec import DenoiserSpec
 from mobilegen.errors import ExportError, MissingDependencyError
 
 METADATA_NAME = "TFLITE_METADATA"
 IDENTIFIER = b"M001"
 MIN_PARSER_VERSION = "1.0.0"
-LABELS_FILE = "labels.txt"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so exports stay byte-identical run to run
 TAIL_ALIGN = 64
 # Schema enums used (metadata_schema.fbs).

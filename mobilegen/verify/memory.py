@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mobilegen.contract.gates import GateResult
+
 METHOD = ("fresh subprocess importing only the runtime and numpy; peak RSS = VmHWM (/proc/self/status) after load "
           "+ {invokes} invokes, minus VmRSS before loading; peak counter reset after the imports (/proc/self/clear_refs)")  # fmt: skip
 INVOKES = 2
@@ -163,3 +165,16 @@ def check_memory(name: str, measured: dict, limit_mb: float | None) -> list[str]
     largest = (f"; its largest intermediate tensor is {graph['largest_tensor']!r} {graph['largest_tensor_shape']} "
                f"({graph['largest_tensor_mb']:.1f} MB), {graph['peak_live_mb']:.1f} MB alive at once") if graph else ""  # fmt: skip
     return [f"{name}: peak RSS {peak:.1f} MB over the bare process exceeds --max-memory-mb {limit_mb:g}{largest}"]
+
+
+def memory_gate(name: str, measured: dict, limit_mb: float | None, budget_mb: float | None) -> GateResult:
+    """The memory gate of one file: peak RSS within its limit, largest tensor within the budget."""
+    failures = check_memory(name, measured, limit_mb)
+    graph = measured.get("graph")
+    if graph and budget_mb is not None and graph["largest_tensor_bytes"] > budget_mb * 2**20:
+        failures.append(f"{name}: tensor {graph['largest_tensor']!r} {graph['largest_tensor_shape']} is "
+                        f"{graph['largest_tensor_mb']:.2f} MB, over --max-tensor-mb {budget_mb:g}")  # fmt: skip
+    text = f"{name}: peak RSS {measured['peak_rss_mb']:.1f} MB ({limit_text(limit_mb)})"
+    text += f", largest tensor {graph['largest_tensor_mb']:.2f} MB" if graph else ""
+    figures = {"peak_rss_mb": measured["peak_rss_mb"], "limit_mb": limit_mb, "max_tensor_mb": budget_mb}
+    return GateResult("memory", name, tuple(failures), figures, text)

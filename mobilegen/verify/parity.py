@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mobilegen.contract.gates import GateResult
 from mobilegen.contract.spec import PRECISION, DenoiserSpec, Tolerance
 from mobilegen.diffusion.cases import Cases
 from mobilegen.runtime.backends import TorchBackend, open_artifact
@@ -120,6 +121,9 @@ class ParityResult:
             f"never under {self.tolerance.float64_min_psnr:g} dB); "
             f"vs pytorch fp32: max abs {self.max_abs:.2e}, min PSNR {self.min_psnr:.1f} dB; worst {w.case}"
         )
+
+    def as_gate(self) -> GateResult:
+        return GateResult("parity", self.artifact, tuple(self.failures), self.to_dict(), self.summary())
 
     def to_dict(self) -> dict:
         return {

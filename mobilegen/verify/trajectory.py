@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from mobilegen.contract.gates import GateResult
 from mobilegen.diffusion import SamplerConfig, Schedule, run_sampler, to_uint8
 from mobilegen.verify.parity import PSNR_IDENTICAL, finite_or_none, psnr
 
@@ -92,6 +93,9 @@ class TrajectoryResult:
             f"(gate {gate}); worst state at t={self.worst_step()['t']} "
             + ("(NaN/Inf)" if self.worst_step()["psnr"] is None else f"({self.worst_step()['psnr']:.1f} dB)")
         )
+
+    def as_gate(self) -> GateResult:
+        return GateResult("trajectory", self.artifact, tuple(self.failures), self.to_dict(), self.summary())
 
     def to_dict(self) -> dict:
         return {

@@ -11,7 +11,6 @@ import base64
 import html
 import io
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from mobilegen.contract import manifest as mf
 from mobilegen.diffusion import SamplerConfig
 from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
 from mobilegen.runtime.images import png_bytes
-from mobilegen.verify.recheck import REFERENCE, Trajectories, check_hashes, check_loadable, reference_model, run_trajectories
+from mobilegen.verify.folder import REFERENCE, Trajectories
 
 SPEED_STEPS = (10, 20, 50)
 
@@ -157,30 +156,3 @@ def render(manifest: dict, traj: Trajectories, ips: dict) -> str:
                      + "<p>Unstructured zeros shrink the gzip'd download only; dense kernels do the same work.</p>")  # fmt: skip
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def write_html_report(directory: Path, labels: tuple[int, ...], config: SamplerConfig, checkpoint: Path | None,
-                      threads: int | None, overwrite: bool = False) -> tuple[Path, str]:  # fmt: skip
-    """DIR/report.html (refused if it exists, unless overwrite); also stores the trajectory results in the manifest."""
-    from mobilegen.errors import MobileGenError
-    from mobilegen.files import atomic_write, check_output_file
-    from mobilegen.verify.report import REPORT_HTML
-
-    path = check_output_file(directory / REPORT_HTML, overwrite)
-    manifest = mf.read_manifest(directory)
-    problems = check_hashes(directory, manifest)
-    if problems:
-        raise MobileGenError(f"{directory}: " + "; ".join(problems))
-    check_loadable(directory, manifest, threads)
-    model = reference_model(manifest, checkpoint, directory).model
-    traj = run_trajectories(directory, manifest, model, list(labels), config, threads)
-    ips = images_per_second(manifest, labels[0], traj)
-    manifest["trajectory"] = {
-        "sampler": config.sampler, "steps": config.steps, "guidance": config.guidance, "seed": config.seed,
-        "classes": traj.label_names, "results": {n: r.to_dict() for n, r in traj.results.items()},
-        "images_per_second": ips,
-    }  # fmt: skip
-    mf.write_json(directory / mf.MANIFEST, manifest)
-    page = render(manifest, traj, ips)
-    atomic_write(path, lambda tmp: tmp.write_text(page))
-    return path, "\n".join(r.summary() for r in traj.results.values())

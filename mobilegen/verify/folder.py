@@ -1,4 +1,5 @@
-"""Recheck a published export folder: hashes, per-step parity and trajectory parity."""
+"""Checks on a published export folder: the source checkpoint, each file inside the folder,
+of its slot's kind, unchanged (sha256) and loadable; the same sampling run on every file."""
 
 from __future__ import annotations
 
@@ -10,18 +11,14 @@ from mobilegen.compress.unstructured import prune_l1
 from mobilegen.contract import manifest as mf
 from mobilegen.contract.spec import PRECISION
 from mobilegen.diffusion import SamplerConfig
-from mobilegen.diffusion.cases import forward_process_cases
 from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
-from mobilegen.errors import ManifestError, MobileGenError, NonFiniteError
+from mobilegen.errors import ManifestError, MobileGenError
 from mobilegen.files import sha256_file
 from mobilegen.models.checkpoint import SUFFIXES, LoadedModel, default_model, load_checkpoint
 from mobilegen.runtime.backends import TorchBackend, open_artifact
-from mobilegen.verify.memory import limit_text
-from mobilegen.verify.parity import float32_reference, float64_outputs, run_parity
 from mobilegen.verify.trajectory import TRAJECTORY_GATES, Run, TrajectoryResult, compare_runs, record
 
 REFERENCE = "pytorch fp32"
-DEFAULT_CLASSES = (3, 8)  # cat, ship: a CI-sized trajectory check
 
 
 def find_checkpoint(manifest: dict, checkpoint: Path | None = None, directory: Path | None = None) -> Path:
@@ -146,102 +143,12 @@ def run_trajectories(directory: Path, manifest: dict, model, labels: list[int], 
     return Trajectories(config, labels, names, runs, results, denoisers)
 
 
-def verify_directory(directory: Path, threads: int | None = None, checkpoint: Path | None = None,
-                     classes: tuple[int, ...] = DEFAULT_CLASSES, config: SamplerConfig = SamplerConfig()) -> dict:  # fmt: skip
-    manifest = mf.read_manifest(directory)
-    problems = check_hashes(directory, manifest)
-    intact = not problems  # a failed export is still checked: it shows how far off it is
-    if manifest.get("status") != "passed":
-        problems.append(f"manifest status is {manifest.get('status')!r}, not 'passed'")
-    parity, trajectories, memory = {}, None, {}
-    if intact:
-        check_loadable(directory, manifest, threads)  # the cheap checks first: fail fast
-        spec = mf.spec_from_manifest(manifest)
-        model = reference_model(manifest, checkpoint, directory).model
-        cases = forward_process_cases(schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"]))
-        ref = float32_reference(model, cases)
-        parity = run_parity(artifacts(directory, manifest), spec, cases, ref, threads, float64_outputs(model, cases))
-        problems += [f"{name}: {f}" for name, r in parity.items() for f in r.failures[:3]]
-        memory = recheck_memory(directory, manifest, spec, threads)
-        problems += [p for r in memory.values() for p in r["problems"]]
-        if classes:
-            try:
-                trajectories = run_trajectories(directory, manifest, model, list(classes), config, threads)
-                problems += [f"{name}: {f}" for name, r in trajectories.results.items() for f in r.failures]
-            except NonFiniteError as exc:  # a backend's sampling run went NaN/Inf: a failed check, reported with the rest
-                problems.append(f"trajectory: {exc}")
-    lines = [f"verify {directory}: {'PASS' if not problems else 'FAIL'}"]
-    lines += [f"  sha256 ok: {name}" for name in manifest["files"] if not any(p.startswith(name + ":") for p in problems)]
-    lines += [f"  {r.summary()}" for r in parity.values()]
-    lines += [f"  memory {name}: peak RSS {r['peak_rss_mb']:.1f} MB ({limit_text(r['limit_mb'])}, recorded {r['recorded_mb']:.1f})"
-              for name, r in memory.items()]  # fmt: skip
-    if trajectories:
-        cfg = trajectories.config
-        lines.append(f"  trajectory: {cfg.sampler} {len(trajectories.runs[REFERENCE].timesteps)} steps, guidance {cfg.guidance:g}, "
-                     f"seed {cfg.seed}, classes {', '.join(trajectories.label_names)}")  # fmt: skip
-        lines += [f"  {r.summary()}" for r in trajectories.results.values()]
-    lines += [f"  problem: {p}" for p in problems]
-    return {
-        "passed": not problems,
-        "directory": str(directory),
-        "problems": problems,
-        "parity": {name: r.to_dict() for name, r in parity.items()},
-        "memory": memory,
-        "trajectory": {name: r.to_dict() for name, r in trajectories.results.items()} if trajectories else {},
-        "summary": "\n".join(lines),
-    }
-
-
-def recheck_memory(directory: Path, manifest: dict, spec, threads: int | None) -> dict[str, dict]:
-    """Measure every file again in a fresh process against the limit its manifest entry records."""
-    from mobilegen.runtime.backends import default_threads
-    from mobilegen.verify.memory import check_memory, contract_feeds, measure_file
-
-    out = {}
-    for name, path in artifacts(directory, manifest).items():
-        recorded = manifest["files"][name].get("memory")
-        if recorded is None:
-            continue
-        measured = measure_file(path, contract_feeds(spec), threads or default_threads())
-        problems = check_memory(name, measured, recorded["limit_mb"])
-        graph, budget = measured.get("graph"), recorded.get("max_tensor_mb")
-        if graph and budget is not None and graph["largest_tensor_bytes"] > budget * 2**20:
-            problems.append(f"{name}: tensor {graph['largest_tensor']!r} is {graph['largest_tensor_mb']:.2f} MB, "
-                            f"over the recorded --max-tensor-mb {budget:g}")  # fmt: skip
-        out[name] = {"peak_rss_mb": measured["peak_rss_mb"], "limit_mb": recorded["limit_mb"],
-                     "recorded_mb": recorded["peak_rss_mb"], "problems": problems}  # fmt: skip
-    return out
-
-
-def bench_memory(directory: Path, manifest: dict, checkpoint: Path | None, threads: int | None) -> dict[str, dict]:
-    """Peak RSS of every file and of PyTorch (fused SDPA, and the math form bounded like the files), each in a fresh process."""
-    from mobilegen.runtime.backends import default_threads
-    from mobilegen.verify.memory import contract_feeds, measure_file, measure_torch
-
-    spec, threads = mf.spec_from_manifest(manifest), threads or default_threads()
-    source = str(checkpoint) if checkpoint else manifest["source"]["checkpoint"] if manifest["source"]["sha256"] else None
-    budget = next((f["memory"].get("max_tensor_mb") for f in manifest["files"].values() if "memory" in f), None)
-    out = {"pytorch fp32 (fused sdpa)": measure_torch(source, spec.batch, threads, "sdpa"),
-           "pytorch fp32 (math, bounded)": measure_torch(source, spec.batch, threads, "math", budget)}  # fmt: skip
-    for name, path in artifacts(directory, manifest).items():
-        out[name] = measure_file(path, contract_feeds(spec), threads)
-        if "memory" in manifest["files"][name]:
-            manifest["files"][name]["memory"] |= {k: out[name][k] for k in ("peak_rss_mb", "after_load_mb", "bare_rss_mb")}
-    return out
-
-
-def bench_directory(directory: Path, checkpoint: Path | None, threads: int | None, repeats: int) -> dict:
-    from mobilegen.verify.bench import bench_directory_files
-    from mobilegen.verify.report import write_report
-
+def intact_folder(directory: Path, threads: int | None = None) -> dict:
+    """The manifest of a folder whose files are all present, unchanged and loadable (else
+    MobileGenError): the cheap checks, before any reference work."""
     manifest = mf.read_manifest(directory)
     problems = check_hashes(directory, manifest)
     if problems:
         raise MobileGenError(f"{directory}: " + "; ".join(problems))
     check_loadable(directory, manifest, threads)
-    model = reference_model(manifest, checkpoint, directory).model
-    manifest["latency"] = bench_directory_files(model, artifacts(directory, manifest), mf.spec_from_manifest(manifest), threads, repeats=repeats)
-    manifest["latency"]["memory"] = bench_memory(directory, manifest, checkpoint, threads)
-    mf.write_json(directory / mf.MANIFEST, manifest)
-    write_report(directory, manifest)
-    return manifest["latency"]
+    return manifest

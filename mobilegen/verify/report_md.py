@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mobilegen.contract.defaults import REPORT_MD
 from mobilegen.files import atomic_write
 
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"  # written by `mobilegen-export report`
 
 UNSTRUCTURED_NOTE = (
     "Unstructured pruning sets weights to zero but keeps every tensor dense: the kernels do "

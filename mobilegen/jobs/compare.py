@@ -1,4 +1,4 @@
-"""fp32 vs fp16 vs int8 dynamic vs int8 full vs structured-pruned, measured in one run.
+"""The compare job (`mobilegen-export compare`): fp32 vs fp16 vs int8 dynamic vs int8 full vs structured-pruned, measured in one run.
 
 Every file is built here without gates (a variant that misses its gate is still
 measured: that is the point of the table), from one unpruned checkpoint and one
@@ -19,7 +19,6 @@ model, on the same machine, in the same process, with the same thread count:
 
 from __future__ import annotations
 
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +27,12 @@ import numpy as np
 import torch
 
 from mobilegen.compress import count_macs, count_params
+from mobilegen.contract import defaults
 from mobilegen.contract.labels import CIFAR10_LABELS
 from mobilegen.contract.spec import TFLITE_FP16, TFLITE_FP32, TFLITE_INT8, DenoiserSpec
 from mobilegen.diffusion import SamplerConfig, linear_schedule
 from mobilegen.diffusion.cases import forward_process_cases
-from mobilegen.export.build import ExportOptions, build_artifacts
+from mobilegen.export.build import BuildOptions, build
 from mobilegen.files import atomic_write, check_output_file, write_json
 from mobilegen.models.checkpoint import LoadedModel
 from mobilegen.runtime.backends import TorchBackend, default_threads, open_artifact
@@ -44,7 +44,7 @@ from mobilegen.verify.parity import PSNR_IDENTICAL, psnr
 from mobilegen.verify.timing import machine, machine_line, summarize, time_calls
 from mobilegen.verify.trajectory import compare_runs, record
 
-SPEC = DenoiserSpec(layout="NHWC")
+SPEC = DenoiserSpec(layout=defaults.LAYOUT["tflite"])
 OUTPUTS = ("compare.json", "compare.md", "samples.png")
 PYTORCH_SDPA = "PyTorch fp32 on the CPU, fused SDPA"
 UNBOUNDED = "fp32, unbounded attention"
@@ -58,18 +58,16 @@ class Variant:
 
 
 def build_variants(unpruned: LoadedModel, pruned: LoadedModel | None, work: Path, calibration_size: int) -> list[Variant]:
-    opts = ExportOptions(out_dir=work, fp16=True, int8=("dynamic", "full"), calibration_size=calibration_size)
-    files = build_artifacts(unpruned.model, SPEC, work, opts, source_sha256=unpruned.sha256)
+    opts = BuildOptions(fp16=True, int8=("dynamic", "full"), calibration_size=calibration_size)
+    files = build(unpruned.model, SPEC, work, opts, unpruned.sha256).files
     names = {TFLITE_FP32: "fp32", TFLITE_FP16: "fp16", TFLITE_INT8["dynamic"]: "int8 dynamic", TFLITE_INT8["full"]: "int8 full"}
     variants = [Variant(label, files[name], unpruned.model) for name, label in names.items()]
     (work / "unbounded").mkdir()
-    plain = ExportOptions(out_dir=work, fp16=False, max_tensor_mb=math.inf)
-    variants.append(Variant(UNBOUNDED, build_artifacts(unpruned.model, SPEC, work / "unbounded", plain,
-                                                              source_sha256=unpruned.sha256)[TFLITE_FP32], unpruned.model))
+    unbounded = build(unpruned.model, SPEC, work / "unbounded", BuildOptions(fp16=False, tensor_mb=None), unpruned.sha256)
+    variants.append(Variant(UNBOUNDED, unbounded.files[TFLITE_FP32], unpruned.model))
     if pruned is not None:
         (work / "pruned").mkdir()
-        pruned_files = build_artifacts(pruned.model, SPEC, work / "pruned", ExportOptions(out_dir=work, fp16=False),
-                                       source_sha256=pruned.sha256)
+        pruned_files = build(pruned.model, SPEC, work / "pruned", BuildOptions(fp16=False), pruned.sha256).files
         variants.append(Variant("structured-pruned fp32", pruned_files[TFLITE_FP32], pruned.model))
     for v in variants:
         check_builtin_only(v.path)

@@ -1,0 +1,25 @@
+"""One home for the names of an export folder's files and for the defaults that the CLI
+and the library share (tests/contract/test_defaults.py checks that they agree)."""
+
+from __future__ import annotations
+
+# Files an export folder holds besides the denoisers (contract/spec.py names those).
+MANIFEST_FILE = "manifest.json"
+LABELS_FILE = "labels.txt"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"  # written by `mobilegen-export report`
+# What the read-only commands measure goes beside the manifest, never into it.
+BENCH_JSON = "bench.json"  # `mobilegen-export bench`
+TRAJECTORY_JSON = "trajectory.json"  # `mobilegen-export report`
+
+# Export defaults.
+BATCH = 1
+FP16 = False  # `--fp16` opts in to denoiser_float16.tflite
+LAYOUT = {"onnx": "NCHW", "tflite": "NHWC"}  # the layout each command's files take x and eps in
+# 4 MB per image: the sa6 scores in chunks of 64 query rows; measured on the real v2 the
+# fastest budget that meets the memory targets (docs/performance.md "Memory").
+TENSOR_MB = 4.0
+CALIBRATION_SAMPLES = 320
+PRUNE = 0.0
+BENCH_REPEATS = 20
+CLASSES = "cat,ship"  # the trajectory check's labels: CI-sized
