@@ -85,8 +85,10 @@ def check_output_file(path: Path, overwrite: bool, inputs: Iterable[Path | None]
     check_parents(path)
     for source in filter(None, inputs):
         if same_file(path, Path(source)):
-            raise OutputError(f"{path} is an input of this command ({source}); it is never overwritten, "
-                              "with or without --overwrite: choose another output path")  # fmt: skip
+            raise OutputError(
+                f"{path} is an input of this command ({source}); it is never overwritten, "
+                "with or without --overwrite: choose another output path"
+            )
     if path.is_dir():
         raise OutputError(f"{path} is a folder; expected a file path")
     if (path.exists() or path.is_symlink()) and not overwrite:
@@ -94,8 +96,9 @@ def check_output_file(path: Path, overwrite: bool, inputs: Iterable[Path | None]
     return path
 
 
-def check_output_folder(folder: Path, overwrite: bool, inputs: Iterable[Path | None], what: str,
-                        problem: Callable[[Path], str | None]) -> None:  # fmt: skip
+def check_output_folder(
+    folder: Path, overwrite: bool, inputs: Iterable[Path | None], what: str, problem: Callable[[Path], str | None]
+) -> None:
     """Refuse an output folder that holds an input (always), that exists (unless overwrite),
     or that is not `what` we write (problem(folder) says why not; None when it is)."""
     folder = Path(folder)
@@ -106,8 +109,10 @@ def check_output_folder(folder: Path, overwrite: bool, inputs: Iterable[Path | N
     if not (folder.exists() or folder.is_symlink()):
         return
     if contains(folder, Path.cwd()):
-        raise OutputError(f"output folder {folder} is the current folder or holds it; a folder is replaced whole, "
-                          "so run the command from outside it")
+        raise OutputError(
+            f"output folder {folder} is the current folder or holds it; a folder is replaced whole, "
+            "so run the command from outside it"
+        )
     if folder.is_symlink():
         raise OutputError(f"output folder {folder} is a symbolic link; give the folder it points to, or another -o")
     if not folder.is_dir():
@@ -118,8 +123,10 @@ def check_output_folder(folder: Path, overwrite: bool, inputs: Iterable[Path | N
         raise OutputError(f"output folder {folder} already exists; {OVERWRITE_HINT}")
     why = problem(folder)
     if why is not None:
-        raise OutputError(f"refusing to replace {folder}: it is not {what} ({why}); --overwrite only replaces "
-                          f"{what}: remove it yourself or choose another -o")  # fmt: skip
+        raise OutputError(
+            f"refusing to replace {folder}: it is not {what} ({why}); --overwrite only replaces "
+            f"{what}: remove it yourself or choose another -o"
+        )
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:

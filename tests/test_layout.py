@@ -174,3 +174,12 @@ def test_every_module_is_imported_by_a_unit_test():
     modules = {module_name(p) for p in SOURCES if p.name != "__init__.py" and p.name != "__main__.py"}
     missing = sorted(m for m in modules if m not in imported)
     assert not missing, "modules no test imports:\n" + "\n".join(missing)
+
+
+def test_the_package_is_formatted_by_ruff():
+    """One formatter (pyproject.toml's [tool.ruff]); `ruff format mobilegen` fixes a failure."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", str(PACKAGE)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

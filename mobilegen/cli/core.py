@@ -74,8 +74,11 @@ class Group(click.Group):
         except KeyboardInterrupt as exc:
             if debug:
                 raise
-            fail(f"interrupted ({exc.args[0] if exc.args else 'Ctrl-C'}); stopped and cleaned up: "
-                 "outputs are only ever published whole", 130)  # fmt: skip
+            fail(
+                f"interrupted ({exc.args[0] if exc.args else 'Ctrl-C'}); stopped and cleaned up: "
+                "outputs are only ever published whole",
+                130,
+            )
         except MobileGenError as exc:
             if debug:
                 raise
@@ -163,8 +166,11 @@ def overwrite_option(help_text: str):
 
 
 def reference_checkpoint_option():
-    return click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
-                        help="PyTorch reference checkpoint [the manifest's source].")  # fmt: skip
+    return click.option(
+        "--checkpoint",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="PyTorch reference checkpoint [the manifest's source].",
+    )
 
 
 def config_from(cls, values: dict, renames: dict[str, str] | None = None, **extra):
@@ -237,8 +243,10 @@ def teacher_summary(runs: tuple[list[str], list[str]], inputs: int, out: Path) -
     if not generated and not reused:
         return None
     counted = f"{inputs:,} inputs from " if inputs else ""
-    return (f"teacher trajectories: {counted}{len(generated) + len(reused)} runs ({len(generated)} generated, "
-            f"{len(reused)} read from {out}/teacher)")
+    return (
+        f"teacher trajectories: {counted}{len(generated) + len(reused)} runs ({len(generated)} generated, "
+        f"{len(reused)} read from {out}/teacher)"
+    )
 
 
 @contextlib.contextmanager

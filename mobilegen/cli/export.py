@@ -14,7 +14,6 @@ from mobilegen.errors import GateError
 from mobilegen.cli.core import (
     FiniteFloat,
     arch_option,
-    fail,
     guidance_option,
     load_model,
     max_tensor_option,
@@ -31,28 +30,48 @@ CHECKPOINT = click.argument("checkpoint", required=False, type=click.Path(path_t
 DIRECTORY = click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
 export_options = options(
     arch_option(),
-    click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), default=Path("artifacts/default"),
-                 show_default=True, help="Output folder (created; refused if it exists without --overwrite)."),
-    overwrite_option("Replace an existing export folder once the new export passed (only a MobileGen export: "
-                     "anything else is refused)."),
-    click.option("--batch", type=click.IntRange(1, 16), default=defaults.BATCH, show_default=True,
-                 help="Fixed batch of the exported graph (2 runs a guided step in one call)."),
+    click.option(
+        "-o",
+        "--out",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=Path("artifacts/default"),
+        show_default=True,
+        help="Output folder (created; refused if it exists without --overwrite).",
+    ),
+    overwrite_option(
+        "Replace an existing export folder once the new export passed (only a MobileGen export: anything else is refused)."
+    ),
+    click.option(
+        "--batch",
+        type=click.IntRange(1, 16),
+        default=defaults.BATCH,
+        show_default=True,
+        help="Fixed batch of the exported graph (2 runs a guided step in one call).",
+    ),
     threads_option(),
     max_tensor_option("Largest tensor of the graph: attention runs in chunks to fit [4 x batch]; inf: unbounded."),
-    click.option("--max-memory-mb", type=FiniteFloat(0, min_open=True), default=None,
-                 help="Memory gate: peak RSS of a fresh process running a file, over the bare process [student_v2: "
-                      "fp32 and fp16 64, int8 48, ONNX 96 at batch 1, x0.75 x batch above; other architectures: not gated]."),
-)  # fmt: skip
+    click.option(
+        "--max-memory-mb",
+        type=FiniteFloat(0, min_open=True),
+        default=None,
+        help="Memory gate: peak RSS of a fresh process running a file, over the bare process [student_v2: "
+        "fp32 and fp16 64, int8 48, ONNX 96 at batch 1, x0.75 x batch above; other architectures: not gated].",
+    ),
+)
 trajectory_options = options(
-    click.option("--classes", default=defaults.CLASSES, show_default=True,
-                 help="Comma-separated labels for the trajectory check ('' skips it)."),
+    click.option(
+        "--classes",
+        default=defaults.CLASSES,
+        show_default=True,
+        help="Comma-separated labels for the trajectory check ('' skips it).",
+    ),
     sampler_option("ddpm runs the original 999-step sampler (slow)."),
     steps_option(),
     guidance_option(),
     seed_option(),
     reference_checkpoint_option(),
     threads_option(),
-)  # fmt: skip
+)
 
 
 def register(cli: click.Group) -> None:
@@ -75,14 +94,38 @@ def run_export(checkpoint, arch, out, overwrite, batch, threads, **kw) -> None:
     click.echo(f"verified and wrote {result.out_dir}/ ({files}, manifest.json, report.md) in {time.perf_counter() - start:.1f} s")
 
 
-def export_options_of(out, overwrite, batch, threads, *, tflite, fp16, layout, bench, max_tensor_mb, max_memory_mb,
-                      prune=defaults.PRUNE, int8=(), calibration_size=defaults.CALIBRATION_SAMPLES):  # fmt: skip
+def export_options_of(
+    out,
+    overwrite,
+    batch,
+    threads,
+    *,
+    tflite,
+    fp16,
+    layout,
+    bench,
+    max_tensor_mb,
+    max_memory_mb,
+    prune=defaults.PRUNE,
+    int8=(),
+    calibration_size=defaults.CALIBRATION_SAMPLES,
+):
     from mobilegen.export.build import BuildOptions
     from mobilegen.jobs.export import ExportOptions
 
     build = BuildOptions(tflite=tflite, fp16=fp16, int8=int8, calibration_size=calibration_size)
-    return ExportOptions(out_dir=out, build=build, batch=batch, layout=layout, prune=prune, overwrite=overwrite,
-                         bench=bench, threads=threads, max_tensor_mb=max_tensor_mb, max_memory_mb=max_memory_mb)  # fmt: skip
+    return ExportOptions(
+        out_dir=out,
+        build=build,
+        batch=batch,
+        layout=layout,
+        prune=prune,
+        overwrite=overwrite,
+        bench=bench,
+        threads=threads,
+        max_tensor_mb=max_tensor_mb,
+        max_memory_mb=max_memory_mb,
+    )
 
 
 @click.command("onnx")
@@ -91,29 +134,83 @@ def export_options_of(out, overwrite, batch, threads, *, tflite, fp16, layout, b
 @click.option("--layout", type=click.Choice(LAYOUTS), default=defaults.LAYOUT["onnx"], show_default=True)
 def onnx_command(checkpoint, arch, out, overwrite, batch, threads, max_tensor_mb, max_memory_mb, layout) -> None:
     """Export CHECKPOINT (default: untrained v2) to a verified denoiser.onnx."""
-    run_export(checkpoint, arch, out, overwrite, batch, threads, tflite=False, fp16=False, layout=layout, bench=False,
-               max_tensor_mb=max_tensor_mb, max_memory_mb=max_memory_mb)  # fmt: skip
+    run_export(
+        checkpoint,
+        arch,
+        out,
+        overwrite,
+        batch,
+        threads,
+        tflite=False,
+        fp16=False,
+        layout=layout,
+        bench=False,
+        max_tensor_mb=max_tensor_mb,
+        max_memory_mb=max_memory_mb,
+    )
 
 
 @click.command("tflite")
 @CHECKPOINT
 @export_options
 @click.option("--fp16", is_flag=True, help="Also write denoiser_float16.tflite (float16 weights, float32 IO).")
-@click.option("--prune", type=FiniteFloat(0, 1, max_open=True), default=defaults.PRUNE, show_default=True,
-              help="L1 unstructured pruning amount per layer (0 = off).")  # fmt: skip
-@click.option("--int8", "int8", type=click.Choice(["dynamic", "full"]), multiple=True,
-              help="Also write denoiser_int8_<mode>.tflite, float32 IO (repeatable). dynamic: int8 weights, activations "
-                   "quantized per call (gate: PSNR >= 30 dB). full: int8 weights and calibrated int8 activations "
-                   "in every conv/linear layer (gate: PSNR >= 30 dB).")  # fmt: skip
-@click.option("--calibration-samples", type=click.IntRange(22, 5000), default=defaults.CALIBRATION_SAMPLES, show_default=True,
-              help="Inputs that calibrate --int8 full (half forward-process x_t, half from real DDIM sampling).")  # fmt: skip
+@click.option(
+    "--prune",
+    type=FiniteFloat(0, 1, max_open=True),
+    default=defaults.PRUNE,
+    show_default=True,
+    help="L1 unstructured pruning amount per layer (0 = off).",
+)
+@click.option(
+    "--int8",
+    "int8",
+    type=click.Choice(["dynamic", "full"]),
+    multiple=True,
+    help="Also write denoiser_int8_<mode>.tflite, float32 IO (repeatable). dynamic: int8 weights, activations "
+    "quantized per call (gate: PSNR >= 30 dB). full: int8 weights and calibrated int8 activations "
+    "in every conv/linear layer (gate: PSNR >= 30 dB).",
+)
+@click.option(
+    "--calibration-samples",
+    type=click.IntRange(22, 5000),
+    default=defaults.CALIBRATION_SAMPLES,
+    show_default=True,
+    help="Inputs that calibrate --int8 full (half forward-process x_t, half from real DDIM sampling).",
+)
 @click.option("--no-bench", is_flag=True, help="Skip the latency benchmark.")
-def tflite_command(checkpoint, arch, out, overwrite, batch, threads, max_tensor_mb, max_memory_mb, fp16, prune, int8,
-                   calibration_samples, no_bench) -> None:  # fmt: skip
+def tflite_command(
+    checkpoint,
+    arch,
+    out,
+    overwrite,
+    batch,
+    threads,
+    max_tensor_mb,
+    max_memory_mb,
+    fp16,
+    prune,
+    int8,
+    calibration_samples,
+    no_bench,
+) -> None:
     """Export CHECKPOINT (default: untrained v2) to ONNX + TFLite, verified, with manifest and report."""
-    run_export(checkpoint, arch, out, overwrite, batch, threads, tflite=True, fp16=fp16, prune=prune, layout=defaults.LAYOUT["tflite"],
-               bench=not no_bench, int8=tuple(dict.fromkeys(int8)), calibration_size=calibration_samples,
-               max_tensor_mb=max_tensor_mb, max_memory_mb=max_memory_mb)  # fmt: skip
+    run_export(
+        checkpoint,
+        arch,
+        out,
+        overwrite,
+        batch,
+        threads,
+        tflite=True,
+        fp16=fp16,
+        prune=prune,
+        layout=defaults.LAYOUT["tflite"],
+        bench=not no_bench,
+        int8=tuple(dict.fromkeys(int8)),
+        calibration_size=calibration_samples,
+        max_tensor_mb=max_tensor_mb,
+        max_memory_mb=max_memory_mb,
+    )
 
 
 def parse_classes(value: str) -> tuple[int, ...]:
@@ -176,23 +273,52 @@ def bench_command(directory, checkpoint, threads, repeats) -> None:
 
 @click.command("compare")
 @CHECKPOINT
-@click.option("--pruned", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="A structurally pruned checkpoint (mobilegen prune) to add as a row.")  # fmt: skip
-@click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), default=Path("artifacts/compare"), show_default=True)
+@click.option(
+    "--pruned",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A structurally pruned checkpoint (mobilegen prune) to add as a row.",
+)
+@click.option(
+    "-o", "--out", type=click.Path(path_type=Path, file_okay=False), default=Path("artifacts/compare"), show_default=True
+)
 @click.option("--classes", default=defaults.CLASSES, show_default=True, help="Comma-separated labels for the trajectories.")
 @steps_option(help_text="DDIM steps of the trajectories.")
 @click.option("--calibration-samples", type=click.IntRange(22, 5000), default=defaults.CALIBRATION_SAMPLES, show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 1000), default=5, show_default=True, help="Latency rounds (files take turns).")
-@click.option("--image-rounds", type=click.IntRange(1, 100), default=3, show_default=True,
-              help="Rounds of the one-image time (a guided DDIM-20 image per variant, end to end).")
+@click.option(
+    "--image-rounds",
+    type=click.IntRange(1, 100),
+    default=3,
+    show_default=True,
+    help="Rounds of the one-image time (a guided DDIM-20 image per variant, end to end).",
+)
 @threads_option()
 @overwrite_option("Replace compare.md, compare.json and samples.png in OUT.")
-@click.option("--foreign", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="Another .tflite denoiser (e.g. the original project's) measured in the same rounds.")  # fmt: skip
-@click.option("--foreign-inputs", default="x=input,t=onnx__Unsqueeze_1,y=onnx__Cast_2", show_default=True,
-              help="Its signature inputs for x, t and y (the default names the original v2 file's).")  # fmt: skip
-def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples, rounds, image_rounds, threads, overwrite,
-                    foreign, foreign_inputs) -> None:  # fmt: skip
+@click.option(
+    "--foreign",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Another .tflite denoiser (e.g. the original project's) measured in the same rounds.",
+)
+@click.option(
+    "--foreign-inputs",
+    default="x=input,t=onnx__Unsqueeze_1,y=onnx__Cast_2",
+    show_default=True,
+    help="Its signature inputs for x, t and y (the default names the original v2 file's).",
+)
+def compare_command(
+    checkpoint,
+    pruned,
+    out,
+    classes,
+    steps,
+    calibration_samples,
+    rounds,
+    image_rounds,
+    threads,
+    overwrite,
+    foreign,
+    foreign_inputs,
+) -> None:
     """fp32, fp16, int8 dynamic, int8 full (and --pruned) measured side by side: compare.md/.json, samples.png."""
     from mobilegen.diffusion import SamplerConfig
     from mobilegen.errors import InvalidInput
@@ -205,8 +331,18 @@ def compare_command(checkpoint, pruned, out, classes, steps, calibration_samples
     if not labels:
         raise InvalidInput("--classes needs at least one label")
     unpruned = load_model(checkpoint, None)
-    result = compare(unpruned, load_checkpoint(pruned) if pruned else None, out, threads, labels,
-                     SamplerConfig(steps=steps), calibration_samples, rounds, overwrite=overwrite, foreign=foreign_arg,
-                     image_rounds=image_rounds)  # fmt: skip
+    result = compare(
+        unpruned,
+        load_checkpoint(pruned) if pruned else None,
+        out,
+        threads,
+        labels,
+        SamplerConfig(steps=steps),
+        calibration_samples,
+        rounds,
+        overwrite=overwrite,
+        foreign=foreign_arg,
+        image_rounds=image_rounds,
+    )
     click.echo(render(result))
     click.echo(f"wrote {out}/compare.md, compare.json, samples.png")

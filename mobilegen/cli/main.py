@@ -1,8 +1,7 @@
-"""The commands of `mobilegen`: sample, train, distill, prune, demo-data, serve."""
+"""The commands of `mobilegen`: sample, train, distill, prune, demo-data (serving: cli/serve.py)."""
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
@@ -30,8 +29,13 @@ RUN_FOLDER = click.option("-o", "--out", type=click.Path(path_type=Path, file_ok
 
 
 def register(cli: click.Group) -> None:
-    for command in (sample_command, train_command, distill_command, prune_command, demo_data_command, serve_command,
-                    bench_serve_command, soak_serve_command):
+    for command in (
+        sample_command,
+        train_command,
+        distill_command,
+        prune_command,
+        demo_data_command,
+    ):
         cli.add_command(command)
 
 
@@ -48,9 +52,17 @@ def register(cli: click.Group) -> None:
 @max_tensor_option("Checkpoints: attention in chunks so that no tensor exceeds this [unbounded].")
 @arch_option()
 @overwrite_option("Replace an existing --out file (never the input).")
-@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("sample.png"), show_default=True,
-              help="Image file: .png, .jpg/.jpeg or .webp (the extension names the format).")
-def sample_command(model_path, label, n, seed, steps, sampler, guidance, eta, device, max_tensor_mb, arch, overwrite, out) -> None:
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("sample.png"),
+    show_default=True,
+    help="Image file: .png, .jpg/.jpeg or .webp (the extension names the format).",
+)
+def sample_command(
+    model_path, label, n, seed, steps, sampler, guidance, eta, device, max_tensor_mb, arch, overwrite, out
+) -> None:
     """Generate images from a checkpoint, an ONNX or a TFLite artifact (default: untrained v2)."""
     from tqdm import tqdm
 
@@ -63,60 +75,114 @@ def sample_command(model_path, label, n, seed, steps, sampler, guidance, eta, de
     with tqdm(total=total, desc="denoising", unit="step", file=sys.stderr, leave=False) as bar:
         result = generation.run(on_step=lambda *_: bar.update())
     click.echo(f"model: {result.model}", err=True)
-    click.echo(f"{result.backend}: {result.label_name} x{n}, {config.sampler} {total} steps, guidance {guidance:g}, "
-               f"seed {seed}: {result.seconds:.2f} s total, {result.seconds / n:.2f} s/image, "
-               f"{1000 * result.seconds / total:.1f} ms/step -> {out}")  # fmt: skip
+    click.echo(
+        f"{result.backend}: {result.label_name} x{n}, {config.sampler} {total} steps, guidance {guidance:g}, "
+        f"seed {seed}: {result.seconds:.2f} s total, {result.seconds / n:.2f} s/image, "
+        f"{1000 * result.seconds / total:.1f} ms/step -> {out}"
+    )
 
 
 DATA_HELP = "CIFAR-10 layout folder: DATA/train/<class>/*.png (+ DATA/test/ for validation)"
 train_options = options(
-    click.option("--data", type=click.Path(path_type=Path, file_okay=False, exists=True),
-                 help=f"{DATA_HELP}. distill without it learns from the teacher's own sampling trajectories."),
+    click.option(
+        "--data",
+        type=click.Path(path_type=Path, file_okay=False, exists=True),
+        help=f"{DATA_HELP}. distill without it learns from the teacher's own sampling trajectories.",
+    ),
     RUN_FOLDER,
     click.option("--epochs", type=click.IntRange(1), default=100, show_default=True),
     click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True),
     click.option("--lr", type=FiniteFloat(0, min_open=True), default=3e-4, show_default=True, help="One-cycle peak LR (AdamW)."),
     click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop at this global step (schedule unchanged)."),
-    click.option("--qat-every", type=click.IntRange(0), default=0, show_default=True,
-                 help="fp16 QAT: round weights to float16 every K steps (0 = off)."),
+    click.option(
+        "--qat-every",
+        type=click.IntRange(0),
+        default=0,
+        show_default=True,
+        help="fp16 QAT: round weights to float16 every K steps (0 = off).",
+    ),
     click.option("--label-dropout", type=FiniteFloat(0, 1, max_open=True), default=0.1, show_default=True),
     click.option("--ema-beta", type=FiniteFloat(0, 1), default=0.995, show_default=True),
-    click.option("--ema-start", type=click.IntRange(0), default=2000, show_default=True, help="EMA copies the weights until this step."),
+    click.option(
+        "--ema-start", type=click.IntRange(0), default=2000, show_default=True, help="EMA copies the weights until this step."
+    ),
     seed_option(),
     click.option("--sample-every", type=click.IntRange(0), default=0, help="Save a DDIM sample grid every N steps (0 = off)."),
-    click.option("--val-every", type=click.IntRange(0), default=0,
-                 help="Validation eps-MSE every N steps (0 = at the end); data-free: fidelity to the teacher every N steps "
-                      "and at the end (0 = never)."),
+    click.option(
+        "--val-every",
+        type=click.IntRange(0),
+        default=0,
+        help="Validation eps-MSE every N steps (0 = at the end); data-free: fidelity to the teacher every N steps "
+        "and at the end (0 = never).",
+    ),
     click.option("--checkpoint-every", type=click.IntRange(0), default=500, show_default=True),
     device_option(),
     click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader worker processes."),
-    click.option("--on-bad-image", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
-                 help="Unreadable images: skip and count them, or stop."),
+    click.option(
+        "--on-bad-image",
+        type=click.Choice(["skip", "stop"]),
+        default="skip",
+        show_default=True,
+        help="Unreadable images: skip and count them, or stop.",
+    ),
     click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped."),
     overwrite_option("Start over in an --out that holds a run (replaces last.pt, ema.pt)."),
-)  # fmt: skip
+)
 
 
 teacher_data_options = options(
-    click.option("--data-fraction", type=FiniteFloat(0, 1, max_open=True), default=None,
-                 help="With --data: mix this share of real images into the teacher's trajectories [real images alone]."),
-    click.option("--x0-weight", type=FiniteFloat(0), default=0.0, show_default=True,
-                 help="Data-free: weight of MSE(x0 of the student, x0 of the teacher), which stresses large t."),
-    click.option("--forward-fraction", type=FiniteFloat(0, 1), default=0.25, show_default=True,
-                 help="Data-free: share of items that are the teacher's final samples through the forward process at a random t."),
-    click.option("--teacher-steps", type=click.IntRange(1, 999), multiple=True, default=(10, 20, 50), show_default=True,
-                 help="Data-free: the teacher's DDIM runs, one per step count (repeat the option)."),
-    click.option("--teacher-guidance", type=FiniteFloat(0, 50), multiple=True, default=(0.0, 3.0), show_default=True,
-                 help="Data-free: guidance scales of the teacher's runs (0 = unguided, with the unconditional label)."),
-    click.option("--teacher-seeds", type=click.IntRange(1), default=1, show_default=True,
-                 help="Data-free: seeds of the teacher's runs (cached in OUT/teacher/)."),
-)  # fmt: skip
+    click.option(
+        "--data-fraction",
+        type=FiniteFloat(0, 1, max_open=True),
+        default=None,
+        help="With --data: mix this share of real images into the teacher's trajectories [real images alone].",
+    ),
+    click.option(
+        "--x0-weight",
+        type=FiniteFloat(0),
+        default=0.0,
+        show_default=True,
+        help="Data-free: weight of MSE(x0 of the student, x0 of the teacher), which stresses large t.",
+    ),
+    click.option(
+        "--forward-fraction",
+        type=FiniteFloat(0, 1),
+        default=0.25,
+        show_default=True,
+        help="Data-free: share of items that are the teacher's final samples through the forward process at a random t.",
+    ),
+    click.option(
+        "--teacher-steps",
+        type=click.IntRange(1, 999),
+        multiple=True,
+        default=(10, 20, 50),
+        show_default=True,
+        help="Data-free: the teacher's DDIM runs, one per step count (repeat the option).",
+    ),
+    click.option(
+        "--teacher-guidance",
+        type=FiniteFloat(0, 50),
+        multiple=True,
+        default=(0.0, 3.0),
+        show_default=True,
+        help="Data-free: guidance scales of the teacher's runs (0 = unguided, with the unconditional label).",
+    ),
+    click.option(
+        "--teacher-seeds",
+        type=click.IntRange(1),
+        default=1,
+        show_default=True,
+        help="Data-free: seeds of the teacher's runs (cached in OUT/teacher/).",
+    ),
+)
 
 
 def validation_text(result, data_free: bool) -> str:
     if data_free:
-        fidelity = [f"step {k}: eps-MSE {result.val_losses[k]:.5f}, PSNR min {lo:.1f} / mean {mean:.1f} dB"
-                    for k, (lo, mean) in result.val_psnr.items()]  # fmt: skip
+        fidelity = [
+            f"step {k}: eps-MSE {result.val_losses[k]:.5f}, PSNR min {lo:.1f} / mean {mean:.1f} dB"
+            for k, (lo, mean) in result.val_psnr.items()
+        ]
         return "fidelity to the teacher (77 parity cases) " + (", ".join(fidelity) or "not measured (--val-every N)")
     return "validation eps-MSE " + (", ".join(f"step {k}: {v:.4f}" for k, v in result.val_losses.items()) or "no test/ split")
 
@@ -137,9 +203,13 @@ def run_training(values: dict) -> None:
     skipped = f", {result.skipped_images} unreadable images skipped" if result.skipped_images else ""
     if line := teacher_summary(result.teacher_runs, result.teacher_inputs, config.out):
         click.echo(line)
-    click.echo(f"{config.arch}: step {result.step}, last loss {last_loss(result):.4f}, "
-               f"{validation_text(result, config.from_teacher)}, {result.images_per_second:.1f} images/s{skipped}")  # fmt: skip
-    click.echo(f"wrote {config.out}/ema.pt (export it with: mobilegen-export tflite {config.out}/ema.pt --fp16) and {config.out}/last.pt")
+    click.echo(
+        f"{config.arch}: step {result.step}, last loss {last_loss(result):.4f}, "
+        f"{validation_text(result, config.from_teacher)}, {result.images_per_second:.1f} images/s{skipped}"
+    )
+    click.echo(
+        f"wrote {config.out}/ema.pt (export it with: mobilegen-export tflite {config.out}/ema.pt --fp16) and {config.out}/last.pt"
+    )
 
 
 @click.command("train")
@@ -151,10 +221,13 @@ def train_command(**values) -> None:
 
 
 @click.command("distill")
-@click.option("--teacher", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True, help="Teacher checkpoint.")
+@click.option(
+    "--teacher", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True, help="Teacher checkpoint."
+)
 @arch_option("Student architecture.", default="student_v2")
-@click.option("--noise-weight", type=FiniteFloat(0), default=None,
-              help="Weight of MSE(noise, student) [1 with --data alone; 0 data-free].")
+@click.option(
+    "--noise-weight", type=FiniteFloat(0), default=None, help="Weight of MSE(noise, student) [1 with --data alone; 0 data-free]."
+)
 @click.option("--teacher-weight", type=FiniteFloat(0), default=1.0, show_default=True, help="Weight of MSE(teacher, student).")
 @train_options
 @teacher_data_options
@@ -169,26 +242,59 @@ def distill_command(**values) -> None:
 
 @click.command("prune")
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--ratio", type=AnyFinite(), default=0.0, show_default=True, help="Fraction of the channels of every prunable group to remove, in [0, 1).")
-@click.option("--head-ratio", type=AnyFinite(), default=0.0, show_default=True,
-              help="Fraction of every attention block's heads to remove, in [0, 1): inside the attention (the block keeps its width).")
-@click.option("--data", type=click.Path(path_type=Path, file_okay=False),
-              help=f"{DATA_HELP} for the fine-tune [none: data-free, from CHECKPOINT's own sampling trajectories].")
-@click.option("--head-importance", type=click.Choice(["ablation", "magnitude"]), default=None,
-              help="Which heads go: the least useful on the trajectories (ablation) or the smallest weights (magnitude) "
-                   "[ablation data-free, magnitude with --data alone].")
-@click.option("--importance-samples", type=click.IntRange(1), default=32, show_default=True,
-              help="Trajectory inputs the head ablation runs on.")
+@click.option(
+    "--ratio",
+    type=AnyFinite(),
+    default=0.0,
+    show_default=True,
+    help="Fraction of the channels of every prunable group to remove, in [0, 1).",
+)
+@click.option(
+    "--head-ratio",
+    type=AnyFinite(),
+    default=0.0,
+    show_default=True,
+    help="Fraction of every attention block's heads to remove, in [0, 1): inside the attention (the block keeps its width).",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, file_okay=False),
+    help=f"{DATA_HELP} for the fine-tune [none: data-free, from CHECKPOINT's own sampling trajectories].",
+)
+@click.option(
+    "--head-importance",
+    type=click.Choice(["ablation", "magnitude"]),
+    default=None,
+    help="Which heads go: the least useful on the trajectories (ablation) or the smallest weights (magnitude) "
+    "[ablation data-free, magnitude with --data alone].",
+)
+@click.option(
+    "--importance-samples",
+    type=click.IntRange(1),
+    default=32,
+    show_default=True,
+    help="Trajectory inputs the head ablation runs on.",
+)
 @steps_option(200, "Fine-tune steps (0: prune only).", low=0)
 @RUN_FOLDER
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--lr", type=FiniteFloat(0, min_open=True), default=1e-4, show_default=True, help="One-cycle peak LR (AdamW).")
 @click.option("--noise-weight", type=FiniteFloat(0), default=0.0, show_default=True, help="Weight of MSE(noise, pruned).")
-@click.option("--teacher-weight", type=FiniteFloat(0), default=1.0, show_default=True,
-              help="Weight of MSE(unpruned, pruned): distillation from CHECKPOINT.")
+@click.option(
+    "--teacher-weight",
+    type=FiniteFloat(0),
+    default=1.0,
+    show_default=True,
+    help="Weight of MSE(unpruned, pruned): distillation from CHECKPOINT.",
+)
 @seed_option()
-@click.option("--val-every", type=click.IntRange(0), default=0, show_default=True,
-              help="Data-free: fidelity to CHECKPOINT on the 77 parity cases every N steps and at the end (0 = never).")
+@click.option(
+    "--val-every",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Data-free: fidelity to CHECKPOINT on the 77 parity cases every N steps and at the end (0 = never).",
+)
 @click.option("--checkpoint-every", type=click.IntRange(0), default=500, show_default=True)
 @device_option()
 @teacher_data_options
@@ -211,21 +317,31 @@ def prune_command(checkpoint, **values) -> None:
     if not rank0():
         return
     (p0, p1), (m0, m1), (h0, h1) = result.params, result.macs, result.heads
-    click.echo(f"params {p0:,} -> {p1:,} ({p0 / p1:.2f}x fewer); MACs per step {m0 / 1e9:.3f} G -> {m1 / 1e9:.3f} G "
-               f"({m0 / m1:.2f}x fewer); attention heads {h0} -> {h1}")  # fmt: skip
+    click.echo(
+        f"params {p0:,} -> {p1:,} ({p0 / p1:.2f}x fewer); MACs per step {m0 / 1e9:.3f} G -> {m1 / 1e9:.3f} G "
+        f"({m0 / m1:.2f}x fewer); attention heads {h0} -> {h1}"
+    )
     for name, r in result.rankings.items():
         removed = ", ".join(f"{block} {heads}" for block, heads in r["heads_removed"].items())
-        error = (f"; before the fine-tune, eps PSNR vs CHECKPOINT on the 77 parity cases min {r['psnr_min']:.1f} / "
-                 f"mean {r['psnr_mean']:.1f} dB" if "psnr_min" in r else "")  # fmt: skip
+        error = (
+            f"; before the fine-tune, eps PSNR vs CHECKPOINT on the 77 parity cases min {r['psnr_min']:.1f} / "
+            f"mean {r['psnr_mean']:.1f} dB"
+            if "psnr_min" in r
+            else ""
+        )
         click.echo(f"heads by {name}{' (chosen)' if name == result.head_importance else ''}: removed {removed}{error}")
     if line := teacher_summary(result.teacher_runs, result.train.teacher_inputs if result.train else 0, out):
         click.echo(line)
     if result.train is None:
         click.echo(f"wrote {result.pruned} (not fine-tuned; export it with: mobilegen-export tflite {result.pruned})")
         return
-    click.echo(f"fine-tuned {result.train.step} steps, last loss {last_loss(result.train):.4f}, "
-               f"{validation_text(result.train, config.from_teacher)}")
-    click.echo(f"wrote {result.pruned}, {out}/last.pt and {out}/ema.pt (export it with: mobilegen-export tflite {out}/ema.pt --fp16)")
+    click.echo(
+        f"fine-tuned {result.train.step} steps, last loss {last_loss(result.train):.4f}, "
+        f"{validation_text(result.train, config.from_teacher)}"
+    )
+    click.echo(
+        f"wrote {result.pruned}, {out}/last.pt and {out}/ema.pt (export it with: mobilegen-export tflite {out}/ema.pt --fp16)"
+    )
 
 
 @click.command("demo-data")
@@ -239,155 +355,3 @@ def demo_data_command(out, per_class, seed, overwrite) -> None:
 
     write_demo_data(out, per_class, seed, overwrite)
     click.echo(f"wrote {out}/train and {out}/test with the ten CIFAR-10 class folders")
-
-
-@click.command("serve")
-@click.argument("checkpoint", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--model", "models", multiple=True, metavar="NAME=PATH",
-              help="Serve PATH (checkpoint, or .onnx/.tflite beside its manifest.json) as version NAME; repeatable.")
-@arch_option("Override the architecture detected from CHECKPOINT's keys.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@device_option("auto: CUDA (float16 autocast) when present, else CPU (float32).")
-@sampler_option("Default for requests that do not choose (the app never does).")
-@steps_option(help_text="Default DDIM steps.")
-@guidance_option("Default guidance (0 = off).")
-@click.option("--max-batch", type=click.IntRange(1, 4096), default=32, show_default=True,
-              help="Images per model call across requests (guidance doubles a request's); 1 turns batching off. "
-                   "On CUDA every call runs exactly this many (at least 2; padded), so batching never changes an image: "
-                   "lower it for lower single-request latency.")
-@click.option("--max-wait-ms", type=FiniteFloat(0, 1000), default=5.0, show_default=True,
-              help="How long a waiting denoiser call holds the model for others to join.")
-@click.option("--max-n", type=click.IntRange(1, 1024), default=16, show_default=True, help="Most images per request.")
-@steps_option(250, "Most steps per request; 999 allows the ddpm sampler.", name="--max-steps")
-@click.option("--max-guidance", type=FiniteFloat(0, 1000), default=50.0, show_default=True)
-@click.option("--max-body-bytes", type=click.IntRange(256, 1 << 30), default=64 * 1024, show_default=True,
-              help="Larger request bodies get 413.")
-@click.option("--max-pending", type=click.IntRange(1, 1024), default=128, show_default=True,
-              help="Requests generating at once; more get 503.")
-@click.option("--timeout-s", type=FiniteFloat(0.1, 86400), default=120.0, show_default=True,
-              help="Per-request limit, upload included; 504 after it.")
-@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
-              help="Allow browsers on ORIGIN (e.g. https://app.example); repeatable; none by default; never with credentials.")
-@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True)
-@click.option("--ray", "use_ray", is_flag=True, help="Serve on Ray Serve with --replicas copies of the app (docs/serving.md).")
-@click.option("--replicas", type=click.IntRange(1), default=2, show_default=True, help="With --ray: replicas of the app.")
-@click.option("--replica-cpus", type=FiniteFloat(0, min_open=True), default=1.0, show_default=True, help="With --ray: CPUs per replica.")
-@click.option("--replica-gpus", type=FiniteFloat(0), default=0.0, show_default=True, help="With --ray: GPUs per replica.")
-@click.option("--ray-address", metavar="HOST:PORT", help="With --ray: join this running cluster (ray start --head) instead of a local one.")
-@click.option("--ray-batching", type=click.Choice(["ours", "serve"]), default="ours", show_default=True,
-              help="With --ray: ours = our micro-batcher in each replica (merges denoiser calls at every step); "
-                   "serve = Serve's @serve.batch on whole requests (docs/serving.md).")
-@max_tensor_option("Checkpoints: attention in chunks so that no tensor of a --max-batch call exceeds this [unbounded].")
-def serve_command(checkpoint, models, arch, cors_origins, use_ray, replicas, replica_cpus, replica_gpus, ray_address, ray_batching,
-                  **values) -> None:  # fmt: skip
-    """Serve images over HTTP: POST /generate_image (the app), POST /v1/images, GET /v1/models, /healthz, /metrics.
-
-    CHECKPOINT (default: the untrained v2) is served under its architecture's name (v1, v2),
-    which the app's version field (1, 2) selects.
-    """
-    from mobilegen.serve import ModelSource, ServeConfig, parse_model_option, serve
-
-    sources = ([ModelSource(checkpoint, arch=arch)] if checkpoint else []) + [parse_model_option(m) for m in models]
-    if use_ray:  # the same app, as Ray Serve replicas
-        from mobilegen.serve.ray_app import RayOptions, serve_ray
-
-        options_ = RayOptions(replicas=replicas, cpus_per_replica=replica_cpus, gpus_per_replica=replica_gpus, address=ray_address,
-                              batching=ray_batching)  # fmt: skip
-        serve = functools.partial(serve_ray, options=options_)
-    serve(config_from(ServeConfig, values, models=tuple(sources), cors_origins=tuple(cors_origins)))
-
-
-load_options = options(
-    click.argument("models", nargs=-1, type=click.Path(path_type=Path, dir_okay=False, exists=True)),
-    steps_option(10, "DDIM steps of the server's default (the soak's requests choose 1-3)."),
-    guidance_option("The server's default guidance."),
-    click.option("--max-batch", type=click.IntRange(1, 4096), default=32, show_default=True, help="The server's --max-batch."),
-    click.option("--max-wait-ms", type=FiniteFloat(0, 1000), default=5.0, show_default=True),
-    click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Also write the results here."),
-    overwrite_option("Replace an existing --json file."),
-)  # fmt: skip
-
-
-def load_header(what: str) -> None:
-    import os
-
-    import torch
-
-    from mobilegen.verify.timing import machine, machine_line
-
-    click.echo(f"machine: {machine_line(machine())}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    if hasattr(os, "getloadavg"):  # other work on the machine skews every number
-        click.echo(f"load average before the run (1/5/15 min): {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    click.echo(what)
-
-
-def write_results(path: Path | None, overwrite: bool, data: dict) -> None:
-    from mobilegen.files import check_output_file, write_json
-    from mobilegen.verify.timing import machine
-
-    if path is not None:
-        check_output_file(path, overwrite)
-        write_json(path, {"machine": machine()} | data)
-        click.echo(f"wrote {path}")
-
-
-@click.command("bench-serve")
-@load_options
-@click.option("--modes", default="on,off", show_default=True,
-              help="Comma-separated: on (our batcher), off (--max-batch 1), rayN (Ray Serve, N replicas), rayN-serve "
-                   "(the same with @serve.batch); a mode may repeat to show the spread.")
-@click.option("--clients", type=click.IntRange(1, 1024), default=8, show_default=True)
-@click.option("--duration", type=FiniteFloat(1, 3600), default=25.0, show_default=True, help="Seconds of load per mode.")
-@click.option("--n", "n", type=click.IntRange(1, 64), default=1, show_default=True, help="Images per request.")
-def bench_serve_command(models, steps, guidance, max_batch, max_wait_ms, json_out, overwrite, modes, clients, duration, n) -> None:  # fmt: skip
-    """Throughput of `mobilegen serve` (MODELS, default: the untrained v2) under N clients, per batching mode."""
-    from mobilegen.serve import ServeConfig
-    from mobilegen.serve.loadtest import LoadPlan, bench_table, parse_modes, run_mode
-
-    names = parse_modes(modes)
-    if json_out is not None:
-        from mobilegen.files import check_output_file
-
-        check_output_file(json_out, overwrite)  # before minutes of load
-    config = ServeConfig(steps=steps, guidance=guidance, max_batch=max_batch, max_wait_ms=max_wait_ms, max_n=max(16, n),
-                         max_pending=max(64, 2 * clients), timeout_s=600, log_level="warning")  # fmt: skip
-    plan = LoadPlan(clients, duration, n)
-    load_header(f"load: {clients} clients x {duration:g} s per mode; ddim {steps} steps, guidance {guidance:g}, n={n}; "
-                f"max wait {max_wait_ms:g} ms")  # fmt: skip
-    results = []
-    for mode in names:
-        click.echo(f"running batching {mode} ...")
-        results.append(run_mode(config, list(models), plan, mode))
-    click.echo(bench_table(results))
-    write_results(json_out, overwrite, {"plan": vars(plan), "steps": steps, "guidance": guidance, "results": results})
-
-
-@click.command("soak-serve")
-@load_options
-@click.option("--requests", type=click.IntRange(1), default=500, show_default=True, help="Requests in the storm.")
-@click.option("--clients", type=click.IntRange(1, 1024), default=20, show_default=True, help="Concurrent clients.")
-@click.option("--hangup", type=FiniteFloat(0, 1), default=0.2, show_default=True, help="Share of clients that hang up.")
-@click.option("--level-at", type=click.IntRange(1), default=100, show_default=True,
-              help="Growth is measured from the peak RSS over the first this-many storm requests.")
-@click.option("--idle-s", type=FiniteFloat(0, 3600), default=20.0, show_default=True, help="Idle time after the storm.")
-def soak_serve_command(models, steps, guidance, max_batch, max_wait_ms, json_out, overwrite, requests, clients, hangup, level_at,
-                       idle_s) -> None:  # fmt: skip
-    """Server RSS under a bounded storm of mixed requests (MODELS, default: the untrained v2), sampled throughout."""
-    from mobilegen.errors import InvalidInput
-    from mobilegen.serve import ServeConfig
-    from mobilegen.serve.soak import SoakPlan, soak, soak_summary
-
-    if level_at >= requests:
-        raise InvalidInput(f"--level-at {level_at} must be below --requests {requests}")
-    if json_out is not None:
-        from mobilegen.files import check_output_file
-
-        check_output_file(json_out, overwrite)
-    config = ServeConfig(steps=steps, guidance=guidance, max_batch=max_batch, max_wait_ms=max_wait_ms, max_n=4,
-                         max_pending=max(128, 2 * clients), timeout_s=600, log_level="warning")  # fmt: skip
-    plan = SoakPlan(requests=requests, clients=clients, hangup=hangup, checkpoint_at=level_at, idle_s=idle_s)
-    load_header(f"soak: {requests} requests of 1-4 images, 1-3 steps, guided or not; --max-batch {max_batch}")
-    result = soak(config, list(models), plan)
-    click.echo(soak_summary(result))
-    write_results(json_out, overwrite, result)

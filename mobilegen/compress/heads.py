@@ -48,14 +48,17 @@ def applied_blocks(model: nn.Module) -> dict[str, SelfAttention]:
 def eps_of(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, batch: int = 16) -> torch.Tensor:
     """The model's eps on every input, in batches (CPU tensors in, CPU tensor out)."""
     device = next(model.parameters()).device
-    parts = [model(x[i : i + batch].to(device), t[i : i + batch].to(device), y[i : i + batch].to(device)).float().cpu()
-             for i in range(0, len(t), batch)]  # fmt: skip
+    parts = [
+        model(x[i : i + batch].to(device), t[i : i + batch].to(device), y[i : i + batch].to(device)).float().cpu()
+        for i in range(0, len(t), batch)
+    ]
     return torch.cat(parts)
 
 
 @torch.no_grad()
-def head_ablation_scores(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
-                         batch: int = 16) -> dict[str, list[float]]:  # fmt: skip
+def head_ablation_scores(
+    model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, batch: int = 16
+) -> dict[str, list[float]]:
     """Block name -> per head, MSE(eps with that head silenced, eps of the intact model) over the inputs."""
     if len(t) == 0:
         raise InvalidInput("head ablation needs at least one input")

@@ -60,8 +60,7 @@ FLOAT_REASONS = {
     "attention_output": "attention output projection: reads heavy-tailed softmax-weighted sums",
     "zero_channel": "an all-zero output channel gets weight scale 0, so its int32 bias (scale = input x weight scale) "
     "cannot be represented",
-    "bias_overflow": "its calibrated input range x weight scale is so small that its bias does not fit int32 at that "
-    "scale",
+    "bias_overflow": "its calibrated input range x weight scale is so small that its bias does not fit int32 at that scale",
 }
 KEEP_FLOAT = {"dynamic": ("image_input_conv",), "full": ("image_input_conv", "embedding", "attention_output", "zero_channel")}
 INT32_LIMIT = 2**31 - 256  # float32 rounds anything above this to 2^31, which the int32 cast wraps
@@ -234,11 +233,17 @@ def quantize_tflite(src: Path, dst: Path, mode: str, spec: DenoiserSpec, calibra
         raise ExportError(f"ai-edge-quantizer failed ({mode}): {exc}\n{log_buffer.getvalue()[-2000:]}") from None
     if wrapped := wrapped_biases(dst):
         dst.unlink()
-        raise ExportError(f"int8 {mode}: the quantizer wrapped an int32 bias to -2^31 in {', '.join(wrapped)}; "
-                          "that file would compute with wrong biases, so it was not written")  # fmt: skip
-    info: dict = {"mode": mode, "tool": "ai-edge-quantizer", "weights": "int8 per output channel, symmetric",
-                  "activations": "int8 per call (dynamic)" if mode == "dynamic" else "int8, calibrated ranges",
-                  "kept_float": [{"op": name, "role": role, "why": FLOAT_REASONS[role]} for name, role in sorted(roles.items())]}  # fmt: skip
+        raise ExportError(
+            f"int8 {mode}: the quantizer wrapped an int32 bias to -2^31 in {', '.join(wrapped)}; "
+            "that file would compute with wrong biases, so it was not written"
+        )
+    info: dict = {
+        "mode": mode,
+        "tool": "ai-edge-quantizer",
+        "weights": "int8 per output channel, symmetric",
+        "activations": "int8 per call (dynamic)" if mode == "dynamic" else "int8, calibrated ranges",
+        "kept_float": [{"op": name, "role": role, "why": FLOAT_REASONS[role]} for name, role in sorted(roles.items())],
+    }
     if calibration is not None:
         info["calibration_samples"] = len(calibration)
     return info

@@ -47,8 +47,10 @@ def count_params(model: nn.Module, only_used: bool = True) -> int:
     if not only_used:
         return sum(p.numel() for p in model.parameters())
     used: set[int] = set()
-    hooks = [m.register_forward_hook(lambda mod, *_: used.update(id(p) for p in mod.parameters(recurse=False)))
-             for m in model.modules()]  # fmt: skip
+    hooks = [
+        m.register_forward_hook(lambda mod, *_: used.update(id(p) for p in mod.parameters(recurse=False)))
+        for m in model.modules()
+    ]
     try:
         with torch.no_grad():
             model(*example_inputs())
@@ -97,8 +99,9 @@ def remove_heads(model: UNet, head_ratio: float, choice: Mapping[str, Sequence[i
         if choice is not None:
             weakest = sorted(int(h) for h in choice.get(name, ()))
             if len(weakest) != drop or len(set(weakest)) != drop or not all(0 <= h < heads for h in weakest):
-                raise InvalidInput(f"{name}: --head-ratio {head_ratio:g} removes {drop} of its {heads} heads, "
-                                   f"but the choice names {weakest}")  # fmt: skip
+                raise InvalidInput(
+                    f"{name}: --head-ratio {head_ratio:g} removes {drop} of its {heads} heads, but the choice names {weakest}"
+                )
         else:
             weakest = sorted(head_magnitudes(mha).argsort()[:drop].tolist())
         kept = [h for h in range(heads) if h not in weakest]
@@ -150,8 +153,10 @@ def prune_all_channels(model: UNet, ratio: float) -> None:
 
     blocks = {m.mha for m in applied_blocks(model).values()}
     if any(m.num_heads * m.head_dim != m.embed_dim for m in blocks):
-        raise InvalidInput("this model's attention heads were already removed; prune channels and heads in one call, "
-                           "from the unpruned checkpoint")  # fmt: skip
+        raise InvalidInput(
+            "this model's attention heads were already removed; prune channels and heads in one call, "
+            "from the unpruned checkpoint"
+        )
     impls = {name: m.impl for name, m in model.named_modules() if hasattr(m, "impl")}
     model.set_attention("original")  # nn.MultiheadAttention: a module torch-pruning knows
     heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}

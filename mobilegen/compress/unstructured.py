@@ -43,7 +43,9 @@ def sparsity(unet: UNet) -> dict:
     layers = {}
     zeros = total = 0
     weights = [(f"{n}.weight", m.weight) for n, m in prunable(unet)]
-    weights += [(f"{n}.in_proj_weight", m.in_proj_weight) for n, m in unet.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    weights += [
+        (f"{n}.in_proj_weight", m.in_proj_weight) for n, m in unet.named_modules() if isinstance(m, nn.MultiheadAttention)
+    ]
     for name, w in sorted(weights):
         z, n = int((w == 0).sum()), w.numel()
         layers[name] = round(z / n, 4)
@@ -54,8 +56,10 @@ def sparsity(unet: UNet) -> dict:
 @torch.no_grad()
 def weights_gzip_size(unet: UNet, dtype: str = "float32") -> int:
     """gzip size (level 9) of every weight the network uses, stored in dtype: what pruning's zeros save."""
-    raw = b"".join(p.detach().to(getattr(torch, dtype)).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-                   for _, p in sorted(unet.state_dict().items()))  # fmt: skip
+    raw = b"".join(
+        p.detach().to(getattr(torch, dtype)).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        for _, p in sorted(unet.state_dict().items())
+    )
     return len(gzip.compress(raw, compresslevel=9, mtime=0))
 
 

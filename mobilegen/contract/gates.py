@@ -27,8 +27,13 @@ class GateResult:
         return self.text or f"{status} {self.gate} {self.subject}" + (f": {'; '.join(self.failures)}" if self.failures else "")
 
     def to_dict(self) -> dict:
-        return {"gate": self.gate, "subject": self.subject, "passed": self.passed, "failures": list(self.failures),
-                "figures": self.figures}  # fmt: skip
+        return {
+            "gate": self.gate,
+            "subject": self.subject,
+            "passed": self.passed,
+            "failures": list(self.failures),
+            "figures": self.figures,
+        }
 
 
 def failed(results) -> list[GateResult]:

@@ -5,9 +5,17 @@ from __future__ import annotations
 from mobilegen.errors import MobileGenError
 
 CIFAR10_LABELS: tuple[str, ...] = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 # The original Android app offers short names; "auto" is its word for automobile.
 ALIASES: dict[str, str] = {"auto": "automobile", "car": "automobile", "plane": "airplane"}
 UNCONDITIONAL = -1

@@ -100,7 +100,11 @@ def read_manifest(directory: Path) -> dict:
 
 def spec_from_manifest(manifest: dict) -> DenoiserSpec:
     io = manifest["io"]
-    return DenoiserSpec(batch=io["batch"], layout=io["layout"], image_size=io["image_size"],
-                        channels=io["channels"], num_classes=io["num_classes"], opset=io["opset"])  # fmt: skip
-
-
+    return DenoiserSpec(
+        batch=io["batch"],
+        layout=io["layout"],
+        image_size=io["image_size"],
+        channels=io["channels"],
+        num_classes=io["num_classes"],
+        opset=io["opset"],
+    )

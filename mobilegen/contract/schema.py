@@ -63,23 +63,31 @@ def whole(obj: dict, key: str, field: str, low: int, high: int) -> int:
 def one_of(obj: dict, key: str, field: str, allowed: tuple) -> Any:
     value = obj.get(key)
     if value not in allowed:
-        raise Invalid(f"{field}.{key}" if field else key, f"must be one of {', '.join(map(str, allowed))} (got {json_text(value)})")
+        raise Invalid(
+            f"{field}.{key}" if field else key, f"must be one of {', '.join(map(str, allowed))} (got {json_text(value)})"
+        )
     return value
 
 
 def check_io(m: dict) -> DenoiserSpec:
     io = member(m, "io", "", dict)
     spec = DenoiserSpec(
-        batch=whole(io, "batch", "io", 1, 4096), layout=one_of(io, "layout", "io", LAYOUTS),
-        image_size=whole(io, "image_size", "io", 64, 64), channels=whole(io, "channels", "io", 3, 3),
-        num_classes=whole(io, "num_classes", "io", 1, 1000), opset=whole(io, "opset", "io", 1, 100),
-    )  # fmt: skip
+        batch=whole(io, "batch", "io", 1, 4096),
+        layout=one_of(io, "layout", "io", LAYOUTS),
+        image_size=whole(io, "image_size", "io", 64, 64),
+        channels=whole(io, "channels", "io", 3, 3),
+        num_classes=whole(io, "num_classes", "io", 1, 1000),
+        opset=whole(io, "opset", "io", 1, 100),
+    )
     want = json.loads(json.dumps(spec.to_dict()))  # tuples -> lists, as read from JSON
     for key in ("inputs", "outputs"):
         if io.get(key) != want[key]:
             shapes = {t["name"]: t["shape"] for t in want[key]}
-            raise Invalid(f"io.{key}", f"does not match the contract for batch {spec.batch}, layout {spec.layout} "
-                                       f"(expected names, dtypes and shapes {shapes} as mobilegen-export writes them)")  # fmt: skip
+            raise Invalid(
+                f"io.{key}",
+                f"does not match the contract for batch {spec.batch}, layout {spec.layout} "
+                f"(expected names, dtypes and shapes {shapes} as mobilegen-export writes them)",
+            )
     return spec
 
 
@@ -122,7 +130,9 @@ def check_files(m: dict) -> None:
             raise Invalid(f"{field}.sha256", "must be 64 lowercase hex digits")
         whole(entry, "bytes", field, 1, 1 << 40)
         if entry.get("precision") != SLOTS[name]:
-            raise Invalid(f"{field}.precision", f"must be {SLOTS[name]!r} for this file (got {json_text(entry.get('precision'))})")
+            raise Invalid(
+                f"{field}.precision", f"must be {SLOTS[name]!r} for this file (got {json_text(entry.get('precision'))})"
+            )
         ops = member(entry, "op_types", field, list)
         if not all(isinstance(op, str) for op in ops):
             raise Invalid(f"{field}.op_types", "must be a list of strings")
@@ -142,7 +152,9 @@ def check_manifest(m: Any) -> None:
         raise Invalid("source.sha256", "must be null (the default model) or 64 lowercase hex digits")
     spec = check_io(m)
     if config.get("num_classes") != spec.num_classes:
-        raise Invalid("io.num_classes", f"is {spec.num_classes}, but the model has {json_text(config.get('num_classes'))} classes")
+        raise Invalid(
+            "io.num_classes", f"is {spec.num_classes}, but the model has {json_text(config.get('num_classes'))} classes"
+        )
     check_schedule(m)
     check_labels(m, spec)
     check_files(m)

@@ -7,7 +7,18 @@ from mobilegen.diffusion.sampler import SamplerConfig, run_sampler, seeded_noise
 from mobilegen.diffusion.schedule import Schedule, linear_schedule
 
 __all__ = [
-    "UNCONDITIONAL", "Denoiser", "SamplerConfig", "Schedule", "ddim_sample", "ddim_timesteps",
-    "ddpm_sample", "ddpm_timesteps", "guided", "linear_schedule", "run_sampler", "seeded_noise",
-    "stacked_noise", "to_uint8",
-]  # fmt: skip
+    "UNCONDITIONAL",
+    "Denoiser",
+    "SamplerConfig",
+    "Schedule",
+    "ddim_sample",
+    "ddim_timesteps",
+    "ddpm_sample",
+    "ddpm_timesteps",
+    "guided",
+    "linear_schedule",
+    "run_sampler",
+    "seeded_noise",
+    "stacked_noise",
+    "to_uint8",
+]

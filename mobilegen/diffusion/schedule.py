@@ -67,7 +67,9 @@ def alphas_cumprod_problem(alphas_cumprod, T: int | None = None) -> str | None:
         return f"value {float(ab[outside[0]])!r} at index {int(outside[0])} is outside (0, 1)"
     rising = np.flatnonzero(np.diff(ab) >= 0)
     if len(rising):
-        return f"is not strictly decreasing (index {int(rising[0]) + 1}: {float(ab[rising[0] + 1])!r} >= {float(ab[rising[0]])!r})"
+        return (
+            f"is not strictly decreasing (index {int(rising[0]) + 1}: {float(ab[rising[0] + 1])!r} >= {float(ab[rising[0]])!r})"
+        )
     return None
 
 

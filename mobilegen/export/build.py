@@ -21,6 +21,7 @@ from mobilegen.export.tflite import convert_onnx_to_tflite, to_fp16_weights
 from mobilegen.runtime.backends import TorchBackend
 from mobilegen.runtime.tflite_file import check_builtin_only
 
+
 @dataclass(frozen=True)
 class BuildOptions:
     """What the build stage needs, and nothing else (no folders, no gate settings)."""

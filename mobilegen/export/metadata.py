@@ -72,12 +72,23 @@ def tensor_texts(spec: DenoiserSpec, about: About) -> dict[str, dict]:
     shape = list(spec.image_shape)
     n = len(about.labels)
     return {
-        "x": {"description": f"Noisy image x_t, float32 {spec.layout} {shape}: x_T ~ N(0, I) at the first step, then the "
-                             "sampler's state; images live in [-1, 1].", "dims": dims, "range": None},  # fmt: skip
-        "t": {"description": f"Timestep index 0..{about.T - 1} as float32 [{spec.batch}].", "dims": ["batch"],
-              "range": (0, about.T - 1)},  # fmt: skip
-        "y": {"description": f"Class index int32 [{spec.batch}] into labels.txt (0..{n - 1}); -1 = unconditional "
-                             "(the classifier-free guidance pass).", "dims": ["batch"], "range": (-1, n - 1)},  # fmt: skip
+        "x": {
+            "description": f"Noisy image x_t, float32 {spec.layout} {shape}: x_T ~ N(0, I) at the first step, then the "
+            "sampler's state; images live in [-1, 1].",
+            "dims": dims,
+            "range": None,
+        },
+        "t": {
+            "description": f"Timestep index 0..{about.T - 1} as float32 [{spec.batch}].",
+            "dims": ["batch"],
+            "range": (0, about.T - 1),
+        },
+        "y": {
+            "description": f"Class index int32 [{spec.batch}] into labels.txt (0..{n - 1}); -1 = unconditional "
+            "(the classifier-free guidance pass).",
+            "dims": ["batch"],
+            "range": (-1, n - 1),
+        },
         "eps": {"description": f"Predicted noise eps, float32 {spec.layout} {shape}, like x.", "dims": dims, "range": None},
     }
 
@@ -93,8 +104,11 @@ def model_texts(spec: DenoiserSpec, about: About) -> dict[str, str]:
             f"Class-conditional DDPM denoiser (x, t, y) -> eps for {spec.image_size}x{spec.image_size} CIFAR-10 images, "
             f"batch {spec.batch}, layout {spec.layout}. One call is one denoising step; the schedule and the sampler "
             "(DDIM, classifier-free guidance) run in the app, from manifest.json. "
-            + (f"Source checkpoint sha256: {about.source_sha256}" if about.source_sha256
-               else "Source: the untrained default model (no checkpoint file), NOT a trained model")
+            + (
+                f"Source checkpoint sha256: {about.source_sha256}"
+                if about.source_sha256
+                else "Source: the untrained default model (no checkpoint file), NOT a trained model"
+            )
         ),
         "version": f"mobilegen {version}",
         "author": "mobilegen-export",
@@ -143,8 +157,10 @@ def metadata_flatbuffer(input_names: list[str], output_names: list[str], spec: D
     texts = tensor_texts(spec, about)
     unknown = [n for n in input_names + output_names if n not in texts]
     if unknown or sorted(input_names) != ["t", "x", "y"] or output_names != ["eps"]:
-        raise ExportError(f"TFLite metadata: the graph's tensors are inputs {input_names}, outputs {output_names}; "
-                          "expected inputs x, t, y and output eps")  # fmt: skip
+        raise ExportError(
+            f"TFLite metadata: the graph's tensors are inputs {input_names}, outputs {output_names}; "
+            "expected inputs x, t, y and output eps"
+        )
     w = _Writer(flatbuffers)
 
     def tensor(name: str) -> int:
@@ -154,8 +170,9 @@ def metadata_flatbuffer(input_names: list[str], output_names: list[str], spec: D
         # content_properties 1; Stats: max 0, min 1.
         files = None
         if name == "y":
-            label_file = w.table({0: w.text(LABELS_FILE), 1: w.text("Class names, one per line, in index order.")},
-                                 {2: TENSOR_VALUE_LABELS})  # fmt: skip
+            label_file = w.table(
+                {0: w.text(LABELS_FILE), 1: w.text("Class names, one per line, in index order.")}, {2: TENSOR_VALUE_LABELS}
+            )
             files = w.offsets([label_file])
         stats = None
         if info["range"] is not None:
@@ -176,9 +193,17 @@ def metadata_flatbuffer(input_names: list[str], output_names: list[str], spec: D
     m = model_texts(spec, about)
     # ModelMetadata: name 0, description 1, version 2, subgraph_metadata 3, author 4, license 5,
     # min_parser_version 7.
-    root = w.table({0: w.text(m["name"]), 1: w.text(m["description"]), 2: w.text(m["version"]),
-                    3: w.offsets([subgraph]), 4: w.text(m["author"]), 5: w.text(m["license"]),
-                    7: w.text(MIN_PARSER_VERSION)})  # fmt: skip
+    root = w.table(
+        {
+            0: w.text(m["name"]),
+            1: w.text(m["description"]),
+            2: w.text(m["version"]),
+            3: w.offsets([subgraph]),
+            4: w.text(m["author"]),
+            5: w.text(m["license"]),
+            7: w.text(MIN_PARSER_VERSION),
+        }
+    )
     w.b.Finish(root, file_identifier=IDENTIFIER)
     return bytes(w.b.Output())
 

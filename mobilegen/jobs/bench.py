@@ -20,8 +20,10 @@ def bench_memory(directory: Path, manifest: dict, checkpoint: Path | None, threa
     spec, threads = mf.spec_from_manifest(manifest), threads or default_threads()
     source = str(checkpoint) if checkpoint else manifest["source"]["checkpoint"] if manifest["source"]["sha256"] else None
     budget = next((f["memory"].get("max_tensor_mb") for f in manifest["files"].values() if "memory" in f), None)
-    out = {"pytorch fp32 (fused sdpa)": measure_torch(source, spec.batch, threads, "sdpa"),
-           "pytorch fp32 (math, bounded)": measure_torch(source, spec.batch, threads, "math", budget)}  # fmt: skip
+    out = {
+        "pytorch fp32 (fused sdpa)": measure_torch(source, spec.batch, threads, "sdpa"),
+        "pytorch fp32 (math, bounded)": measure_torch(source, spec.batch, threads, "math", budget),
+    }
     for name, path in artifacts(directory, manifest).items():
         out[name] = measure_file(path, contract_feeds(spec), threads)
     return out

@@ -116,18 +116,81 @@ def image_seconds(backends: dict, reference: TorchBackend, label: int, rounds: i
     return {name: summarize(s) for name, s in samples.items()}
 
 
-def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, threads: int | None = None,
-            labels: tuple[int, ...] = (3, 8), config: SamplerConfig = SamplerConfig(), calibration_size: int = 320,
-            rounds: int = 5, repeats: int = 10, overwrite: bool = False, image_rounds: int = IMAGE_ROUNDS,
-            foreign: tuple[Path, dict[str, str]] | None = None) -> dict:  # fmt: skip
+def compare(
+    unpruned: LoadedModel,
+    pruned: LoadedModel | None,
+    out: Path,
+    threads: int | None = None,
+    labels: tuple[int, ...] = (3, 8),
+    config: SamplerConfig = SamplerConfig(),
+    calibration_size: int = 320,
+    rounds: int = 5,
+    repeats: int = 10,
+    overwrite: bool = False,
+    image_rounds: int = IMAGE_ROUNDS,
+    foreign: tuple[Path, dict[str, str]] | None = None,
+) -> dict:
     """Measure every variant; write out/compare.json, out/compare.md and out/samples.png."""
     inputs = [unpruned.path, pruned.path if pruned else None]
     for name in OUTPUTS:
         check_output_file(out / name, overwrite, inputs)
     threads = threads or default_threads()
+    out.mkdir(parents=True, exist_ok=True)
+    rows, images, timing, memory, image = measure(
+        unpruned, pruned, threads, labels, config, calibration_size, rounds, repeats, image_rounds, foreign
+    )
+    names = [CIFAR10_LABELS[y] for y in labels]
+    add_speed(rows, timing, memory, image)
+    m = machine()
+    result = {
+        "machine": m,
+        "commit": m["commit"],
+        "threads": threads,
+        "batch": 1,
+        "rounds": rounds,
+        "repeats_per_round": repeats,
+        "sources": {"unpruned": str(unpruned.source), "pruned": str(pruned.source) if pruned else None},
+        "sampler": {
+            "sampler": config.sampler,
+            "steps": config.steps,
+            "guidance": config.guidance,
+            "seed": config.seed,
+            "classes": names,
+        },
+        "variants": rows,
+        "pytorch_sdpa_latency": timing[PYTORCH_SDPA]
+        | {"speedup_vs_fp32": round(timing["fp32"]["median_ms"] / timing[PYTORCH_SDPA]["median_ms"], 3)},
+        "pytorch_sdpa_memory": memory[PYTORCH_SDPA],
+        "pytorch_sdpa_image_ms": image[PYTORCH_SDPA],
+        "image": {
+            "sampler": IMAGE_CONFIG.sampler,
+            "steps": IMAGE_CONFIG.steps,
+            "guidance": IMAGE_CONFIG.guidance,
+            "label": CIFAR10_LABELS[labels[0]],
+            "rounds": image_rounds,
+        },
+    }
+    save_image(torch.cat(images), out / "samples.png", cols=len(labels))
+    write_json(out / "compare.json", result)
+    atomic_write(out / "compare.md", lambda p: p.write_text(render(result)))
+    return result
+
+
+def measure(
+    unpruned: LoadedModel,
+    pruned: LoadedModel | None,
+    threads: int,
+    labels: tuple[int, ...],
+    config: SamplerConfig,
+    calibration_size: int,
+    rounds: int,
+    repeats: int,
+    image_rounds: int,
+    foreign,
+) -> tuple:
+    """Build the variants in a temporary folder and measure them: rows, images, timing, memory, image times."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    out.mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(prefix="mobilegen-compare-") as tmp:
             variants = build_variants(unpruned, pruned, Path(tmp), calibration_size)
@@ -138,57 +201,59 @@ def compare(unpruned: LoadedModel, pruned: LoadedModel | None, out: Path, thread
             reference = TorchBackend(unpruned.model, "cpu")
             ref_eps = reference(cases.x, cases.t, cases.y)
             ref_run = record(reference.torch_denoise, list(labels), schedule, config)
-            names = [CIFAR10_LABELS[y] for y in labels]
             rows, images = {}, [torch.from_numpy(ref_run.images)]
-            backends = {v.name: ForeignTFLite(v.path, foreign[1], threads) if v.name.startswith("foreign") else
-                        open_artifact(v.path, SPEC, threads) for v in variants}  # fmt: skip
+            backends = {
+                v.name: ForeignTFLite(v.path, foreign[1], threads)
+                if v.name.startswith("foreign")
+                else open_artifact(v.path, SPEC, threads)
+                for v in variants
+            }
             for v in variants:
-                backend = backends[v.name]
-                eps = backend(cases.x, cases.t, cases.y)
-                step_psnr = [min(psnr(ref_eps[i], eps[i]), PSNR_IDENTICAL) for i in range(len(cases))]
-                run = record(backend.torch_denoise, list(labels), schedule, config)
-                traj = compare_runs(v.name, ref_run, run, names, (0.0, None))
+                rows[v.name], run = fidelity_row(v, backends[v.name], cases, ref_eps, ref_run, labels, config)
                 images.append(torch.from_numpy(run.images))
-                rows[v.name] = {
-                    "file": v.path.name, "bytes": v.path.stat().st_size,
-                    "params": count_params(v.model), "macs_per_step": count_macs(v.model),
-                    "step_psnr_db": {"min": round(min(step_psnr), 2), "mean": round(float(np.mean(step_psnr)), 2)},
-                    "trajectory": {"min_psnr_db": round(min(c["psnr"] for c in traj.per_class.values()), 2),
-                                   "min_ssim": round(min(c["ssim"] for c in traj.per_class.values()), 4),
-                                   "per_class": traj.per_class},
-                }  # fmt: skip
             timing = latency(backends, reference, rounds, repeats)
             image = image_seconds(backends, reference, labels[0], image_rounds)
             memory = {v.name: measure_file(v.path, step_feeds(backends[v.name]), threads) for v in variants}
         memory[PYTORCH_SDPA] = measure_torch(str(unpruned.source) if unpruned.sha256 else None, 1, threads, "sdpa")
     finally:
         torch.set_num_threads(previous)
+    return rows, images, timing, memory, image
+
+
+def fidelity_row(v: Variant, backend, cases, ref_eps, ref_run, labels: tuple[int, ...], config: SamplerConfig):
+    """A variant's size, network and fidelity (per-step eps PSNR, trajectory), and its sampling run."""
+    eps = backend(cases.x, cases.t, cases.y)
+    step_psnr = [min(psnr(ref_eps[i], eps[i]), PSNR_IDENTICAL) for i in range(len(cases))]
+    run = record(backend.torch_denoise, list(labels), linear_schedule(), config)
+    traj = compare_runs(v.name, ref_run, run, [CIFAR10_LABELS[y] for y in labels], (0.0, None))
+    row = {
+        "file": v.path.name,
+        "bytes": v.path.stat().st_size,
+        "params": count_params(v.model),
+        "macs_per_step": count_macs(v.model),
+        "step_psnr_db": {"min": round(min(step_psnr), 2), "mean": round(float(np.mean(step_psnr)), 2)},
+        "trajectory": {
+            "min_psnr_db": round(min(c["psnr"] for c in traj.per_class.values()), 2),
+            "min_ssim": round(min(c["ssim"] for c in traj.per_class.values()), 4),
+            "per_class": traj.per_class,
+        },
+    }
+    return row, run
+
+
+def add_speed(rows: dict[str, dict], timing: dict, memory: dict, image: dict) -> None:
+    """Each row's latency with its speed-ups (vs fp32, the unbounded file, a foreign file), memory and image time."""
     base, unbounded = timing["fp32"]["median_ms"], timing[UNBOUNDED]["median_ms"]
     original = next((timing[n]["median_ms"] for n in rows if n.startswith("foreign")), None)
     for name, row in rows.items():
-        row["latency"] = timing[name] | {"speedup_vs_fp32": round(base / timing[name]["median_ms"], 3),
-                                         "speedup_vs_unbounded": round(unbounded / timing[name]["median_ms"], 3)}  # fmt: skip
+        row["latency"] = timing[name] | {
+            "speedup_vs_fp32": round(base / timing[name]["median_ms"], 3),
+            "speedup_vs_unbounded": round(unbounded / timing[name]["median_ms"], 3),
+        }
         if original:
             row["latency"]["speedup_vs_foreign"] = round(original / timing[name]["median_ms"], 3)
         row["memory"] = memory[name]
         row["image_ms"] = image[name]
-    m = machine()
-    result = {
-        "machine": m, "commit": m["commit"], "threads": threads, "batch": 1, "rounds": rounds, "repeats_per_round": repeats,
-        "sources": {"unpruned": str(unpruned.source), "pruned": str(pruned.source) if pruned else None},
-        "sampler": {"sampler": config.sampler, "steps": config.steps, "guidance": config.guidance, "seed": config.seed,
-                    "classes": names},
-        "variants": rows,
-        "pytorch_sdpa_latency": timing[PYTORCH_SDPA] | {"speedup_vs_fp32": round(base / timing[PYTORCH_SDPA]["median_ms"], 3)},
-        "pytorch_sdpa_memory": memory[PYTORCH_SDPA],
-        "pytorch_sdpa_image_ms": image[PYTORCH_SDPA],
-        "image": {"sampler": IMAGE_CONFIG.sampler, "steps": IMAGE_CONFIG.steps, "guidance": IMAGE_CONFIG.guidance,
-                  "label": CIFAR10_LABELS[labels[0]], "rounds": image_rounds},
-    }  # fmt: skip
-    save_image(torch.cat(images), out / "samples.png", cols=len(labels))
-    write_json(out / "compare.json", result)
-    atomic_write(out / "compare.md", lambda p: p.write_text(render(result)))
-    return result
 
 
 def step_feeds(backend) -> dict[str, np.ndarray]:
@@ -217,20 +282,31 @@ def render(result: dict) -> str:
         lat, step, traj, mem = r["latency"], r["step_psnr_db"], r["trajectory"], r["memory"]
         g = mem.get("graph", {})
         vs_foreign = f"{lat['speedup_vs_foreign']:.2f}x" if "speedup_vs_foreign" in lat else "-"
-        lines.append(f"| {name} | {r['bytes'] / 1e6:.2f} | {r['params']:,} | {r['macs_per_step'] / 1e9:.2f} | {lat['median_ms']:.1f} "
-                     f"| {lat['p90_ms']:.1f} | {lat['speedup_vs_fp32']:.2f}x | {lat['speedup_vs_unbounded']:.2f}x | {vs_foreign} "
-                     f"| {r['image_ms']['median_ms'] / 1000:.2f} | {mem['peak_rss_mb']:.1f} | {g.get('largest_tensor_mb', float('nan')):.2f} | {g.get('peak_live_mb', float('nan')):.1f} "
-                     f"| {step['min']:.1f} / {step['mean']:.1f} "
-                     f"| {traj['min_psnr_db']:.1f} | {traj['min_ssim']:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {r['bytes'] / 1e6:.2f} | {r['params']:,} | {r['macs_per_step'] / 1e9:.2f} | {lat['median_ms']:.1f} "
+            f"| {lat['p90_ms']:.1f} | {lat['speedup_vs_fp32']:.2f}x | {lat['speedup_vs_unbounded']:.2f}x | {vs_foreign} "
+            f"| {r['image_ms']['median_ms'] / 1000:.2f} | {mem['peak_rss_mb']:.1f} | {g.get('largest_tensor_mb', float('nan')):.2f} | {g.get('peak_live_mb', float('nan')):.1f} "
+            f"| {step['min']:.1f} / {step['mean']:.1f} "
+            f"| {traj['min_psnr_db']:.1f} | {traj['min_ssim']:.3f} |"
+        )
     sdpa = result["pytorch_sdpa_latency"]
-    lines += ["", f"The bar: {PYTORCH_SDPA} (unpruned), timed in the same rounds: median {sdpa['median_ms']:.1f} ms, "
-              f"p90 {sdpa['p90_ms']:.1f} ms ({sdpa['speedup_vs_fp32']:.2f}x the fp32 file's speed)."]  # fmt: skip
+    lines += [
+        "",
+        f"The bar: {PYTORCH_SDPA} (unpruned), timed in the same rounds: median {sdpa['median_ms']:.1f} ms, "
+        f"p90 {sdpa['p90_ms']:.1f} ms ({sdpa['speedup_vs_fp32']:.2f}x the fp32 file's speed).",
+    ]
     im = result["image"]
-    lines += ["", f"One image: a guided ({im['guidance']:g}) {im['sampler']} {im['steps']}-step {im['label']}, end to end "
-              f"(every call and the sampler), median of {im['rounds']} rounds taken in turns; {PYTORCH_SDPA}: "
-              f"{result['pytorch_sdpa_image_ms']['median_ms'] / 1000:.2f} s."]  # fmt: skip
+    lines += [
+        "",
+        f"One image: a guided ({im['guidance']:g}) {im['sampler']} {im['steps']}-step {im['label']}, end to end "
+        f"(every call and the sampler), median of {im['rounds']} rounds taken in turns; {PYTORCH_SDPA}: "
+        f"{result['pytorch_sdpa_image_ms']['median_ms'] / 1000:.2f} s.",
+    ]
     pm = result["pytorch_sdpa_memory"]
-    lines += ["", f"Memory: {pm['method']}. {PYTORCH_SDPA}: peak RSS {pm['peak_rss_mb']:.1f} MB over a process with torch imported."]
+    lines += [
+        "",
+        f"Memory: {pm['method']}. {PYTORCH_SDPA}: peak RSS {pm['peak_rss_mb']:.1f} MB over a process with torch imported.",
+    ]
     rows = ", ".join(["PyTorch fp32 (reference)", *result["variants"]])
     lines += ["", "![final images](samples.png)", "", f"samples.png rows, top to bottom: {rows}."]
     return "\n".join(lines) + "\n"

@@ -39,8 +39,17 @@ from mobilegen.verify.report_md import write_report
 
 log = logging.getLogger(__name__)
 
-OWN_FILES = frozenset({*PRECISION, defaults.LABELS_FILE, defaults.MANIFEST_FILE, defaults.REPORT_MD, defaults.REPORT_HTML,
-                       defaults.BENCH_JSON, defaults.TRAJECTORY_JSON})  # fmt: skip
+OWN_FILES = frozenset(
+    {
+        *PRECISION,
+        defaults.LABELS_FILE,
+        defaults.MANIFEST_FILE,
+        defaults.REPORT_MD,
+        defaults.REPORT_HTML,
+        defaults.BENCH_JSON,
+        defaults.TRAJECTORY_JSON,
+    }
+)
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]+\.tmp$")  # atomic_write's, if a writer was killed
 EXPORT = "a MobileGen export"
 
@@ -128,8 +137,13 @@ def compression_info(loaded: LoadedModel, pruned, opts: ExportOptions, built: Ar
 
 def build_options(opts: ExportOptions) -> BuildOptions:
     """The build's options with the tensor budget in effect for this batch."""
-    return BuildOptions(opts.build.tflite, opts.build.fp16, opts.build.int8, opts.build.calibration_size,
-                        tensor_budget(opts.max_tensor_mb, opts.batch))  # fmt: skip
+    return BuildOptions(
+        opts.build.tflite,
+        opts.build.fp16,
+        opts.build.int8,
+        opts.build.calibration_size,
+        tensor_budget(opts.max_tensor_mb, opts.batch),
+    )
 
 
 def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
@@ -156,7 +170,9 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
     return ExportResult(target, manifest, gates)
 
 
-def build_and_gate(loaded: LoadedModel, opts: ExportOptions, spec: DenoiserSpec, stage: Path) -> tuple[dict, tuple[GateResult, ...]]:
+def build_and_gate(
+    loaded: LoadedModel, opts: ExportOptions, spec: DenoiserSpec, stage: Path
+) -> tuple[dict, tuple[GateResult, ...]]:
     """Every file, its gates and the manifest (with report.md), written into stage."""
     schedule = linear_schedule()
     model = prune_l1(loaded.model, opts.prune)
@@ -173,10 +189,14 @@ def build_and_gate(loaded: LoadedModel, opts: ExportOptions, spec: DenoiserSpec,
     entries[mf.LABELS] = mf.file_entry(stage / mf.LABELS, "text", [])
     manifest = mf.build_manifest(
         {"arch": loaded.arch, "config": loaded.model.config.to_dict()},
-        {"checkpoint": loaded.source, "sha256": loaded.sha256, "weights": loaded.detail}, spec, schedule, entries,
+        {"checkpoint": loaded.source, "sha256": loaded.sha256, "weights": loaded.detail},
+        spec,
+        schedule,
+        entries,
         compression_info(loaded, model, opts, built, cases, ref),
-        {name: r.to_dict() for name, r in parity.items()}, status,
-    )  # fmt: skip
+        {name: r.to_dict() for name, r in parity.items()},
+        status,
+    )
     if opts.bench and status == "passed":
         from mobilegen.verify.bench import bench_directory_files
 
@@ -193,8 +213,9 @@ def check_tensor_budget(model, opts: ExportOptions) -> None:
         plan_attention(model, opts.batch, budget)  # ValueError naming the smallest feasible budget
 
 
-def gate_memory(files: dict[str, Path], entries: dict[str, dict], spec: DenoiserSpec, opts: ExportOptions,
-                arch: str) -> tuple[GateResult, ...]:  # fmt: skip
+def gate_memory(
+    files: dict[str, Path], entries: dict[str, dict], spec: DenoiserSpec, opts: ExportOptions, arch: str
+) -> tuple[GateResult, ...]:
     """Measure every file in a fresh process (verify/memory.py) and record it in its manifest entry."""
     from mobilegen.runtime.backends import default_threads
     from mobilegen.verify.memory import contract_feeds, measure_file, memory_gate, memory_limit
@@ -203,8 +224,11 @@ def gate_memory(files: dict[str, Path], entries: dict[str, dict], spec: Denoiser
     for name, path in files.items():
         measured = measure_file(path, contract_feeds(spec), opts.threads or default_threads())
         result = memory_gate(name, measured, memory_limit(arch, PRECISION[name], spec.batch, opts.max_memory_mb), budget)
-        entries[name]["memory"] = measured | {"limit_mb": result.figures["limit_mb"], "max_tensor_mb": budget,
-                                              "passed": result.passed}  # fmt: skip
+        entries[name]["memory"] = measured | {
+            "limit_mb": result.figures["limit_mb"],
+            "max_tensor_mb": budget,
+            "passed": result.passed,
+        }
         results.append(result)
         log.info("%s", result.summary())
     return tuple(results)

@@ -23,8 +23,14 @@ def latest_bench(directory: Path) -> dict | None:
     return bench if fresh else None
 
 
-def write_html_report(directory: Path, labels: tuple[int, ...], config: SamplerConfig, checkpoint: Path | None,
-                      threads: int | None, overwrite: bool = False) -> tuple[Path, str]:  # fmt: skip
+def write_html_report(
+    directory: Path,
+    labels: tuple[int, ...],
+    config: SamplerConfig,
+    checkpoint: Path | None,
+    threads: int | None,
+    overwrite: bool = False,
+) -> tuple[Path, str]:
     """DIR/report.html (refused if it exists, unless overwrite) and DIR/trajectory.json."""
     path = check_output_file(directory / REPORT_HTML, overwrite)
     manifest = intact_folder(directory, threads)
@@ -32,10 +38,15 @@ def write_html_report(directory: Path, labels: tuple[int, ...], config: SamplerC
     traj = run_trajectories(directory, manifest, model, list(labels), config, threads)
     ips = images_per_second(manifest, labels[0], traj)
     trajectory = {
-        "sampler": config.sampler, "steps": config.steps, "guidance": config.guidance, "seed": config.seed,
-        "classes": traj.label_names, "results": {n: r.to_dict() for n, r in traj.results.items()},
-        "images_per_second": ips, "manifest_sha256": sha256_file(directory / MANIFEST_FILE),
-    }  # fmt: skip
+        "sampler": config.sampler,
+        "steps": config.steps,
+        "guidance": config.guidance,
+        "seed": config.seed,
+        "classes": traj.label_names,
+        "results": {n: r.to_dict() for n, r in traj.results.items()},
+        "images_per_second": ips,
+        "manifest_sha256": sha256_file(directory / MANIFEST_FILE),
+    }
     write_json(directory / TRAJECTORY_JSON, trajectory)
     bench = latest_bench(directory)
     page = render(manifest | ({"latency": bench} if bench else {}), traj, ips)

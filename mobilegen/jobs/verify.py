@@ -28,8 +28,13 @@ from mobilegen.verify.parity import float32_reference, float64_outputs, run_pari
 DEFAULT_CLASSES = tuple(parse_label(c) for c in defaults.CLASSES.split(","))
 
 
-def verify_directory(directory: Path, threads: int | None = None, checkpoint: Path | None = None,
-                     classes: tuple[int, ...] = DEFAULT_CLASSES, config: SamplerConfig = SamplerConfig()) -> dict:  # fmt: skip
+def verify_directory(
+    directory: Path,
+    threads: int | None = None,
+    checkpoint: Path | None = None,
+    classes: tuple[int, ...] = DEFAULT_CLASSES,
+    config: SamplerConfig = SamplerConfig(),
+) -> dict:
     manifest = mf.read_manifest(directory)
     problems = check_hashes(directory, manifest)
     intact = not problems  # a failed export is still checked: it shows how far off it is
@@ -87,15 +92,18 @@ def recheck_memory(directory: Path, manifest: dict, threads: int | None) -> list
     return out
 
 
-def summary(directory: Path, manifest: dict, gates: list[GateResult], trajectories: Trajectories | None,
-            problems: list[str]) -> str:  # fmt: skip
+def summary(
+    directory: Path, manifest: dict, gates: list[GateResult], trajectories: Trajectories | None, problems: list[str]
+) -> str:
     lines = [f"verify {directory}: {'PASS' if not problems else 'FAIL'}"]
     lines += [f"  sha256 ok: {name}" for name in manifest["files"] if not any(p.startswith(name + ":") for p in problems)]
     lines += [f"  {r.summary()}" if r.gate != "memory" else f"  memory {r.summary()}" for r in gates if r.gate != "trajectory"]
     if trajectories:
         cfg = trajectories.config
-        lines.append(f"  trajectory: {cfg.sampler} {len(trajectories.runs[REFERENCE].timesteps)} steps, guidance {cfg.guidance:g}, "
-                     f"seed {cfg.seed}, classes {', '.join(trajectories.label_names)}")  # fmt: skip
+        lines.append(
+            f"  trajectory: {cfg.sampler} {len(trajectories.runs[REFERENCE].timesteps)} steps, guidance {cfg.guidance:g}, "
+            f"seed {cfg.seed}, classes {', '.join(trajectories.label_names)}"
+        )
         lines += [f"  {r.summary()}" for r in gates if r.gate == "trajectory"]
     lines += [f"  problem: {p}" for p in problems]
     return "\n".join(lines)

@@ -88,7 +88,9 @@ def attention_layer(embed: int, heads: int, head_dim: int | None = None, batch_f
             raise InvalidInput(f"attention widths must be (embed, heads) with embed divisible by heads, got {[embed, heads]}")
         return nn.MultiheadAttention(embed, heads, batch_first=batch_first)
     if heads * head_dim > embed:
-        raise InvalidInput(f"attention widths (embed, heads, head_dim) need heads x head_dim <= embed, got {[embed, heads, head_dim]}")
+        raise InvalidInput(
+            f"attention widths (embed, heads, head_dim) need heads x head_dim <= embed, got {[embed, heads, head_dim]}"
+        )
     mha = nn.MultiheadAttention(embed, 1, batch_first=batch_first)
     inner = heads * head_dim
     if inner < embed:
@@ -171,8 +173,10 @@ CONCAT_FANIN = 4  # XNNPACK's concatenation takes at most a few inputs; a wider 
 def concat(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
     """torch.cat as a tree of at most CONCAT_FANIN inputs per node (the same values)."""
     while len(parts) > 1:
-        parts = [torch.cat(parts[i : i + CONCAT_FANIN], dim=dim) if len(parts[i : i + CONCAT_FANIN]) > 1
-                 else parts[i] for i in range(0, len(parts), CONCAT_FANIN)]  # fmt: skip
+        parts = [
+            torch.cat(parts[i : i + CONCAT_FANIN], dim=dim) if len(parts[i : i + CONCAT_FANIN]) > 1 else parts[i]
+            for i in range(0, len(parts), CONCAT_FANIN)
+        ]
     return parts[0]
 
 

@@ -93,9 +93,11 @@ def plan_attention(unet, batch: int, max_tensor_mb: float) -> list[BlockPlan]:
     budget = int(max_tensor_mb * MB)
     smallest = min_budget(unet, batch)
     if budget < smallest:
-        raise InvalidInput(f"--max-tensor-mb {max_tensor_mb:g} cannot be met at batch {batch}: the smallest feasible "
-                         f"budget is {smallest / MB:.3f} MB (one row of attention scores, or the largest tensor "
-                         "outside attention); pass at least that")  # fmt: skip
+        raise InvalidInput(
+            f"--max-tensor-mb {max_tensor_mb:g} cannot be met at batch {batch}: the smallest feasible "
+            f"budget is {smallest / MB:.3f} MB (one row of attention scores, or the largest tensor "
+            "outside attention); pass at least that"
+        )
     return [plan_block(name, block, batch, budget) for name, block in attention_blocks(unet).items()]
 
 

@@ -193,9 +193,11 @@ def _match_arch(state: dict[str, torch.Tensor], arch: str | None, config: UNetCo
     def show(keys: list[str]) -> str:
         return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 
-    parts = [f"missing {len(missing)}: {show(missing)}" if missing else "",
-             f"unexpected {len(unexpected)}: {show(unexpected)}" if unexpected else "",
-             f"wrong shape {len(wrong)}: {show(wrong)}" if wrong else ""]  # fmt: skip
+    parts = [
+        f"missing {len(missing)}: {show(missing)}" if missing else "",
+        f"unexpected {len(unexpected)}: {show(unexpected)}" if unexpected else "",
+        f"wrong shape {len(wrong)}: {show(wrong)}" if wrong else "",
+    ]
     what = f"do not match architecture {arch!r}" if arch else f"match no architecture; nearest is {nearest!r}"
     raise CheckpointError(f"the weights {what}: " + "; ".join(p for p in parts if p))
 
@@ -206,13 +208,16 @@ def float32_weights(state: dict[str, torch.Tensor], path: Path) -> dict[str, tor
     out = {}
     for key, value in state.items():
         if not value.is_floating_point():
-            raise CheckpointError(f"{path}: tensor {key!r} has dtype {str(value.dtype).removeprefix('torch.')}; UNet weights "
-                                  "must be floating point (float32, float16, bfloat16 or float64)")  # fmt: skip
+            raise CheckpointError(
+                f"{path}: tensor {key!r} has dtype {str(value.dtype).removeprefix('torch.')}; UNet weights "
+                "must be floating point (float32, float16, bfloat16 or float64)"
+            )
         value = value.float()
         bad = int((~torch.isfinite(value)).sum())
         if bad:
-            raise CheckpointError(f"{path}: tensor {key!r} holds {bad} NaN/Inf value(s) (as float32); "
-                                  "these weights cannot give a valid image")  # fmt: skip
+            raise CheckpointError(
+                f"{path}: tensor {key!r} holds {bad} NaN/Inf value(s) (as float32); these weights cannot give a valid image"
+            )
         out[key] = value
     return out
 
@@ -235,8 +240,11 @@ def load_checkpoint(path: str | Path, arch: str | None = None) -> LoadedModel:
 
         config = UNetConfig(**json.loads(st_meta["config"]))
         meta = dict(st_meta)
-    state, detail = _unwrap(obj if not (isinstance(obj, dict) and obj.get("format") == FORMAT) else
-                            {"ema": obj.get("ema"), "state_dict": obj.get("weights")})  # fmt: skip
+    state, detail = _unwrap(
+        obj
+        if not (isinstance(obj, dict) and obj.get("format") == FORMAT)
+        else {"ema": obj.get("ema"), "state_dict": obj.get("weights")}
+    )
     state = _strip_prefixes(state)
     if config is not None and arch and arch != config.arch:
         raise CheckpointError(f"{path}: describes itself as {config.arch!r}, but --arch {arch!r} was given")

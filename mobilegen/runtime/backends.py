@@ -66,8 +66,10 @@ def check_io(found: dict[str, tuple[list, str]], spec: DenoiserSpec, path: str |
     want = {s.name: (list(s.shape), s.dtype) for s in spec.inputs + spec.outputs}
     got = {name: (list(shape), ONNX_TYPES.get(dtype, dtype)) for name, (shape, dtype) in found.items()}
     if got != want:
-        raise ManifestError(f"{path}: the file's inputs/outputs {got} do not match the manifest's io contract {want} "
-                            f"(batch {spec.batch}, layout {spec.layout})")  # fmt: skip
+        raise ManifestError(
+            f"{path}: the file's inputs/outputs {got} do not match the manifest's io contract {want} "
+            f"(batch {spec.batch}, layout {spec.layout})"
+        )
 
 
 class _FixedBatch:
@@ -127,7 +129,9 @@ class TFLiteBackend(_FixedBatch):
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads or default_threads())
             self.runner = self.interpreter.get_signature_runner("serving_default")
         except (ValueError, RuntimeError) as exc:
-            raise ManifestError(f"{path}: not a loadable TFLite model with a serving_default signature ({first_line(exc)})") from None
+            raise ManifestError(
+                f"{path}: not a loadable TFLite model with a serving_default signature ({first_line(exc)})"
+            ) from None
         self.spec, self.name = spec, f"litert:{Path(path).name}"
         details = self.runner.get_input_details() | self.runner.get_output_details()
         check_io({k: (list(v["shape"]), np.dtype(v["dtype"]).name) for k, v in details.items()}, spec, path)

@@ -50,25 +50,31 @@ def artifact_manifest(model_path: Path | None) -> dict | None:
     return None
 
 
-def open_backend(model_path: Path | None, device: str, arch: str | None, manifest: dict | None = None,
-                 bounded: tuple[int, float] | None = None) -> OpenedModel:  # fmt: skip
+def open_backend(
+    model_path: Path | None, device: str, arch: str | None, manifest: dict | None = None, bounded: tuple[int, float] | None = None
+) -> OpenedModel:
     """A checkpoint (or the default model) on PyTorch, or an artifact described by its manifest.
     bounded = (rows per call, max tensor MB): PyTorch runs attention in chunks (models/budget.py)."""
     manifest = manifest or artifact_manifest(model_path)
     if manifest is not None:
         schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
         arch_name = manifest["model"]["arch"]
-        return OpenedModel(open_artifact(model_path, spec_from_manifest(manifest)), arch_name,
-                           f"{arch_name} exported from {manifest['source']['checkpoint']}", schedule,
-                           tuple(manifest["labels"]))  # fmt: skip
+        return OpenedModel(
+            open_artifact(model_path, spec_from_manifest(manifest)),
+            arch_name,
+            f"{arch_name} exported from {manifest['source']['checkpoint']}",
+            schedule,
+            tuple(manifest["labels"]),
+        )
     loaded = load_or_default(model_path, arch)
     if bounded is not None:
         from mobilegen.models.budget import bound_heap, set_bounded_attention
 
         set_bounded_attention(loaded.model, *bounded)
         bound_heap()
-    return OpenedModel(TorchBackend(loaded.model, device), loaded.arch, f"{loaded.arch} from {loaded.source}",
-                       linear_schedule(), CIFAR10_LABELS)  # fmt: skip
+    return OpenedModel(
+        TorchBackend(loaded.model, device), loaded.arch, f"{loaded.arch} from {loaded.source}", linear_schedule(), CIFAR10_LABELS
+    )
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,14 @@ class Generation:
     def run(self, on_step: Callable[[int, torch.Tensor], None] | None = None) -> Generated:
         backend = self.opened.backend
         start = time.perf_counter()
-        x = run_sampler(backend.torch_denoise, torch.full((self.n,), self.label), self.opened.schedule, self.config,
-                        getattr(backend, "device", "cpu"), on_step)  # fmt: skip
+        x = run_sampler(
+            backend.torch_denoise,
+            torch.full((self.n,), self.label),
+            self.opened.schedule,
+            self.config,
+            getattr(backend, "device", "cpu"),
+            on_step,
+        )
         seconds = time.perf_counter() - start
         images = to_uint8(x)
         if self.out is not None:
@@ -123,8 +135,17 @@ def prepare(
     return Generation(opened, y, n, config, out)
 
 
-def generate(model_path: Path | None, label: str, n: int, config: SamplerConfig, device: str = "auto",
-             arch: str | None = None, out: Path | None = None, on_step: Callable[[int, torch.Tensor], None] | None = None,
-             overwrite: bool = False, max_tensor_mb: float | None = None) -> Generated:  # fmt: skip
+def generate(
+    model_path: Path | None,
+    label: str,
+    n: int,
+    config: SamplerConfig,
+    device: str = "auto",
+    arch: str | None = None,
+    out: Path | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+    overwrite: bool = False,
+    max_tensor_mb: float | None = None,
+) -> Generated:
     """prepare, then run."""
     return prepare(model_path, label, n, config, device, arch, out, overwrite, max_tensor_mb).run(on_step)

@@ -36,8 +36,10 @@ def image_format(path: str | Path) -> str:
     """The PIL format the extension names; InvalidInput for any other extension (or none)."""
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise InvalidInput(f"{path}: cannot tell the image format from {suffix or 'no extension'!r}; "
-                           f"name the file with one of {', '.join(FORMATS)}")  # fmt: skip
+        raise InvalidInput(
+            f"{path}: cannot tell the image format from {suffix or 'no extension'!r}; "
+            f"name the file with one of {', '.join(FORMATS)}"
+        )
     return FORMATS[suffix]
 
 
@@ -58,4 +60,3 @@ def save_image(images: torch.Tensor, path: str | Path, cols: int | None = None) 
     """An image file of the format its extension names (image_format)."""
     data = image_bytes(images, image_format(path), cols)
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
-

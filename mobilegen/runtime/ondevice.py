@@ -16,8 +16,15 @@ import numpy as np
 FileCall = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
-def sample_loop(call: FileCall, manifest: dict, label: int, noise: np.ndarray, steps: int | None = None,
-                guidance: float | None = None, on_step: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:  # fmt: skip
+def sample_loop(
+    call: FileCall,
+    manifest: dict,
+    label: int,
+    noise: np.ndarray,
+    steps: int | None = None,
+    guidance: float | None = None,
+    on_step: Callable[[int, np.ndarray], None] | None = None,
+) -> np.ndarray:
     """The final x (float64, one image, the file's layout) from initial noise [1,3,64,64] (NCHW, as
     the sampler draws it); on_step sees x after every step."""
     io, defaults = manifest["io"], manifest["sampler_defaults"]

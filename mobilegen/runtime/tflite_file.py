@@ -108,8 +108,10 @@ def read_graph(raw: bytes, index: int = 0) -> OpGraph:
     graph = model.Subgraphs(index)
     types = {v: k for k, v in vars(tfl.TensorType).items() if not k.startswith("_")}
     kinds = {v: k for k, v in vars(tfl.BuiltinOperator).items() if not k.startswith("_")}
-    codes = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
-             for i in range(model.OperatorCodesLength())]  # fmt: skip
+    codes = [
+        max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+        for i in range(model.OperatorCodesLength())
+    ]
     sizes, names, shapes = [], [], []
     for i in range(graph.TensorsLength()):
         t = graph.Tensors(i)

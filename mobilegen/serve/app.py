@@ -18,7 +18,6 @@ Nothing is written to disk.
 
 import asyncio
 import base64
-import json
 import logging
 import threading
 import time
@@ -28,19 +27,25 @@ from typing import Any, Awaitable, Callable
 
 import torch
 
-from mobilegen.contract.labels import ALIASES
 from mobilegen.diffusion import run_sampler, to_uint8
-from mobilegen.errors import NonFiniteError
 from mobilegen.serve.config import ServeConfig
 from mobilegen.serve.metrics import Metrics
 from mobilegen.serve.models import ServedModel, load_models
-from mobilegen.serve.validate import RESULT_HEADERS, ApiError, Job, error_body, form_job, invalid, json_job
+from mobilegen.serve.routes import ROUTES, add_error_handlers, add_routes
+from mobilegen.serve.validate import RESULT_HEADERS, ApiError, Job, error_body
 
 log = logging.getLogger(__name__)
 
-ROUTES = ("/generate_image", "/v1/images", "/v1/models", "/healthz", "/metrics")
-ERROR_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
-               422: "validation", 499: "client_closed", 503: "busy", 504: "timeout"}  # fmt: skip
+ERROR_KINDS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    422: "validation",
+    499: "client_closed",
+    503: "busy",
+    504: "timeout",
+}
 
 
 Sample = Callable[[Job, threading.Event], Awaitable[torch.Tensor]]
@@ -77,8 +82,13 @@ class Server:
     every job, which may also report ``active`` sampling loops.
     """
 
-    def __init__(self, config: ServeConfig, models: dict[str, ServedModel], metrics: Metrics,
-                 batching: Callable[["Server"], Sample] = MicroBatched):  # fmt: skip
+    def __init__(
+        self,
+        config: ServeConfig,
+        models: dict[str, ServedModel],
+        metrics: Metrics,
+        batching: Callable[["Server"], Sample] = MicroBatched,
+    ):
         self.config, self.models, self.metrics = config, models, metrics
         self.default = next(iter(models.values()))
         self.pool = ThreadPoolExecutor(max_workers=config.max_pending, thread_name_prefix="sampler")
@@ -92,9 +102,16 @@ class Server:
 
     def limits(self) -> dict:
         c = self.config
-        return {"max_n": c.max_n, "max_steps": c.max_steps, "max_guidance": c.max_guidance,
-                "max_body_bytes": c.max_body_bytes, "timeout_s": c.timeout_s, "max_pending": c.max_pending,
-                "max_batch": c.max_batch, "max_wait_ms": c.max_wait_ms}  # fmt: skip
+        return {
+            "max_n": c.max_n,
+            "max_steps": c.max_steps,
+            "max_guidance": c.max_guidance,
+            "max_body_bytes": c.max_body_bytes,
+            "timeout_s": c.timeout_s,
+            "max_pending": c.max_pending,
+            "max_batch": c.max_batch,
+            "max_wait_ms": c.max_wait_ms,
+        }
 
     async def run(self, job: Job, request) -> tuple[Any, float]:
         """Generate (``self.sample``), batched with whatever else is running, then encode on a pool thread.
@@ -107,8 +124,9 @@ class Server:
         from starlette.requests import ClientDisconnect
 
         if self.pending >= self.config.max_pending:
-            raise ApiError(503, f"server busy: {self.pending} requests are already generating; retry shortly",
-                           headers={"Retry-After": "1"})  # fmt: skip
+            raise ApiError(
+                503, f"server busy: {self.pending} requests are already generating; retry shortly", headers={"Retry-After": "1"}
+            )
         self.pending += 1
         cancelled = threading.Event()
         start = time.perf_counter()
@@ -238,11 +256,8 @@ def create_app(config: ServeConfig = ServeConfig(), batching: Callable[[Server],
 
     ``batching``: see Server (Ray Serve's @serve.batch mode passes its own).
     """
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
+    from fastapi import FastAPI
     from fastapi.middleware.cors import CORSMiddleware
-    from fastapi.responses import JSONResponse, Response
-    from starlette.exceptions import HTTPException
 
     metrics = Metrics()
     server = Server(config, load_models(config, metrics.on_batch, metrics.on_drop), metrics, batching)
@@ -252,87 +267,28 @@ def create_app(config: ServeConfig = ServeConfig(), batching: Callable[[Server],
         yield
         server.close()
 
-    app = FastAPI(title="MobileGen", summary="Class-conditional 64x64 CIFAR-10 images from a DDPM",
-                  docs_url=None, redoc_url=None, lifespan=lifespan)  # fmt: skip
+    app = FastAPI(
+        title="MobileGen",
+        summary="Class-conditional 64x64 CIFAR-10 images from a DDPM",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
     app.state.server = server
 
-    def json_error(status: int, message: str, headers: dict | None = None, **extra) -> Response:
-        return Response(error_body(status, message, **extra), status, headers, media_type="application/json")
-
-    @app.exception_handler(ApiError)
-    async def api_error(request, exc: ApiError):
-        return json_error(exc.status, exc.message, exc.headers, **exc.extra)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request, exc: HTTPException):
-        known = {404: f"no such endpoint; try {', '.join(ROUTES)}", 405: "method not allowed"}
-        message = known.get(exc.status_code, str(exc.detail))
-        return json_error(exc.status_code, message, getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request, exc: RequestValidationError):
-        return json_error(422, "invalid request", problems=json.loads(json.dumps(exc.errors(), default=str)))
-
-    @app.exception_handler(NonFiniteError)
-    async def non_finite(request, exc: NonFiniteError):
-        log.error("%s on %s", exc, request.url.path)
-        return json_error(500, f"the model produced a non-finite state; no image was made ({exc})")
-
-    @app.exception_handler(Exception)
-    async def internal_error(request, exc: Exception):
-        log.exception("unhandled error on %s", request.url.path)
-        return json_error(500, f"internal error ({type(exc).__name__}); the server keeps serving")
-
-    def respond(job: Job, result, seconds: float) -> Response:
-        headers = job.headers(seconds)
-        if job.output == "png":
-            return Response(result, media_type="image/png", headers=headers)
-        c = job.sampler
-        body = {"model": job.model.name, "label": job.label_name, "seed": c.seed, "sampler": c.sampler,
-                "steps": int(headers["X-Steps"]), "guidance": c.guidance, "eta": c.eta, "n": job.n,
-                "width": 64, "height": 64, "seconds": round(seconds, 3), "images": result}  # fmt: skip
-        return JSONResponse(body, headers=headers)
-
-    @app.post("/generate_image", response_class=Response, responses={200: {"content": {"image/png": {}}}})
-    async def generate_image(request: Request):
-        """The original Android app's call: form fields text (class name) and version; a 64x64 PNG back."""
-        try:
-            form = await request.form(max_files=0, max_fields=16, max_part_size=4096)
-        except HTTPException as exc:
-            raise invalid("body", f"malformed form body: {exc.detail}") from None
-        job = form_job(form, config, server.models)
-        return respond(job, *await server.run(job, request))
-
-    @app.post("/v1/images", response_class=Response)
-    async def images(request: Request):
-        """JSON body: {"label", "version", "seed", "steps", "sampler", "guidance", "eta", "n", "output": "png"|"json"}."""
-        job = json_job(await request.body(), config, server.models)
-        return respond(job, *await server.run(job, request))
-
-    @app.get("/v1/models")
-    async def list_models():
-        return {"default": server.default.name, "models": [m.describe(config) for m in server.models.values()],
-                "label_aliases": ALIASES, "limits": server.limits()}  # fmt: skip
-
-    @app.get("/healthz")
-    async def healthz():
-        dead = [name for name, m in server.models.items() if not m.batcher.alive]
-        if dead:
-            return json_error(503, f"model worker stopped: {', '.join(dead)}")
-        sampling = getattr(server.sample, "active", 0)  # includes loops of abandoned requests
-        return {"status": "ok", "models": list(server.models), "pending": server.pending, "sampling": sampling}
-
-    @app.get("/metrics")
-    async def metrics_endpoint():
-        body, content_type = metrics.render()
-        return Response(body, media_type=content_type)
-
+    add_error_handlers(app)
+    add_routes(app, server, config, metrics)
     app.add_middleware(Guard, server=server)
     if config.cors_origins:
         # Credentials are never allowed: the API uses none, and with "*" they would let any site act as the user.
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_credentials=False,
-                           allow_methods=["GET", "POST"], allow_headers=["Content-Type"],
-                           expose_headers=RESULT_HEADERS)  # fmt: skip
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_credentials=False,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type"],
+            expose_headers=RESULT_HEADERS,
+        )
     return app
 
 
@@ -340,9 +296,18 @@ def make_server(app, config: ServeConfig):
     """A uvicorn.Server for the app (tests and benchmarks run it in a thread on their own socket)."""
     import uvicorn
 
-    uv = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level, lifespan="on",
-                        ws="none", server_header=False, timeout_keep_alive=5, timeout_graceful_shutdown=10,
-                        h11_max_incomplete_event_size=16 * 1024)  # fmt: skip
+    uv = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        lifespan="on",
+        ws="none",
+        server_header=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,
+        h11_max_incomplete_event_size=16 * 1024,
+    )
     return uvicorn.Server(uv)
 
 
@@ -353,6 +318,12 @@ def serve(config: ServeConfig, sockets=None) -> None:
     say = logging.getLogger("uvicorn.error")
     for m in app.state.server.models.values():
         say.info("model %s: %s from %s, %s on %s (%s)", m.name, m.arch, m.source, m.backend, m.device, m.dtype)
-    say.info("defaults: %s %d steps, guidance %g; micro-batching up to %d images, %g ms wait",
-             config.sampler, config.steps, config.guidance, config.max_batch, config.max_wait_ms)  # fmt: skip
+    say.info(
+        "defaults: %s %d steps, guidance %g; micro-batching up to %d images, %g ms wait",
+        config.sampler,
+        config.steps,
+        config.guidance,
+        config.max_batch,
+        config.max_wait_ms,
+    )
     server.run(sockets=sockets)

@@ -57,8 +57,15 @@ class _Call:
 
 
 class MicroBatcher:
-    def __init__(self, run: Run, max_rows: int = 32, max_wait_s: float = 0.005, name: str = "model",
-                 on_batch: OnBatch | None = None, on_drop: OnDrop | None = None):  # fmt: skip
+    def __init__(
+        self,
+        run: Run,
+        max_rows: int = 32,
+        max_wait_s: float = 0.005,
+        name: str = "model",
+        on_batch: OnBatch | None = None,
+        on_drop: OnDrop | None = None,
+    ):
         self.run, self.max_rows, self.max_wait_s = run, max_rows, max_wait_s
         self.on_batch, self.on_drop = on_batch, on_drop
         self._cond = threading.Condition()
@@ -171,8 +178,9 @@ class MicroBatcher:
                 if len(batch) == 1:
                     eps = self.run(batch[0].x, batch[0].t, batch[0].y)
                 else:
-                    eps = self.run(torch.cat([c.x for c in batch]), torch.cat([c.t for c in batch]),
-                                   torch.cat([c.y for c in batch]))  # fmt: skip
+                    eps = self.run(
+                        torch.cat([c.x for c in batch]), torch.cat([c.t for c in batch]), torch.cat([c.y for c in batch])
+                    )
                 parts = eps.split([c.rows for c in batch])
             except BaseException as exc:  # noqa: BLE001 - the callers get the error, the worker keeps serving
                 log.exception("model call failed for a batch of %d calls", len(batch))

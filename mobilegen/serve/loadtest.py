@@ -38,8 +38,13 @@ else:
     from mobilegen.serve.ray_app import RayOptions, serve_ray
     serve_ray(ServeConfig(models=models, **a), options=RayOptions(**ray))
 """
-BATCH_SERIES = ("mobilegen_batch_size_sum", "mobilegen_batch_size_count", "mobilegen_batch_requests_sum",
-                "mobilegen_batch_requests_count", "mobilegen_denoiser_calls_dropped_total")  # fmt: skip
+BATCH_SERIES = (
+    "mobilegen_batch_size_sum",
+    "mobilegen_batch_size_count",
+    "mobilegen_batch_requests_sum",
+    "mobilegen_batch_requests_count",
+    "mobilegen_denoiser_calls_dropped_total",
+)
 
 
 def free_port() -> int:
@@ -125,9 +130,12 @@ def batching(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
     """Model calls between two scrapes: how many, rows and requests per call, dropped calls."""
     d = {k: after[k] - before[k] for k in BATCH_SERIES}
     calls = d["mobilegen_batch_size_count"]
-    return {"model_calls": int(calls), "rows_per_call": d["mobilegen_batch_size_sum"] / max(calls, 1),
-            "requests_per_call": d["mobilegen_batch_requests_sum"] / max(calls, 1),
-            "dropped_calls": int(d["mobilegen_denoiser_calls_dropped_total"])}  # fmt: skip
+    return {
+        "model_calls": int(calls),
+        "rows_per_call": d["mobilegen_batch_size_sum"] / max(calls, 1),
+        "requests_per_call": d["mobilegen_batch_requests_sum"] / max(calls, 1),
+        "dropped_calls": int(d["mobilegen_denoiser_calls_dropped_total"]),
+    }
 
 
 # --- the soak: memory under a bounded storm -------------------------------------------------
@@ -164,8 +172,9 @@ async def closed_loop(base: str, plan: LoadPlan, replicas: int) -> dict:
     errors: list[str] = []
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=plan.clients + 4)) as client:
         # Warm up: one request per replica, so kernel selection is not in the measurement.
-        await asyncio.gather(*(client.post(f"{base}/v1/images", json={"label": "cat", "seed": 0, "n": plan.n})
-                               for _ in range(replicas)))  # fmt: skip
+        await asyncio.gather(
+            *(client.post(f"{base}/v1/images", json={"label": "cat", "seed": 0, "n": plan.n}) for _ in range(replicas))
+        )
         before = await batch_counters(client, base, replicas)
         start = time.perf_counter()
         stop = start + plan.duration_s
@@ -188,9 +197,16 @@ async def closed_loop(base: str, plan: LoadPlan, replicas: int) -> dict:
         elapsed = time.perf_counter() - start  # until the last request started in time has finished
         after = await batch_counters(client, base, replicas)
     nan = float("nan")
-    return {"requests": len(latencies), "errors": len(errors), "error_examples": errors[:3], "seconds": round(elapsed, 2),
-            "rps": len(latencies) / elapsed, "p50_s": statistics.median(latencies) if latencies else nan,
-            "p90_s": p90(latencies) if latencies else nan, **batching(before, after)}  # fmt: skip
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "seconds": round(elapsed, 2),
+        "rps": len(latencies) / elapsed,
+        "p50_s": statistics.median(latencies) if latencies else nan,
+        "p90_s": p90(latencies) if latencies else nan,
+        **batching(before, after),
+    }
 
 
 def run_mode(config: ServeConfig, models: list[Path], plan: LoadPlan, mode: str) -> dict:
@@ -216,19 +232,27 @@ def ratios(results: list[dict]) -> list[str]:
         lines.append(f"throughput ratio on/off: {rps['on'] / rps['off']:.2f}x")
     for suffix in ("", "-serve"):
         if rps.get(f"ray1{suffix}") and rps.get(f"ray2{suffix}"):
-            lines.append(f"throughput ratio 2 replicas / 1 replica{suffix and ' (@serve.batch)'}: "
-                         f"{rps[f'ray2{suffix}'] / rps[f'ray1{suffix}']:.2f}x")  # fmt: skip
+            lines.append(
+                f"throughput ratio 2 replicas / 1 replica{suffix and ' (@serve.batch)'}: "
+                f"{rps[f'ray2{suffix}'] / rps[f'ray1{suffix}']:.2f}x"
+            )
     for n in sorted({int(m[3:].split("-")[0]) for m in rps if m.startswith("ray")}):
         if rps.get(f"ray{n}") and rps.get(f"ray{n}-serve"):
-            lines.append(f"throughput ratio @serve.batch / our batcher, {n} replica(s): {rps[f'ray{n}-serve'] / rps[f'ray{n}']:.2f}x")
+            lines.append(
+                f"throughput ratio @serve.batch / our batcher, {n} replica(s): {rps[f'ray{n}-serve'] / rps[f'ray{n}']:.2f}x"
+            )
     return lines
 
 
 def bench_table(results: list[dict]) -> str:
-    lines = [f"{'batching':<11}{'max batch':>10}{'requests':>9}{'errors':>7}{'req/s':>8}{'p50 s':>8}{'p90 s':>8}"
-             f"{'rows/call':>10}{'reqs/call':>10}"]  # fmt: skip
+    lines = [
+        f"{'batching':<11}{'max batch':>10}{'requests':>9}{'errors':>7}{'req/s':>8}{'p50 s':>8}{'p90 s':>8}"
+        f"{'rows/call':>10}{'reqs/call':>10}"
+    ]
     for r in results:
-        lines.append(f"{r['mode']:<11}{r['max_batch']:>10}{r['requests']:>9}{r['errors']:>7}{r['rps']:>8.3f}{r['p50_s']:>8.2f}"
-                     f"{r['p90_s']:>8.2f}{r['rows_per_call']:>10.1f}{r['requests_per_call']:>10.2f}")  # fmt: skip
+        lines.append(
+            f"{r['mode']:<11}{r['max_batch']:>10}{r['requests']:>9}{r['errors']:>7}{r['rps']:>8.3f}{r['p50_s']:>8.2f}"
+            f"{r['p90_s']:>8.2f}{r['rows_per_call']:>10.1f}{r['requests_per_call']:>10.2f}"
+        )
         lines += [f"  error: {e}" for e in r["error_examples"]]
     return "\n".join(lines + ratios(results))

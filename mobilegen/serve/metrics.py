@@ -16,23 +16,54 @@ class Metrics:
         except ImportError:
             raise MissingDependencyError("prometheus-client", "the server's /metrics endpoint") from None
         self.registry = registry = CollectorRegistry()
-        self.requests = Counter("mobilegen_http_requests", "HTTP requests by route, method and status code",
-                                ["route", "method", "status"], registry=registry)  # fmt: skip
-        self.latency = Histogram("mobilegen_http_request_duration_seconds", "Time from request to response, by route",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
-        self.errors = Counter("mobilegen_http_errors", "Error responses by route and kind "
-                              "(validation, too_large, timeout, busy, not_found, internal, ...)",
-                              ["route", "kind"], registry=registry)  # fmt: skip
+        self.requests = Counter(
+            "mobilegen_http_requests",
+            "HTTP requests by route, method and status code",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "mobilegen_http_request_duration_seconds",
+            "Time from request to response, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.errors = Counter(
+            "mobilegen_http_errors",
+            "Error responses by route and kind (validation, too_large, timeout, busy, not_found, internal, ...)",
+            ["route", "kind"],
+            registry=registry,
+        )
         self.in_progress = Gauge("mobilegen_http_requests_in_progress", "Requests being handled", registry=registry)
         self.images = Counter("mobilegen_images_generated", "Images returned, by model", ["model"], registry=registry)
-        self.batch_size = Histogram("mobilegen_batch_size", "Images (denoiser rows) per model call; guidance doubles "
-                                    "a request's rows", ["model"], buckets=ROW_BUCKETS, registry=registry)  # fmt: skip
-        self.batch_requests = Histogram("mobilegen_batch_requests", "Requests' denoiser calls merged into one model call",
-                                        ["model"], buckets=CALL_BUCKETS, registry=registry)  # fmt: skip
-        self.model_seconds = Histogram("mobilegen_model_call_duration_seconds", "Time of one (batched) model call",
-                                       ["model"], buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
-        self.dropped = Counter("mobilegen_denoiser_calls_dropped", "Queued denoiser calls of cancelled requests "
-                               "(client gone, timeout) dropped before they ran", ["model"], registry=registry)  # fmt: skip
+        self.batch_size = Histogram(
+            "mobilegen_batch_size",
+            "Images (denoiser rows) per model call; guidance doubles a request's rows",
+            ["model"],
+            buckets=ROW_BUCKETS,
+            registry=registry,
+        )
+        self.batch_requests = Histogram(
+            "mobilegen_batch_requests",
+            "Requests' denoiser calls merged into one model call",
+            ["model"],
+            buckets=CALL_BUCKETS,
+            registry=registry,
+        )
+        self.model_seconds = Histogram(
+            "mobilegen_model_call_duration_seconds",
+            "Time of one (batched) model call",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "mobilegen_denoiser_calls_dropped",
+            "Queued denoiser calls of cancelled requests (client gone, timeout) dropped before they ran",
+            ["model"],
+            registry=registry,
+        )
 
     def on_batch(self, model: str, rows: int, calls: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(rows)

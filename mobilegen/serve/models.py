@@ -152,8 +152,9 @@ class ServedModel:
         }
 
 
-def load_model(source: ModelSource, config: ServeConfig, on_batch: OnBatch | None = None,
-               on_drop: OnDrop | None = None) -> ServedModel:  # fmt: skip
+def load_model(
+    source: ModelSource, config: ServeConfig, on_batch: OnBatch | None = None, on_drop: OnDrop | None = None
+) -> ServedModel:
     """Load one checkpoint (or ONNX/TFLite artifact with its manifest) and start its batcher."""
     from mobilegen.contract.labels import CIFAR10_LABELS
     from mobilegen.diffusion import linear_schedule
@@ -169,10 +170,21 @@ def load_model(source: ModelSource, config: ServeConfig, on_batch: OnBatch | Non
             raise MobileGenError(f"model file not found: {path}")
         opened = open_backend(path, "cpu", None)
         name = source.name or SHORT_NAMES.get(opened.arch, opened.arch)
-        batcher = MicroBatcher(opened.backend.torch_denoise, config.max_batch, wait, name, _tag(on_batch, name),
-                               _tag(on_drop, name))  # fmt: skip
-        return ServedModel(name, opened.arch, path.name, sha256_file(path), opened.backend.name, torch.device("cpu"),
-                           "float32", opened.labels, opened.schedule, batcher)  # fmt: skip
+        batcher = MicroBatcher(
+            opened.backend.torch_denoise, config.max_batch, wait, name, _tag(on_batch, name), _tag(on_drop, name)
+        )
+        return ServedModel(
+            name,
+            opened.arch,
+            path.name,
+            sha256_file(path),
+            opened.backend.name,
+            torch.device("cpu"),
+            "float32",
+            opened.labels,
+            opened.schedule,
+            batcher,
+        )
     loaded = load_or_default(path, source.arch)
     if config.max_tensor_mb is not None:  # planned for the largest call, --max-batch rows
         from mobilegen.models.budget import set_bounded_attention
@@ -183,13 +195,22 @@ def load_model(source: ModelSource, config: ServeConfig, on_batch: OnBatch | Non
     try:
         runner.warm_up()  # on CUDA a call of the full --max-batch rows: every later call has this shape
     except torch.OutOfMemoryError as exc:
-        raise MobileGenError(f"a model call of {runner.rows} rows does not fit in GPU memory ({exc}); "
-                             "lower --max-batch") from exc  # fmt: skip
+        raise MobileGenError(f"a model call of {runner.rows} rows does not fit in GPU memory ({exc}); lower --max-batch") from exc
     name = source.name or SHORT_NAMES.get(loaded.arch, loaded.arch)
     batcher = MicroBatcher(runner, config.max_batch, wait, name, _tag(on_batch, name), _tag(on_drop, name))
     shown = Path(loaded.source).name if path is not None else loaded.source
-    return ServedModel(name, loaded.arch, shown, loaded.sha256, f"pytorch-{device.type}", device, runner.dtype,
-                       CIFAR10_LABELS, linear_schedule(), batcher)  # fmt: skip
+    return ServedModel(
+        name,
+        loaded.arch,
+        shown,
+        loaded.sha256,
+        f"pytorch-{device.type}",
+        device,
+        runner.dtype,
+        CIFAR10_LABELS,
+        linear_schedule(),
+        batcher,
+    )
 
 
 def _tag(callback, name: str):

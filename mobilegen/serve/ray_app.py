@@ -75,8 +75,12 @@ def serve_batching(server):
 
     c, metrics = server.config, server.metrics
 
-    @serve.batch(max_batch_size=c.max_batch, batch_wait_timeout_s=c.max_wait_ms / 1000, max_concurrent_batches=1,
-                 batch_size_fn=functools.partial(batch_rows, max_rows=c.max_batch))  # fmt: skip
+    @serve.batch(
+        max_batch_size=c.max_batch,
+        batch_wait_timeout_s=c.max_wait_ms / 1000,
+        max_concurrent_batches=1,
+        batch_size_fn=functools.partial(batch_rows, max_rows=c.max_batch),
+    )
     async def sample_batch(items):
         return await asyncio.get_running_loop().run_in_executor(server.pool, sample_together, items, metrics.on_batch)
 
@@ -112,8 +116,14 @@ def deployment(config: ServeConfig, options: RayOptions):
     ingress = serve.ingress(lambda: build_asgi(config, options.batching))
 
     # max_ongoing_requests above the app's own max_pending: the app answers 503 itself, as single-process.
-    @serve.deployment(name="MobileGen", num_replicas=options.replicas, ray_actor_options=actor,
-                      max_ongoing_requests=config.max_pending + 8, health_check_period_s=2, health_check_timeout_s=30)  # fmt: skip
+    @serve.deployment(
+        name="MobileGen",
+        num_replicas=options.replicas,
+        ray_actor_options=actor,
+        max_ongoing_requests=config.max_pending + 8,
+        health_check_period_s=2,
+        health_check_timeout_s=30,
+    )
     @ingress
     class MobileGen:
         pass
@@ -136,8 +146,9 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as exc:
-        raise MobileGenError(f"Ray head {address} is unreachable ({exc}); start it with `ray start --head --port {port}` "
-                             "or fix --ray-address") from None  # fmt: skip
+        raise MobileGenError(
+            f"Ray head {address} is unreachable ({exc}); start it with `ray start --head --port {port}` or fix --ray-address"
+        ) from None
 
 
 def start(config: ServeConfig, options: RayOptions) -> None:
@@ -153,8 +164,10 @@ def start(config: ServeConfig, options: RayOptions) -> None:
     total = ray.cluster_resources()
     for key, need in (("CPU", options.cpus_per_replica), ("GPU", options.gpus_per_replica)):
         if need and need * options.replicas > total.get(key, 0):
-            raise MobileGenError(f"{options.replicas} replicas x {need:g} {key} need {need * options.replicas:g} {key}s, "
-                                 f"but the cluster has {total.get(key, 0):g}; lower --replicas or add nodes (ray start)")  # fmt: skip
+            raise MobileGenError(
+                f"{options.replicas} replicas x {need:g} {key} need {need * options.replicas:g} {key}s, "
+                f"but the cluster has {total.get(key, 0):g}; lower --replicas or add nodes (ray start)"
+            )
     serve.start(http_options={"host": config.host, "port": config.port})
     app = deployment(config, options)
     failure: list[BaseException] = []
@@ -186,8 +199,9 @@ def serve_ray(config: ServeConfig, options: RayOptions) -> None:
     try:
         start(config, options)
         say = logging.getLogger("uvicorn.error")
-        say.info("Ray Serve: %d replicas on http://%s:%d, batching %s", options.replicas, config.host, config.port,
-                 options.batching)  # fmt: skip
+        say.info(
+            "Ray Serve: %d replicas on http://%s:%d, batching %s", options.replicas, config.host, config.port, options.batching
+        )
         while True:
             time.sleep(3600)
     finally:

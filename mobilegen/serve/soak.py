@@ -62,8 +62,14 @@ class RssTrace:
 
 def soak_request(rng: random.Random, i: int, max_n: int) -> dict:
     """Mixed sizes: 1-4 images, 1-3 steps, guided or not, PNG or JSON."""
-    return {"label": rng.choice(["cat", "ship", "none", 3]), "seed": i, "n": rng.choice([1, 1, 2, min(4, max_n)]),
-            "steps": rng.randint(1, 3), "guidance": rng.choice([0.0, 3.0]), "output": rng.choice(["png", "json"])}  # fmt: skip
+    return {
+        "label": rng.choice(["cat", "ship", "none", 3]),
+        "seed": i,
+        "n": rng.choice([1, 1, 2, min(4, max_n)]),
+        "steps": rng.randint(1, 3),
+        "guidance": rng.choice([0.0, 3.0]),
+        "output": rng.choice(["png", "json"]),
+    }
 
 
 async def hang_up(base: str, body: dict, after_s: float) -> None:
@@ -71,8 +77,10 @@ async def hang_up(base: str, body: dict, after_s: float) -> None:
     host, port = base.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     data = json.dumps(body).encode()
-    writer.write(b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                 % (len(data), data))  # fmt: skip
+    writer.write(
+        b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(data), data)
+    )
     await writer.drain()
     await asyncio.sleep(after_s)
     writer.close()
@@ -156,13 +164,25 @@ def soak(config: ServeConfig, models: list[Path], plan: SoakPlan) -> dict:
     level = level_until(samples, plan.checkpoint_at)
     peak = max(mb for _, n, mb in samples if n > plan.checkpoint_at)
     return {
-        "plan": asdict(plan), "config": {"max_batch": config.max_batch, "max_n": config.max_n, "steps": config.steps,
-                                         "max_pending": config.max_pending},
-        "rss_mb": {"started": round(start_mb, 1), "after_warmup": warm_mb, f"level_first_{plan.checkpoint_at}": level,
-                   "peak_after_level": peak, "end_of_storm": end_mb, "idle": idle_mb},
+        "plan": asdict(plan),
+        "config": {
+            "max_batch": config.max_batch,
+            "max_n": config.max_n,
+            "steps": config.steps,
+            "max_pending": config.max_pending,
+        },
+        "rss_mb": {
+            "started": round(start_mb, 1),
+            "after_warmup": warm_mb,
+            f"level_first_{plan.checkpoint_at}": level,
+            "peak_after_level": peak,
+            "end_of_storm": end_mb,
+            "idle": idle_mb,
+        },
         "growth": {"peak_vs_level": round(peak / level - 1, 4), "idle_vs_level": round(idle_mb / level - 1, 4)},
-        **result, "samples": samples,
-    }  # fmt: skip
+        **result,
+        "samples": samples,
+    }
 
 
 def soak_summary(result: dict) -> str:
@@ -177,7 +197,7 @@ def soak_summary(result: dict) -> str:
         f"after {p['idle_s']:g} s idle {r['idle']} ({g['idle_vs_level']:+.1%})",
         f"batching: {b['model_calls']} model calls, {b['rows_per_call']:.2f} rows and {b['requests_per_call']:.2f} "
         f"requests per call, {b['dropped_calls']} queued calls of gone clients dropped",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines)
 
 

@@ -55,8 +55,15 @@ class Job:
 
     def headers(self, seconds: float) -> dict[str, str]:
         steps = DDPM_STEPS if self.sampler.sampler == "ddpm" else self.sampler.steps
-        values = [self.model.name, self.label_name, self.sampler.seed, self.sampler.sampler, steps,
-                  f"{self.sampler.guidance:g}", f"{seconds:.3f}"]  # fmt: skip
+        values = [
+            self.model.name,
+            self.label_name,
+            self.sampler.seed,
+            self.sampler.sampler,
+            steps,
+            f"{self.sampler.guidance:g}",
+            f"{seconds:.3f}",
+        ]
         return {k: str(v) for k, v in zip(RESULT_HEADERS, values)} | {"Cache-Control": "no-store"}
 
 
@@ -150,8 +157,9 @@ class Fields:
         return value if value in allowed else default
 
 
-def build_job(config: ServeConfig, models: dict[str, ServedModel], fields: dict[str, Any], text: bool = False,
-              f: Fields | None = None) -> Job:  # fmt: skip
+def build_job(
+    config: ServeConfig, models: dict[str, ServedModel], fields: dict[str, Any], text: bool = False, f: Fields | None = None
+) -> Job:
     """Validate one request's fields (JSON names, or the form's: text for label) against the limits.
 
     ``f``: problems found before (unknown fields, files), reported with these.
@@ -231,8 +239,11 @@ def form_job(form, config: ServeConfig, models: dict[str, ServedModel]) -> Job:
         else:
             fields[key] = value
     if "text" in fields and not fields["text"]:
-        f.bad("text", "missing form field 'text' (the class name, e.g. text=cat); send "
-              "multipart/form-data or application/x-www-form-urlencoded")  # fmt: skip
+        f.bad(
+            "text",
+            "missing form field 'text' (the class name, e.g. text=cat); send "
+            "multipart/form-data or application/x-www-form-urlencoded",
+        )
     if not isinstance(fields.get("text"), str) or not fields["text"]:
         fields["text"] = "none"  # reported above; the other fields are still checked
     return build_job(config, models, fields, text=True, f=f)

@@ -154,7 +154,10 @@ class StepSampler(torch.utils.data.Sampler):
         for step in range(self.start, self.end):
             epoch, k = divmod(step, self.per_epoch)
             if epoch != perm_epoch:
-                perm_epoch, perm = epoch, torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+                perm_epoch, perm = (
+                    epoch,
+                    torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch)),
+                )
             idx = perm[k * self.batch_size : (k + 1) * self.batch_size].tolist()
             yield [(i, self.seed * 1_000_003 + step * 1009 + j) for j, i in enumerate(idx)]
 
@@ -185,8 +188,18 @@ def write_demo_folder(root: Path, per_class: int = 8, seed: int = 0, size: int =
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
-    colours = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-               (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (128, 128, 128)]  # fmt: skip
+    colours = [
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+        (128, 128, 128),
+    ]
     for split, count in (("train", per_class), ("test", max(2, per_class // 4))):
         for c, name in enumerate(CIFAR10_LABELS):
             folder = root / split / name
@@ -216,9 +229,10 @@ def demo_folder_problem(root: Path) -> str | None:
     for path in sorted(root.rglob("*")):
         parts = path.relative_to(root).parts
         ours = parts == (DEMO_MARKER,) or (
-            parts[0] in ("train", "test") and (len(parts) < 2 or parts[1] in CIFAR10_LABELS)
+            parts[0] in ("train", "test")
+            and (len(parts) < 2 or parts[1] in CIFAR10_LABELS)
             and (len(parts) < 3 or (len(parts) == 3 and bool(DEMO_IMAGE.match(parts[2]))))
-        )  # fmt: skip
+        )
         if not ours or path.is_symlink():
             return f"it also holds {path.relative_to(root)}, which demo-data does not write"
     return None
@@ -231,7 +245,11 @@ def write_demo_data(out: Path, per_class: int, seed: int = 0, overwrite: bool = 
     stage = make_staging(out)
     try:
         write_demo_folder(stage, per_class, seed)
-        (stage / DEMO_MARKER).write_text(json.dumps({"written_by": "mobilegen demo-data", "per_class": per_class, "seed": seed}) + "\n")
-        return publish_folder(stage, out, lambda: check_output_folder(out, overwrite, [], "a demo-data folder", demo_folder_problem))
+        (stage / DEMO_MARKER).write_text(
+            json.dumps({"written_by": "mobilegen demo-data", "per_class": per_class, "seed": seed}) + "\n"
+        )
+        return publish_folder(
+            stage, out, lambda: check_output_folder(out, overwrite, [], "a demo-data folder", demo_folder_problem)
+        )
     finally:
         shutil.rmtree(stage, ignore_errors=True)

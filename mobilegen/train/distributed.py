@@ -59,8 +59,10 @@ def init_world(device: torch.device) -> tuple[World, torch.device]:
 
     if device.type == "cuda":
         if world.local_rank >= torch.cuda.device_count():
-            raise MobileGenError(f"LOCAL_RANK {world.local_rank} but only {torch.cuda.device_count()} CUDA devices on this node; "
-                                 "use --nproc-per-node <= the GPU count")  # fmt: skip
+            raise MobileGenError(
+                f"LOCAL_RANK {world.local_rank} but only {torch.cuda.device_count()} CUDA devices on this node; "
+                "use --nproc-per-node <= the GPU count"
+            )
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -107,12 +109,14 @@ class DistributedStepSampler(torch.utils.data.Sampler):
         from torch.utils.data import DistributedSampler
 
         self.batch_size, self.seed, self.start, self.end, self.world = batch_size, seed, start, end, world
-        self.sampler = DistributedSampler(range(n), num_replicas=world.size, rank=world.rank, shuffle=True,
-                                          seed=seed * 100003, drop_last=True)  # fmt: skip
+        self.sampler = DistributedSampler(
+            range(n), num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed * 100003, drop_last=True
+        )
         self.per_epoch = max(1, len(self.sampler) // batch_size)
         if len(self.sampler) < batch_size:
-            raise MobileGenError(f"{n} images cannot fill {world.size} ranks x --batch-size {batch_size}; "
-                                 "lower --batch-size or --nproc-per-node")  # fmt: skip
+            raise MobileGenError(
+                f"{n} images cannot fill {world.size} ranks x --batch-size {batch_size}; lower --batch-size or --nproc-per-node"
+            )
 
     def __len__(self) -> int:
         return self.end - self.start
@@ -150,8 +154,10 @@ def ranks_agree(world: World, *models: torch.nn.Module) -> list[str]:
     digests: list[str | None] = [None] * world.size
     dist.all_gather_object(digests, digest)
     if len(set(digests)) != 1:
-        raise MobileGenError(f"the ranks' weights diverged (sha256 per rank: {', '.join(d[:12] for d in digests)}); "
-                             "the run is not data-parallel any more")  # fmt: skip
+        raise MobileGenError(
+            f"the ranks' weights diverged (sha256 per rank: {', '.join(d[:12] for d in digests)}); "
+            "the run is not data-parallel any more"
+        )
     return digests
 
 
@@ -163,5 +169,6 @@ def wrap_ddp(model: torch.nn.Module, world: World, device: torch.device) -> torc
 
     # The UNets have parameters the forward pass never uses (student_v2's down3 conv, kept for the original's
     # checkpoint layout); without find_unused_parameters their gradient buckets are never reduced.
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=True)  # fmt: skip
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+    )

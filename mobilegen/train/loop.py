@@ -29,7 +29,6 @@ ranks x batch B follow the single-process run with batch N*B.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,41 +36,39 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from mobilegen.diffusion import SamplerConfig, linear_schedule, run_sampler, to_uint8
 from mobilegen.errors import InvalidInput, MobileGenError
 from mobilegen.files import check_output_file
-from mobilegen.models import UNet
-from mobilegen.models.checkpoint import check_zip_sizes, load_checkpoint, save_checkpoint, seeded_model
 from mobilegen.runtime.backends import resolve_device
-from mobilegen.runtime.images import save_image
 from mobilegen.train.data import ImageFolder, OnBadImage, StepSampler, steps_per_epoch, validation_loss
 from mobilegen.train.distributed import (
     DistributedStepSampler,
     World,
     close_world,
     init_world,
-    mean_over_ranks,
     ranks_agree,
-    wrap_ddp,
 )
 from mobilegen.train.teacher_data import (
     FOLDER,
     Fidelity,
-    TeacherBatch,
-    distillation_loss,
     draw_batch,
     planned_runs,
     teacher_pool,
-    teacher_targets,
+)
+
+from mobilegen.train.trainer import (  # noqa: F401  re-exported: the package's names
+    EMA,
+    LAST,
+    RESUME_KEYS,
+    Trainer,
+    diffusion_batch,
+    ema_update_,
+    round_to_fp16_,
+    sample_grid,
+    step_generator,
 )
 
 log = logging.getLogger(__name__)
-
-LAST = "last.pt"  # everything needed to resume
-EMA = "ema.pt"  # the EMA weights alone: what mobilegen-export takes
-SAMPLE_CLASSES = (0, 3, 8)
 
 
 @dataclass(frozen=True)
@@ -126,8 +123,10 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise MobileGenError("--resume continues the run in --out and --overwrite starts it over: give one of them")
         if self.from_teacher and self.teacher is None:
-            raise InvalidInput("no --data: training from scratch needs a CIFAR-10 layout folder (--data DATA); learning "
-                               "without data works from a teacher: mobilegen distill --teacher T, or mobilegen prune CKPT")  # fmt: skip
+            raise InvalidInput(
+                "no --data: training from scratch needs a CIFAR-10 layout folder (--data DATA); learning "
+                "without data works from a teacher: mobilegen distill --teacher T, or mobilegen prune CKPT"
+            )
         if self.data_fraction is not None and (self.data is None or not 0 <= self.data_fraction < 1):
             raise InvalidInput(f"--data-fraction {self.data_fraction:g}: a share in [0, 1) of real images, so it needs --data")
         if not (0 <= self.forward_fraction <= 1 and self.x0_weight >= 0):
@@ -139,12 +138,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-
-
-# The settings a resumed run must share with the run it continues.
-RESUME_KEYS = ("arch", "epochs", "batch_size", "lr", "weight_decay", "ema_beta", "ema_start", "label_dropout",
-               "grad_clip", "seed", "qat_every", "noise_weight", "teacher_weight", "init", "x0_weight", "data_fraction",
-               "forward_fraction", "teacher_steps", "teacher_guidance", "teacher_seeds")  # fmt: skip
 
 
 @dataclass
@@ -161,147 +154,6 @@ class TrainResult:
     teacher_inputs: int = 0
 
 
-@torch.no_grad()
-def round_to_fp16_(model: torch.nn.Module) -> None:
-    for p in model.parameters():
-        p.copy_(p.half().float())
-
-
-@torch.no_grad()
-def ema_update_(ema: UNet, model: UNet, step: int, beta: float, start: int) -> None:
-    if step < start:
-        ema.load_state_dict(model.state_dict())
-        return
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1 - beta)
-
-
-def diffusion_batch(x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator, label_dropout: float, world: World = World()):
-    """(x_t, t, eps, y with dropout) for one step, all drawn from gen; this rank's share of the global batch."""
-    schedule = linear_schedule()
-    n, r, size = x0.shape[0] * world.size, world.rank, world.size
-    t = torch.randint(1, schedule.T, (n,), generator=gen)[r::size]
-    eps = torch.randn((n, *x0.shape[1:]), generator=gen)[r::size]
-    drop = torch.rand(n, generator=gen)[r::size] < label_dropout
-    y = torch.where(drop, torch.full_like(y, -1), y)
-    return schedule.q_sample(x0, t, eps), t.float(), eps, y
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 7919 + step)
-
-
-@dataclass
-class Trainer:
-    """Model, EMA, optimizer, schedule and (optional) teacher: one training step at a time."""
-
-    config: TrainConfig
-    total_steps: int
-    device: torch.device
-    world: World = field(default_factory=World)
-    model: UNet = field(init=False)
-    ema: UNet = field(init=False)
-    teacher: UNet | None = field(init=False, default=None)
-    teacher_sha256: str | None = field(init=False, default=None)
-    step: int = 0
-
-    def __post_init__(self) -> None:
-        cfg = self.config
-        start = load_checkpoint(cfg.init).model if cfg.init is not None else seeded_model(cfg.arch, cfg.seed).model
-        if start.arch != cfg.arch:
-            raise MobileGenError(f"{cfg.init} holds a {start.arch}, but the run is for {cfg.arch}")
-        self.model = start.to(self.device).train()
-        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.net = wrap_ddp(self.model, self.world, self.device)  # DDP averages the ranks' gradients in backward()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=cfg.lr, total_steps=self.total_steps)
-        self.amp = cfg.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        if cfg.teacher is not None:
-            # Loaded once, in eval mode, without gradients.
-            loaded = load_checkpoint(cfg.teacher)
-            self.teacher = loaded.model.to(self.device).eval().requires_grad_(False)
-            self.teacher_sha256 = loaded.sha256
-
-    def train_step(self, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> float:
-        cfg = self.config
-        x_t, t, eps, y = (a.to(self.device) for a in diffusion_batch(x0, y, gen, cfg.label_dropout, self.world))
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-            pred = self.net(x_t, t, y)
-            loss = cfg.noise_weight * F.mse_loss(pred.float(), eps)
-            if self.teacher is not None:
-                with torch.no_grad():
-                    target = self.teacher(x_t, t, y).float()
-                loss = loss + cfg.teacher_weight * F.mse_loss(pred.float(), target)
-        return self._optimize(loss)
-
-    def distill_step(self, batch: TeacherBatch) -> float:
-        """One data-free step: the teacher's eps on the batch's inputs is the target (train/teacher_data.py)."""
-        cfg, batch = self.config, batch.to(self.device)
-        target = teacher_targets(self.teacher, batch)  # float32, outside autocast
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-            pred = self.net(batch.x, batch.t, batch.y)
-        return self._optimize(distillation_loss(pred.float(), batch, target, cfg.teacher_weight, cfg.x0_weight, cfg.noise_weight))
-
-    def _optimize(self, loss: torch.Tensor) -> float:
-        cfg = self.config
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        scale = self.scaler.get_scale()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.scaler.get_scale() >= scale:  # float16 gradients overflowed: no optimizer step, so the LR waits too
-            self.scheduler.step()
-        self.step += 1
-        if cfg.qat_every and self.step % cfg.qat_every == 0:
-            round_to_fp16_(self.model)
-        ema_update_(self.ema, self.model, self.step, cfg.ema_beta, cfg.ema_start)
-        return mean_over_ranks(loss.item(), self.world, self.device)
-
-    def state(self) -> dict:
-        return {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "train_config": self.config.to_dict(),
-        }
-
-    def save(self, **extra) -> None:
-        out = self.config.out
-        save_checkpoint(out / LAST, self.model, ema=self.ema, **self.state(), **extra)
-        ema = copy.deepcopy(self.ema)
-        if self.config.qat_every:
-            round_to_fp16_(ema)
-        save_checkpoint(out / EMA, ema, step=self.step, train_config=self.config.to_dict())
-
-    def restore(self) -> None:
-        path = self.config.out / LAST
-        if not path.is_file():
-            raise MobileGenError(f"--resume: {path} not found; nothing to resume")
-        check_zip_sizes(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        saved = state["train_config"]
-        changed = [k for k in RESUME_KEYS if saved.get(k) != self.config.to_dict()[k]]
-        if changed:
-            raise MobileGenError(f"--resume: settings differ from the run in {path}: {', '.join(changed)}")
-        self.model.load_state_dict(state["weights"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step = state["step"]
-
-
-@torch.no_grad()
-def sample_grid(model: UNet, path: Path, device: torch.device, steps: int = 20) -> Path:
-    labels = torch.tensor(SAMPLE_CLASSES)
-    x = run_sampler(lambda x, t, y: model(x, t, y), labels, linear_schedule(), SamplerConfig(steps=steps), device)
-    return save_image(to_uint8(x), path)
-
-
 def check_run_folder(config: TrainConfig) -> None:
     """last.pt and ema.pt are replaced only by --resume (the same run) or --overwrite, and never
     when one is an input (the teacher, the starting weights)."""
@@ -312,8 +164,11 @@ def check_run_folder(config: TrainConfig) -> None:
         check_output_file(config.out / name, config.overwrite or config.resume, [config.teacher, config.init], hint)
 
 
-def train(config: TrainConfig, on_step: Callable[[int, int, float, float], None] | None = None,
-          on_teacher_run: Callable[[int, int, str], None] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    on_step: Callable[[int, int, float, float], None] | None = None,
+    on_teacher_run: Callable[[int, int, str], None] | None = None,
+) -> TrainResult:
     """Run (or resume) training; on_step(step, end, loss, images_per_second) drives a progress bar,
     on_teacher_run(done, total, name) the data-free generation of the teacher's trajectories.
 
@@ -328,11 +183,16 @@ def train(config: TrainConfig, on_step: Callable[[int, int, float, float], None]
 
 def _train(config: TrainConfig, on_step, on_teacher_run, world: World, device: torch.device) -> TrainResult:
     if config.from_teacher and world.distributed:
-        raise MobileGenError("data-free distillation (no --data, or --data-fraction) runs in one process: run it without "
-                             "torchrun, or give --data alone for the data-parallel loop")  # fmt: skip
+        raise MobileGenError(
+            "data-free distillation (no --data, or --data-fraction) runs in one process: run it without "
+            "torchrun, or give --data alone for the data-parallel loop"
+        )
     data = ImageFolder(config.data / "train", on_bad_image=config.on_bad_image) if config.data is not None else None
-    val = (ImageFolder(config.data / "test", augment=False, on_bad_image=config.on_bad_image)
-           if data is not None and not config.from_teacher and (config.data / "test").is_dir() else None)  # fmt: skip
+    val = (
+        ImageFolder(config.data / "test", augment=False, on_bad_image=config.on_bad_image)
+        if data is not None and not config.from_teacher and (config.data / "test").is_dir()
+        else None
+    )
     runs = planned_runs(config.teacher_steps, config.teacher_guidance, config.teacher_seeds) if config.from_teacher else []
     items = sum(r.inputs for r in runs) if config.from_teacher else len(data)
     total = config.epochs * steps_per_epoch(items, config.batch_size * world.size)  # global batches
@@ -343,55 +203,92 @@ def _train(config: TrainConfig, on_step, on_teacher_run, world: World, device: t
         trainer.restore()
     config.out.mkdir(parents=True, exist_ok=True)
     result = TrainResult(config.out, trainer.step, skipped_images=len(data.skipped) if data else 0, world=world)
-    writes = world.main  # rank 0 alone writes; the others only train
-    busy, seen = 0.0, 0
+    validate = None
     try:
         if config.from_teacher:  # inside the try: Ctrl-C during the generation saves step 0, and --resume continues it
-            pool = teacher_pool(trainer.teacher, trainer.teacher_sha256, str(config.teacher), config.out / FOLDER, runs, device,
-                                config.overwrite, (config.teacher, config.init), on_teacher_run)  # fmt: skip
-            result.teacher_runs, result.teacher_inputs = (pool.generated, pool.reused), len(pool)
-            fidelity = Fidelity(trainer.teacher) if config.val_every else None
-            validate = (lambda: record_fidelity(result, trainer.step, fidelity(trainer.ema))) if fidelity else None
-            batches = (draw_batch(pool, step_generator(config.seed, k), config.batch_size, config.data_fraction or 0.0,
-                                  config.forward_fraction, config.label_dropout, data, config.seed * 1_000_003 + k * 1009)
-                       for k in range(trainer.step, end))  # fmt: skip
-            run_step = trainer.distill_step
+            batches, run_step, validate = distill_plan(config, trainer, result, runs, data, device, end, on_teacher_run)
         else:
-            sampler = (DistributedStepSampler(len(data), config.batch_size, config.seed, trainer.step, end, world) if world.distributed
-                       else StepSampler(len(data), config.batch_size, config.seed, trainer.step, end))  # fmt: skip
-            batches = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=config.num_workers)
-            validate = (lambda: validation_loss(trainer.ema, val, device)) if val is not None else None
-            run_step = lambda batch: trainer.train_step(*batch, step_generator(config.seed, trainer.step))
-        for batch in batches:
-            start = time.perf_counter()
-            loss = run_step(batch)
-            busy += time.perf_counter() - start
-            result.losses.append(loss)
-            seen += config.batch_size * world.size
-            result.images_per_second = seen / busy  # training steps only: not loading, sampling or validation
-            if on_step and writes:
-                on_step(trainer.step, end, loss, result.images_per_second)
-            if not writes:
-                continue
-            if config.val_every and validate and trainer.step % config.val_every == 0:
-                result.val_losses[trainer.step] = validate()
-                log.info("step %d: validation eps-MSE %.4f", trainer.step, result.val_losses[trainer.step])
-            if config.sample_every and trainer.step % config.sample_every == 0:
-                sample_grid(trainer.ema, config.out / "samples" / f"step_{trainer.step:07d}.png", device)
-            if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:
-                trainer.save()
+            batches, run_step, validate = data_plan(config, trainer, data, val, world, device, end)
+        run_steps(config, trainer, result, batches, run_step, validate, on_step, end)
     except KeyboardInterrupt:
-        if writes:
+        if world.main:
             trainer.save()  # atomic: an interrupted run resumes from the last finished step
         raise
     if world.distributed:  # at the end, every rank proves it holds the same weights, bit for bit
         digests = ranks_agree(world, trainer.model, trainer.ema)
-    if writes:
+    if world.main:  # rank 0 alone writes; the others only train
         trainer.save(**({"ranks_sha256": digests} if world.distributed else {}))
-    if writes and validate is not None and trainer.step not in result.val_losses:
-        result.val_losses[trainer.step] = validate()
+        if validate is not None and trainer.step not in result.val_losses:
+            result.val_losses[trainer.step] = validate()
     result.step = trainer.step
     return result
+
+
+def distill_plan(config: TrainConfig, trainer: Trainer, result: TrainResult, runs, data, device, end: int, on_teacher_run):
+    """Data-free (or mixed) distillation: the teacher's pool of sampling runs, then batches drawn from it."""
+    pool = teacher_pool(
+        trainer.teacher,
+        trainer.teacher_sha256,
+        str(config.teacher),
+        config.out / FOLDER,
+        runs,
+        device,
+        config.overwrite,
+        (config.teacher, config.init),
+        on_teacher_run,
+    )
+    result.teacher_runs, result.teacher_inputs = (pool.generated, pool.reused), len(pool)
+    fidelity = Fidelity(trainer.teacher) if config.val_every else None
+    validate = (lambda: record_fidelity(result, trainer.step, fidelity(trainer.ema))) if fidelity else None
+    batches = (
+        draw_batch(
+            pool,
+            step_generator(config.seed, k),
+            config.batch_size,
+            config.data_fraction or 0.0,
+            config.forward_fraction,
+            config.label_dropout,
+            data,
+            config.seed * 1_000_003 + k * 1009,
+        )
+        for k in range(trainer.step, end)
+    )
+    return batches, trainer.distill_step, validate
+
+
+def data_plan(config: TrainConfig, trainer: Trainer, data, val, world: World, device, end: int):
+    """Training on an image folder: a seeded sampler per step (one shard per rank under torchrun)."""
+    sampler = (
+        DistributedStepSampler(len(data), config.batch_size, config.seed, trainer.step, end, world)
+        if world.distributed
+        else StepSampler(len(data), config.batch_size, config.seed, trainer.step, end)
+    )
+    batches = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=config.num_workers)
+    validate = (lambda: validation_loss(trainer.ema, val, device)) if val is not None else None
+    return batches, lambda batch: trainer.train_step(*batch, step_generator(config.seed, trainer.step)), validate
+
+
+def run_steps(config: TrainConfig, trainer: Trainer, result: TrainResult, batches, run_step, validate, on_step, end: int) -> None:
+    """The steps, with validation, sample grids and checkpoints at their intervals (rank 0 only)."""
+    busy, seen, writes = 0.0, 0, trainer.world.main
+    for batch in batches:
+        start = time.perf_counter()
+        loss = run_step(batch)
+        busy += time.perf_counter() - start
+        result.losses.append(loss)
+        seen += config.batch_size * trainer.world.size
+        result.images_per_second = seen / busy  # training steps only: not loading, sampling or validation
+        if on_step and writes:
+            on_step(trainer.step, end, loss, result.images_per_second)
+        if not writes:
+            continue
+        if config.val_every and validate and trainer.step % config.val_every == 0:
+            result.val_losses[trainer.step] = validate()
+            log.info("step %d: validation eps-MSE %.4f", trainer.step, result.val_losses[trainer.step])
+        if config.sample_every and trainer.step % config.sample_every == 0:
+            sample_grid(trainer.ema, config.out / "samples" / f"step_{trainer.step:07d}.png", trainer.device)
+        if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:
+            trainer.save()
 
 
 def record_fidelity(result: TrainResult, step: int, fidelity: dict[str, float]) -> float:

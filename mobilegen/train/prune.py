@@ -81,8 +81,12 @@ class PruneConfig:
 
     def settings(self, config: TrainConfig) -> dict:
         """What pruned.pt records, and what --resume must find there."""
-        return {"ratio": self.ratio, "head_ratio": self.head_ratio, "head_importance": self.ranking(config),
-                "importance_samples": self.importance_samples}  # fmt: skip
+        return {
+            "ratio": self.ratio,
+            "head_ratio": self.head_ratio,
+            "head_importance": self.ranking(config),
+            "importance_samples": self.importance_samples,
+        }
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,9 @@ class PruneResult:
     heads: tuple[int, int]  # attention heads over the applied blocks, before, after
     train: TrainResult | None
     head_importance: str | None = None  # the ranking whose heads were removed (None: no heads removed)
-    rankings: dict[str, dict] = field(default_factory=dict)  # ranking -> {heads_removed, psnr_min, psnr_mean} before the fine-tune
+    rankings: dict[str, dict] = field(
+        default_factory=dict
+    )  # ranking -> {heads_removed, psnr_min, psnr_mean} before the fine-tune
     teacher_runs: tuple[list[str], list[str]] = ([], [])  # runs generated, read from OUT/teacher (for the head choice)
 
 
@@ -124,10 +130,16 @@ def choose_and_prune(model, prune: PruneConfig, ranking: str, pool: TeacherPool 
             measured = fidelity(candidate)
             rankings[name] |= {"psnr_min": measured["psnr_min"], "psnr_mean": measured["psnr_mean"]}
     chosen = pruned[ranking] if prune.head_ratio else prune_channels(model, prune.ratio)
-    meta = {"ratio": prune.ratio, "head_ratio": prune.head_ratio, "head_importance": ranking,
-            "importance_samples": prune.importance_samples, "rankings": rankings, "ablation_scores": scores,
-            "method": f"heads removed inside the attention, by {ranking if prune.head_ratio else 'none'}; "
-                      "channels by L2 magnitude (torch-pruning)"}  # fmt: skip
+    meta = {
+        "ratio": prune.ratio,
+        "head_ratio": prune.head_ratio,
+        "head_importance": ranking,
+        "importance_samples": prune.importance_samples,
+        "rankings": rankings,
+        "ablation_scores": scores,
+        "method": f"heads removed inside the attention, by {ranking if prune.head_ratio else 'none'}; "
+        "channels by L2 magnitude (torch-pruning)",
+    }
     return chosen, meta
 
 
@@ -136,13 +148,49 @@ def resumed_pruning(path: Path, sha256: str, settings: dict) -> tuple[torch.nn.M
     meta = loaded.meta.get("prune") or {}
     found = {k: meta.get(k) for k in settings}
     if loaded.meta.get("source_sha256") != sha256 or found != settings:
-        raise MobileGenError(f"--resume: {path} was pruned from another checkpoint or with other settings ({found}, not "
-                             f"{settings}); pass --overwrite to start over, or choose another -o")  # fmt: skip
+        raise MobileGenError(
+            f"--resume: {path} was pruned from another checkpoint or with other settings ({found}, not "
+            f"{settings}); pass --overwrite to start over, or choose another -o"
+        )
     return loaded.model, meta
 
 
-def prune_and_distill(prune: PruneConfig, config: TrainConfig, on_step: Callable[[int, int, float, float], None] | None = None,
-                      on_teacher_run: Callable[[int, int, str], None] | None = None) -> PruneResult:  # fmt: skip
+def prune_once(prune: PruneConfig, config: TrainConfig, loaded, ranking: str, runs, device, world, on_teacher_run):
+    """OUT/pruned.pt: resumed when a run wrote it, else heads chosen (from the teacher's runs where
+    the ranking needs them) and pruned. Returns the pruned model, its metadata and the runs' pool."""
+    checkpoint, out = Path(prune.checkpoint), config.out
+    path, pool = out / PRUNED, None
+    if config.resume and path.is_file():
+        pruned, meta = resumed_pruning(path, loaded.sha256, prune.settings(config))
+    else:
+        needs_trajectories = ranking == "ablation" or (
+            config.from_teacher and prune.steps
+        )  # a data-free fine-tune reads them too
+        if prune.head_ratio and needs_trajectories:
+            pool = teacher_pool(
+                loaded.model.to(device),
+                loaded.sha256,
+                str(checkpoint),
+                out / FOLDER,
+                runs,
+                device,
+                config.overwrite,
+                (checkpoint,),
+                on_teacher_run,
+            )
+            loaded.model.cpu()
+        pruned, meta = choose_and_prune(loaded.model, prune, ranking, pool)
+        if world.main:
+            save_checkpoint(path, pruned, source=str(checkpoint), source_sha256=loaded.sha256, prune=meta)
+    return pruned, meta, pool
+
+
+def prune_and_distill(
+    prune: PruneConfig,
+    config: TrainConfig,
+    on_step: Callable[[int, int, float, float], None] | None = None,
+    on_teacher_run: Callable[[int, int, str], None] | None = None,
+) -> PruneResult:
     """Prune prune.checkpoint, write OUT/pruned.pt, then fine-tune it for prune.steps steps (0: no fine-tune)."""
     checkpoint, out = Path(prune.checkpoint), config.out
     ranking = prune.ranking(config)
@@ -151,26 +199,18 @@ def prune_and_distill(prune: PruneConfig, config: TrainConfig, on_step: Callable
     device = resolve_device(config.device)
     world, _ = init_world(device)  # a plain run: World(0, 1), nothing to join
     if config.from_teacher and world.distributed:
-        raise MobileGenError("data-free pruning (no --data, or --data-fraction) runs in one process: run it without torchrun, "
-                             "or give --data alone for the data-parallel fine-tune")  # fmt: skip
+        raise MobileGenError(
+            "data-free pruning (no --data, or --data-fraction) runs in one process: run it without torchrun, "
+            "or give --data alone for the data-parallel fine-tune"
+        )
     for name in (PRUNED, LAST, EMA):  # the fine-tune's teacher is the input: never overwritten
         check_output_file(out / name, config.overwrite or config.resume, [checkpoint])
     if config.resume and not any(p.is_file() for p in (out / PRUNED, out / LAST, out / FOLDER / INDEX)):
         raise MobileGenError(f"--resume: {out} holds no run to resume (no {PRUNED}, {LAST} or {FOLDER}/{INDEX})")
     barrier(world)  # every rank has checked -o before rank 0 writes into it
     loaded = load_checkpoint(checkpoint)
-    path, pool = out / PRUNED, None
-    if config.resume and path.is_file():
-        pruned, meta = resumed_pruning(path, loaded.sha256, prune.settings(config))
-    else:
-        needs_trajectories = ranking == "ablation" or (config.from_teacher and prune.steps)  # a data-free fine-tune reads them too
-        if prune.head_ratio and needs_trajectories:
-            pool = teacher_pool(loaded.model.to(device), loaded.sha256, str(checkpoint), out / FOLDER, runs, device,
-                                config.overwrite, (checkpoint,), on_teacher_run)  # fmt: skip
-            loaded.model.cpu()
-        pruned, meta = choose_and_prune(loaded.model, prune, ranking, pool)
-        if world.main:
-            save_checkpoint(path, pruned, source=str(checkpoint), source_sha256=loaded.sha256, prune=meta)
+    path = out / PRUNED
+    pruned, meta, pool = prune_once(prune, config, loaded, ranking, runs, device, world, on_teacher_run)
     barrier(world)  # the other ranks start the fine-tune from the file rank 0 wrote
     result = PruneResult(
         pruned=path,
@@ -187,8 +227,16 @@ def prune_and_distill(prune: PruneConfig, config: TrainConfig, on_step: Callable
     items = sum(r.inputs for r in runs) if config.from_teacher else images
     epochs = math.ceil(prune.steps / steps_per_epoch(items, config.batch_size))  # the LR schedule spans the fine-tune
     # A fine-tune starts from trained weights: the EMA averages from its first step (no warm-start copy).
-    finetune = replace(config, arch=pruned.arch, init=path, teacher=checkpoint, epochs=epochs, max_steps=prune.steps,
-                       resume=config.resume and (out / LAST).is_file(), ema_start=0)  # fmt: skip
+    finetune = replace(
+        config,
+        arch=pruned.arch,
+        init=path,
+        teacher=checkpoint,
+        epochs=epochs,
+        max_steps=prune.steps,
+        resume=config.resume and (out / LAST).is_file(),
+        ema_start=0,
+    )
     tuned = train(finetune, on_step, on_teacher_run)
     generated = result.teacher_runs[0] + tuned.teacher_runs[0]  # the head choice's runs, then the fine-tune's
     runs_seen = (generated, [r for r in tuned.teacher_runs[1] if r not in generated] or result.teacher_runs[1])

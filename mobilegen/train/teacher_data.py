@@ -84,8 +84,9 @@ def planned_runs(steps: tuple[int, ...], guidance: tuple[float, ...], seeds: int
         raise InvalidInput(f"teacher guidance scales must be finite and >= 0 (0 = unguided), got {list(guidance)}")
     if seeds < 1:
         raise InvalidInput(f"teacher seeds must be >= 1, got {seeds}")
-    return [TeacherRun(int(s), float(g), seed) for seed in range(seeds)
-            for g in dict.fromkeys(guidance) for s in dict.fromkeys(steps)]  # fmt: skip
+    return [
+        TeacherRun(int(s), float(g), seed) for seed in range(seeds) for g in dict.fromkeys(guidance) for s in dict.fromkeys(steps)
+    ]
 
 
 @dataclass
@@ -116,10 +117,19 @@ def record_run(teacher: nn.Module, run: TeacherRun, device: torch.device) -> dic
         return eps
 
     labels = torch.tensor(run.labels)
-    final = run_sampler(recording, labels, linear_schedule(), SamplerConfig(steps=run.steps, guidance=run.guidance, seed=run.seed), device)
+    final = run_sampler(
+        recording, labels, linear_schedule(), SamplerConfig(steps=run.steps, guidance=run.guidance, seed=run.seed), device
+    )
     x, t, y, eps = (torch.cat(parts) for parts in zip(*seen))
-    return {"x": x, "t": t.float(), "y": y.long(), "eps": eps, "finals": final, "final_y": labels.long(),
-            "run": {"steps": run.steps, "guidance": run.guidance, "seed": run.seed}}  # fmt: skip
+    return {
+        "x": x,
+        "t": t.float(),
+        "y": y.long(),
+        "eps": eps,
+        "finals": final,
+        "final_y": labels.long(),
+        "run": {"steps": run.steps, "guidance": run.guidance, "seed": run.seed},
+    }
 
 
 def shard_path(folder: Path, entry: dict) -> Path:
@@ -144,12 +154,16 @@ def open_index(folder: Path, sha256: str, source: str, overwrite: bool) -> dict:
     except (ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
-        raise MobileGenError(f"{path} is not an index of teacher trajectories (format {FORMAT}); remove {folder} or choose another -o")
+        raise MobileGenError(
+            f"{path} is not an index of teacher trajectories (format {FORMAT}); remove {folder} or choose another -o"
+        )
     if theirs == sha256:
         return index
     if not overwrite:
-        raise MobileGenError(f"{folder} holds trajectories of another teacher ({index['teacher'].get('source')}, sha256 {theirs[:12]}), "
-                             f"not of {source} (sha256 {sha256[:12]}): pass --overwrite to regenerate them, or choose another -o")  # fmt: skip
+        raise MobileGenError(
+            f"{folder} holds trajectories of another teacher ({index['teacher'].get('source')}, sha256 {theirs[:12]}), "
+            f"not of {source} (sha256 {sha256[:12]}): pass --overwrite to regenerate them, or choose another -o"
+        )
     for entry in runs.values():  # only the shards the index names: nothing else in the folder is ours
         shard_path(folder, entry).unlink(missing_ok=True)
     path.unlink()
@@ -159,14 +173,24 @@ def open_index(folder: Path, sha256: str, source: str, overwrite: bool) -> dict:
 def read_shard(folder: Path, entry: dict) -> dict:
     path = shard_path(folder, entry)
     if sha256_file(path) != entry["sha256"]:
-        raise MobileGenError(f"{path}: its sha256 differs from the one {folder / INDEX} recorded (a damaged or replaced file); "
-                             "delete it and run again to regenerate it")  # fmt: skip
+        raise MobileGenError(
+            f"{path}: its sha256 differs from the one {folder / INDEX} recorded (a damaged or replaced file); "
+            "delete it and run again to regenerate it"
+        )
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def teacher_pool(teacher: nn.Module, sha256: str, source: str, folder: Path, runs: list[TeacherRun], device: torch.device,
-                 overwrite: bool = False, inputs: tuple[Path | None, ...] = (),
-                 on_run: Callable[[int, int, str], None] | None = None) -> TeacherPool:  # fmt: skip
+def teacher_pool(
+    teacher: nn.Module,
+    sha256: str,
+    source: str,
+    folder: Path,
+    runs: list[TeacherRun],
+    device: torch.device,
+    overwrite: bool = False,
+    inputs: tuple[Path | None, ...] = (),
+    on_run: Callable[[int, int, str], None] | None = None,
+) -> TeacherPool:
     """Load the runs from folder, generating (and caching) those it lacks; on_run(done, total, name) after each."""
     index = open_index(folder, sha256, source, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
@@ -183,8 +207,13 @@ def teacher_pool(teacher: nn.Module, sha256: str, source: str, folder: Path, run
             shard = record_run(teacher, run, device)
             path = check_output_file(folder / f"{run.name}.pt", True, inputs)
             atomic_write(path, lambda tmp, shard=shard: torch.save(shard, tmp))
-            index["runs"][run.name] = {"file": path.name, "sha256": sha256_file(path), "inputs": len(shard["t"]),
-                                       "device": str(device), "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+            index["runs"][run.name] = {
+                "file": path.name,
+                "sha256": sha256_file(path),
+                "inputs": len(shard["t"]),
+                "device": str(device),
+                "seconds": round(time.perf_counter() - start, 2),
+            }
             write_json(folder / INDEX, index)
             log.info("teacher run %s: %d inputs in %.1f s", run.name, len(shard["t"]), time.perf_counter() - start)
             shards.append(shard)
@@ -211,8 +240,16 @@ class TeacherBatch:
         return TeacherBatch(*(getattr(self, k).to(device) for k in ("x", "t", "y", "target", "noise", "needs_teacher")))
 
 
-def draw_batch(pool: TeacherPool, gen: torch.Generator, batch: int, data_fraction: float = 0.0, forward_fraction: float = 0.25,
-               label_dropout: float = 0.1, images=None, image_seed: int = 0) -> TeacherBatch:  # fmt: skip
+def draw_batch(
+    pool: TeacherPool,
+    gen: torch.Generator,
+    batch: int,
+    data_fraction: float = 0.0,
+    forward_fraction: float = 0.25,
+    label_dropout: float = 0.1,
+    images=None,
+    image_seed: int = 0,
+) -> TeacherBatch:
     """One step's items, every draw from gen (images: an ImageFolder when real images are mixed in)."""
     schedule = linear_schedule()
     u = torch.rand(batch, generator=gen)
@@ -256,8 +293,9 @@ def x0_factor(t: torch.Tensor) -> torch.Tensor:
     return ((1 - ab) / ab).to(device=t.device, dtype=torch.float32)
 
 
-def distillation_loss(pred: torch.Tensor, batch: TeacherBatch, target: torch.Tensor, teacher_weight: float,
-                      x0_weight: float, noise_weight: float) -> torch.Tensor:  # fmt: skip
+def distillation_loss(
+    pred: torch.Tensor, batch: TeacherBatch, target: torch.Tensor, teacher_weight: float, x0_weight: float, noise_weight: float
+) -> torch.Tensor:
     per_item = ((pred - target) ** 2).mean(dim=(1, 2, 3))
     loss = teacher_weight * per_item.mean()
     if x0_weight:

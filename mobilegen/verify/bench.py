@@ -24,8 +24,7 @@ ORIGINAL = "pytorch fp32 (original attention)"
 FUSED = "pytorch fp32 (fused sdpa)"
 
 
-def torch_step(model: UNet, device: str, attention: str, x: np.ndarray, t: np.ndarray, y: np.ndarray,
-               autocast: bool = False):  # fmt: skip
+def torch_step(model: UNet, device: str, attention: str, x: np.ndarray, t: np.ndarray, y: np.ndarray, autocast: bool = False):
     """Load: the model on its device; returns one denoising step (the harness synchronises CUDA)."""
     backend = TorchBackend(model, device, attention)
     xt, tt, yt = (torch.from_numpy(a).to(backend.device) for a in (x, t, y))
@@ -44,14 +43,18 @@ def cuda_reference(model: UNet, x, t, y, warmup: int, repeats: int) -> list[Timi
     rows = []
     for dtype, autocast in (("float32", False), ("float16", True)):
         load = lambda a=autocast: torch_step(model, "cuda", "sdpa", x, t, y, a)  # noqa: E731
-        rows.append(measure(f"pytorch on CUDA, fused sdpa ({'autocast' if autocast else 'fp32'})", load, (), "cuda",
-                            warmup, repeats, dtype))  # fmt: skip
+        rows.append(
+            measure(
+                f"pytorch on CUDA, fused sdpa ({'autocast' if autocast else 'fp32'})", load, (), "cuda", warmup, repeats, dtype
+            )
+        )
     model.to("cpu")
     return rows
 
 
-def bench_directory_files(model: UNet, files: dict[str, Path], spec: DenoiserSpec, threads: int | None,
-                          warmup: int = 3, repeats: int = 20) -> dict:  # fmt: skip
+def bench_directory_files(
+    model: UNet, files: dict[str, Path], spec: DenoiserSpec, threads: int | None, warmup: int = 3, repeats: int = 20
+) -> dict:
     threads = threads or default_threads()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((spec.batch, 3, 64, 64)).astype(np.float32)
@@ -72,10 +75,12 @@ def bench_directory_files(model: UNet, files: dict[str, Path], spec: DenoiserSpe
         torch.set_num_threads(previous)
     by_name = {tm.name: tm.median_ms for tm in timings}
     ratios = {
-        fname: {"speedup_vs_original_attention": round(by_name[ORIGINAL] / by_name[fname], 3),
-                "speedup_vs_fused_sdpa": round(by_name[FUSED] / by_name[fname], 3)}
+        fname: {
+            "speedup_vs_original_attention": round(by_name[ORIGINAL] / by_name[fname], 3),
+            "speedup_vs_fused_sdpa": round(by_name[FUSED] / by_name[fname], 3),
+        }
         for fname in files
-    }  # fmt: skip
+    }
     m = machine()
     text = f"{machine_line(m)}; {threads} threads, batch {spec.batch}, warm-up {warmup}, {repeats} calls\n"
     text += table(timings, reference=ORIGINAL)

@@ -31,8 +31,10 @@ def find_checkpoint(manifest: dict, checkpoint: Path | None = None, directory: P
             raise MobileGenError(f"--checkpoint {checkpoint}: no such file")
         got = sha256_file(checkpoint)
         if got != want:
-            raise MobileGenError(f"--checkpoint {checkpoint} has sha256 {got}, but the export was made from {made_from}; "
-                                 "give the checkpoint it was exported from")  # fmt: skip
+            raise MobileGenError(
+                f"--checkpoint {checkpoint} has sha256 {got}, but the export was made from {made_from}; "
+                "give the checkpoint it was exported from"
+            )
         return checkpoint
     candidates = [stored]
     if directory is not None:  # the export folder and its checkpoint moved together
@@ -85,8 +87,10 @@ def slot_problem(path: Path, precision: str) -> str | None:
     if expected is None:  # int8_dynamic / int8_full
         return None if int8 and not half else f"holds no int8 weights (tensor types {sorted(types)}): not an {precision} file"
     if (half, dequantize, int8) != expected:
-        return (f"is not a {precision} file: float16 tensors {types.get('FLOAT16', 0)}, DEQUANTIZE {'yes' if dequantize else 'no'}, "
-                f"int8 tensors {types.get('INT8', 0)}")  # fmt: skip
+        return (
+            f"is not a {precision} file: float16 tensors {types.get('FLOAT16', 0)}, DEQUANTIZE {'yes' if dequantize else 'no'}, "
+            f"int8 tensors {types.get('INT8', 0)}"
+        )
     return None
 
 
@@ -127,8 +131,9 @@ class Trajectories:
     denoisers: dict[str, Callable]  # the opened backends, same keys as runs
 
 
-def run_trajectories(directory: Path, manifest: dict, model, labels: list[int], config: SamplerConfig,
-                     threads: int | None = None) -> Trajectories:  # fmt: skip
+def run_trajectories(
+    directory: Path, manifest: dict, model, labels: list[int], config: SamplerConfig, threads: int | None = None
+) -> Trajectories:
     """The same sampling run (same noise) on PyTorch fp32 and every artifact, compared."""
     spec = mf.spec_from_manifest(manifest)
     schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
@@ -138,7 +143,8 @@ def run_trajectories(directory: Path, manifest: dict, model, labels: list[int], 
     runs = {name: record(denoise, labels, schedule, config) for name, denoise in denoisers.items()}
     results = {
         name: compare_runs(name, runs[REFERENCE], runs[name], names, TRAJECTORY_GATES[PRECISION[name]])
-        for name in runs if name != REFERENCE
+        for name in runs
+        if name != REFERENCE
     }
     return Trajectories(config, labels, names, runs, results, denoisers)
 

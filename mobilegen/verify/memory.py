@@ -22,8 +22,10 @@ import numpy as np
 
 from mobilegen.contract.gates import GateResult
 
-METHOD = ("fresh subprocess importing only the runtime and numpy; peak RSS = VmHWM (/proc/self/status) after load "
-          "+ {invokes} invokes, minus VmRSS before loading; peak counter reset after the imports (/proc/self/clear_refs)")  # fmt: skip
+METHOD = (
+    "fresh subprocess importing only the runtime and numpy; peak RSS = VmHWM (/proc/self/status) after load "
+    "+ {invokes} invokes, minus VmRSS before loading; peak counter reset after the imports (/proc/self/clear_refs)"
+)
 INVOKES = 2
 
 # Gates: peak RSS over the bare process, per precision, at batch 1. A batch-B file may use
@@ -99,9 +101,13 @@ def _probe(kind: str, target: str, feeds: dict[str, np.ndarray], threads: int, i
         inputs = Path(tmp) / "inputs.npz"
         np.savez(inputs, **feeds)
         env_path = str(Path(__file__).resolve().parents[2])
-        proc = subprocess.run([sys.executable, "-c", _PROBE, kind, target, str(inputs), str(threads), str(invokes)],
-                              capture_output=True, text=True, timeout=600,
-                              env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(threads)})  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE, kind, target, str(inputs), str(threads), str(invokes)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(threads)},
+        )
     if proc.returncode != 0:
         from mobilegen.errors import MobileGenError
 
@@ -130,8 +136,14 @@ def measure_file(path: Path, feeds: dict[str, np.ndarray], threads: int, invokes
     return result
 
 
-def measure_torch(checkpoint: str | None, batch: int, threads: int, attention: str = "sdpa",
-                  max_tensor_mb: float | None = None, invokes: int = INVOKES) -> dict:  # fmt: skip
+def measure_torch(
+    checkpoint: str | None,
+    batch: int,
+    threads: int,
+    attention: str = "sdpa",
+    max_tensor_mb: float | None = None,
+    invokes: int = INVOKES,
+) -> dict:
     """The PyTorch reference measured the same way (torch + our model code imported before the reset)."""
     from mobilegen.contract.spec import DenoiserSpec
 
@@ -162,8 +174,14 @@ def check_memory(name: str, measured: dict, limit_mb: float | None) -> list[str]
     if limit_mb is None or peak <= limit_mb:
         return []
     graph = measured.get("graph")
-    largest = (f"; its largest intermediate tensor is {graph['largest_tensor']!r} {graph['largest_tensor_shape']} "
-               f"({graph['largest_tensor_mb']:.1f} MB), {graph['peak_live_mb']:.1f} MB alive at once") if graph else ""  # fmt: skip
+    largest = (
+        (
+            f"; its largest intermediate tensor is {graph['largest_tensor']!r} {graph['largest_tensor_shape']} "
+            f"({graph['largest_tensor_mb']:.1f} MB), {graph['peak_live_mb']:.1f} MB alive at once"
+        )
+        if graph
+        else ""
+    )
     return [f"{name}: peak RSS {peak:.1f} MB over the bare process exceeds --max-memory-mb {limit_mb:g}{largest}"]
 
 
@@ -172,8 +190,10 @@ def memory_gate(name: str, measured: dict, limit_mb: float | None, budget_mb: fl
     failures = check_memory(name, measured, limit_mb)
     graph = measured.get("graph")
     if graph and budget_mb is not None and graph["largest_tensor_bytes"] > budget_mb * 2**20:
-        failures.append(f"{name}: tensor {graph['largest_tensor']!r} {graph['largest_tensor_shape']} is "
-                        f"{graph['largest_tensor_mb']:.2f} MB, over --max-tensor-mb {budget_mb:g}")  # fmt: skip
+        failures.append(
+            f"{name}: tensor {graph['largest_tensor']!r} {graph['largest_tensor_shape']} is "
+            f"{graph['largest_tensor_mb']:.2f} MB, over --max-tensor-mb {budget_mb:g}"
+        )
     text = f"{name}: peak RSS {measured['peak_rss_mb']:.1f} MB ({limit_text(limit_mb)})"
     text += f", largest tensor {graph['largest_tensor_mb']:.2f} MB" if graph else ""
     figures = {"peak_rss_mb": measured["peak_rss_mb"], "limit_mb": limit_mb, "max_tensor_mb": budget_mb}

@@ -222,14 +222,16 @@ def case_failure(err: CaseError, min_psnr: float, max_abs: float | None) -> str 
     return None
 
 
-def check_parity(artifact: str, ref: np.ndarray, out: np.ndarray, cases: Cases, tol: Tolerance,
-                 truth: np.ndarray | None = None) -> ParityResult:  # fmt: skip
+def check_parity(
+    artifact: str, ref: np.ndarray, out: np.ndarray, cases: Cases, tol: Tolerance, truth: np.ndarray | None = None
+) -> ParityResult:
     """ref, out: eps [N,...] for the N cases, both NCHW; truth: the float64 eps, needed by
     a tolerance with float64_multiple."""
     errors = [compare(cases.describe(i), ref[i], out[i]) for i in range(len(cases))]
     if tol.float64_multiple is None:
-        failures = [case_failure(e, tol.min_psnr, None if tol.max_abs_rel is None else tol.max_abs_rel * e.max_ref)
-                    for e in errors]  # fmt: skip
+        failures = [
+            case_failure(e, tol.min_psnr, None if tol.max_abs_rel is None else tol.max_abs_rel * e.max_ref) for e in errors
+        ]
         return ParityResult(artifact, tol, errors, [f for f in failures if f])
     if truth is None:
         raise ValueError(f"the {artifact} gate is measured against float64: pass the float64 outputs")
@@ -249,8 +251,9 @@ def check_parity(artifact: str, ref: np.ndarray, out: np.ndarray, cases: Cases, 
     return ParityResult(artifact, tol, errors, [f for f in failures if f], check)
 
 
-def run_parity(files: dict[str, Path], spec: DenoiserSpec, cases, ref: np.ndarray, threads: int | None,
-               truth: np.ndarray | None = None) -> dict[str, ParityResult]:  # fmt: skip
+def run_parity(
+    files: dict[str, Path], spec: DenoiserSpec, cases, ref: np.ndarray, threads: int | None, truth: np.ndarray | None = None
+) -> dict[str, ParityResult]:
     """Every file against the fp32 reference ref (and, for the float32 gates, the float64 truth)."""
     results = {}
     for name, path in files.items():

@@ -67,9 +67,16 @@ def images_per_second(manifest: dict, label: int, traj: Trajectories) -> dict:
 
 
 def render(manifest: dict, traj: Trajectories, ips: dict) -> str:
-    esc = html.escape
-    m = manifest
-    parts = [
+    parts = page_head(manifest) + trajectory_sections(traj) + speed_section(ips)
+    parts += latency_section(manifest) + memory_section(manifest) + size_sections(manifest)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def page_head(m: dict) -> list[str]:
+    """The title, the style and the source."""
+    esc, parts = html.escape, []
+    parts += [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>MobileGen report: {esc(m['model']['arch'])}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
@@ -80,57 +87,108 @@ def render(manifest: dict, traj: Trajectories, ips: dict) -> str:
         f"<span class='{'pass' if m['status'] == 'passed' else 'fail'}'>{esc(m['status'].upper())}</span></h1>",
         f"<p>Source: <code>{esc(str(m['source']['checkpoint']))}</code></p>",
     ]
+    return parts
+
+
+def trajectory_sections(traj: Trajectories) -> list[str]:
+    """The sample grids, the trajectory table and the per-step error curves."""
+    esc, parts = html.escape, []
     cfg = traj.config
     steps = len(traj.runs[REFERENCE].timesteps)
-    parts.append(f"<h2>Samples: same seed ({cfg.seed}) and noise on every backend</h2><p>{esc(cfg.sampler.upper())} "
-                 f"{steps} steps, guidance {cfg.guidance:g}; classes: {esc(', '.join(traj.label_names))}.</p><table>")  # fmt: skip
+    parts.append(
+        f"<h2>Samples: same seed ({cfg.seed}) and noise on every backend</h2><p>{esc(cfg.sampler.upper())} "
+        f"{steps} steps, guidance {cfg.guidance:g}; classes: {esc(', '.join(traj.label_names))}.</p><table>"
+    )
     for name, run in traj.runs.items():
         parts.append(f"<tr><td>{esc(name)}</td><td>{_grid_row(run.images)}</td></tr>")
-    parts.append("</table><h2>Trajectory parity against PyTorch fp32</h2><table><tr><th>artifact</th><th>class</th>"
-                 "<th>final PSNR dB</th><th>SSIM</th><th>gate</th><th>result</th></tr>")  # fmt: skip
+    parts.append(
+        "</table><h2>Trajectory parity against PyTorch fp32</h2><table><tr><th>artifact</th><th>class</th>"
+        "<th>final PSNR dB</th><th>SSIM</th><th>gate</th><th>result</th></tr>"
+    )
     for name, r in traj.results.items():
         gate = f"&ge; {r.gate[0]:g} dB" + (f", SSIM &ge; {r.gate[1]:g}" if r.gate[1] else "")
         for label, c in r.per_class.items():
             ok = not any(f.startswith(label + ":") for f in r.failures)
-            parts.append(f"<tr><td>{esc(name)}</td><td>{esc(label)}</td><td>{c['psnr']:.1f}</td><td>{c['ssim']:.4f}</td>"
-                         f"<td>{gate}</td><td class='{'pass' if ok else 'fail'}'>{'pass' if ok else 'FAIL'}</td></tr>")  # fmt: skip
+            parts.append(
+                f"<tr><td>{esc(name)}</td><td>{esc(label)}</td><td>{c['psnr']:.1f}</td><td>{c['ssim']:.4f}</td>"
+                f"<td>{gate}</td><td class='{'pass' if ok else 'fail'}'>{'pass' if ok else 'FAIL'}</td></tr>"
+            )
     parts.append("</table>")
 
     def error_curves(ax):
         for name, r in traj.results.items():
-            ax.plot(range(1, len(r.per_step) + 1), [math.nan if s["psnr"] is None else min(s["psnr"], 200) for s in r.per_step], label=name)
+            ax.plot(
+                range(1, len(r.per_step) + 1),
+                [math.nan if s["psnr"] is None else min(s["psnr"], 200) for s in r.per_step],
+                label=name,
+            )
         ax.set_xlabel("sampling step (t decreasing)")
         ax.set_ylabel("PSNR of x_t vs PyTorch (dB)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
 
     parts.append("<h2>Per-step error of the state x_t</h2>" + _figure(error_curves))
-    parts.append("<h2>Whole images per second (DDIM, guided)</h2><table><tr><th>backend</th>"
-                 + "".join(f"<th>{s} steps</th>" for s in SPEED_STEPS) + "</tr>")  # fmt: skip
+    return parts
+
+
+def speed_section(ips: dict) -> list[str]:
+    """Whole images per second per backend."""
+    esc, parts = html.escape, []
+    parts.append(
+        "<h2>Whole images per second (DDIM, guided)</h2><table><tr><th>backend</th>"
+        + "".join(f"<th>{s} steps</th>" for s in SPEED_STEPS)
+        + "</tr>"
+    )
     for name, row in ips.items():
         parts.append(f"<tr><td>{esc(name)}</td>" + "".join(f"<td>{row[s]:.2f}</td>" for s in SPEED_STEPS) + "</tr>")
     parts.append("</table>")
+    return parts
+
+
+def latency_section(m: dict) -> list[str]:
+    """The latency bars, when the manifest (or bench.json) has them."""
+    parts = []
     if "latency" in m:
         lat = m["latency"]
 
         def latency(ax):
             names = [t["name"] for t in lat["timings"]]
-            ax.barh(names, [t["median_ms"] for t in lat["timings"]], xerr=[[0] * len(names),
-                    [t["p90_ms"] - t["median_ms"] for t in lat["timings"]]], color="#4878a8")  # fmt: skip
+            ax.barh(
+                names,
+                [t["median_ms"] for t in lat["timings"]],
+                xerr=[[0] * len(names), [t["p90_ms"] - t["median_ms"] for t in lat["timings"]]],
+                color="#4878a8",
+            )
             ax.set_xlabel(f"ms per step (median, bar to p90), {lat['threads']} threads, {lat['machine']['cpu']}")
             ax.invert_yaxis()
 
         parts.append("<h2>Latency per denoising step</h2>" + _figure(latency))
+    return parts
+
+
+def memory_section(m: dict) -> list[str]:
+    """Each file's memory of one step."""
+    esc, parts = html.escape, []
     measured = {n: f["memory"] for n, f in m["files"].items() if "memory" in f}
     if measured:
-        parts.append("<h2>Memory of one step</h2><p>" + esc(next(iter(measured.values()))["method"]) + "</p><table><tr>"
-                     "<th>file</th><th>peak RSS MB</th><th>limit MB</th><th>largest tensor</th><th>tensor MB</th>"
-                     "<th>alive at once MB</th></tr>")  # fmt: skip
+        parts.append(
+            "<h2>Memory of one step</h2><p>" + esc(next(iter(measured.values()))["method"]) + "</p><table><tr>"
+            "<th>file</th><th>peak RSS MB</th><th>limit MB</th><th>largest tensor</th><th>tensor MB</th>"
+            "<th>alive at once MB</th></tr>"
+        )
         for name, r in measured.items():
             g = r.get("graph") or {"largest_tensor": "-", "largest_tensor_mb": float("nan"), "peak_live_mb": float("nan")}
-            parts.append(f"<tr><td>{esc(name)}</td><td>{r['peak_rss_mb']:.1f}</td><td>{'-' if r['limit_mb'] is None else format(r['limit_mb'], 'g')}</td>"
-                         f"<td>{esc(g['largest_tensor'])}</td><td>{g['largest_tensor_mb']:.2f}</td><td>{g['peak_live_mb']:.1f}</td></tr>")  # fmt: skip
+            parts.append(
+                f"<tr><td>{esc(name)}</td><td>{r['peak_rss_mb']:.1f}</td><td>{'-' if r['limit_mb'] is None else format(r['limit_mb'], 'g')}</td>"
+                f"<td>{esc(g['largest_tensor'])}</td><td>{g['largest_tensor_mb']:.2f}</td><td>{g['peak_live_mb']:.1f}</td></tr>"
+            )
         parts.append("</table>")
+    return parts
+
+
+def size_sections(m: dict) -> list[str]:
+    """File sizes, and per-layer sparsity of a pruned export."""
+    parts = []
     files = {n: f for n, f in m["files"].items() if n != mf.LABELS}
 
     def sizes(ax):
@@ -152,7 +210,9 @@ def render(manifest: dict, traj: Trajectories, ips: dict) -> str:
             ax.set_ylabel("sparsity")
             ax.set_ylim(0, 1)
 
-        parts.append(f"<h2>Per-layer sparsity (global {prune['global']:.1%})</h2>" + _figure(sparsity)
-                     + "<p>Unstructured zeros shrink the gzip'd download only; dense kernels do the same work.</p>")  # fmt: skip
-    parts.append("</body></html>")
-    return "\n".join(parts)
+        parts.append(
+            f"<h2>Per-layer sparsity (global {prune['global']:.1%})</h2>"
+            + _figure(sparsity)
+            + "<p>Unstructured zeros shrink the gzip'd download only; dense kernels do the same work.</p>"
+        )
+    return parts

@@ -36,19 +36,51 @@ def render(manifest: dict) -> str:
     ]
     for name, f in m["files"].items():
         lines.append(f"| {name} | {f['bytes']:,} | {f['gzip_bytes']:,} | `{f['sha256'][:16]}...` |")
-    lines += ["", "## Parity against the PyTorch fp32 reference (float32 files: against float64)", "",
-              "| artifact | result | min PSNR dB | gate dB | max abs error | max abs vs float64: file / pytorch fp32 | worst case |",
-              "|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Parity against the PyTorch fp32 reference (float32 files: against float64)",
+        "",
+        "| artifact | result | min PSNR dB | gate dB | max abs error | max abs vs float64: file / pytorch fp32 | worst case |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    lines += parity_rows(m)
+    lines += compression_section(m)
+    lines += memory_section(m)
+    if "latency" in m:
+        lat = m["latency"]
+        lines += [
+            "",
+            f"## Latency per step (batch {lat['batch']}, {lat['threads']} threads, {lat['machine']['cpu']})",
+            "",
+            "```",
+            lat["table"],
+            "```",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def parity_rows(m: dict) -> list[str]:
+    lines = []
     for name, p in m["parity"].items():
         f64 = p.get("float64")
         truth = f"{number(f64['artifact_max_abs_error'])} / {number(f64['reference_max_abs_error'])}" if f64 else "-"
         psnr = "NaN/Inf" if p["min_psnr_db"] is None else f"{p['min_psnr_db']:.1f}"
-        lines.append(f"| {name} | {'pass' if p['passed'] else 'FAIL'} | {psnr} | {p['gate']['min_psnr']:g} "
-                     f"| {number(p['max_abs_error'])} | {truth} | {p['worst_case']} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {'pass' if p['passed'] else 'FAIL'} | {psnr} | {p['gate']['min_psnr']:g} "
+            f"| {number(p['max_abs_error'])} | {truth} | {p['worst_case']} |"
+        )
     if any("float64" in p for p in m["parity"].values()):
         multiple = next(p["float64"]["multiple"] for p in m["parity"].values() if "float64" in p)
-        lines += ["", f"A float32 file passes when its error against a float64 run of the same model is within the gate, "
-                  f"or at most {multiple:g}x the PyTorch fp32 reference's own error against float64."]  # fmt: skip
+        lines += [
+            "",
+            f"A float32 file passes when its error against a float64 run of the same model is within the gate, "
+            f"or at most {multiple:g}x the PyTorch fp32 reference's own error against float64.",
+        ]
+    return lines
+
+
+def compression_section(m: dict) -> list[str]:
+    lines = []
     prune = m["compression"]["prune"]
     lines += ["", "## Compression", ""]
     if prune["amount"]:
@@ -66,16 +98,15 @@ def render(manifest: dict) -> str:
     else:
         lines.append("No pruning.")
     for mode, q in m["compression"].get("int8", {}).items():
-        lines += ["", f"int8 {mode} ({q['tool']}): weights {q['weights']}; activations {q['activations']}"
-                  + (f", {q['calibration_samples']} calibration inputs" if "calibration_samples" in q else "")
-                  + ". These weight ops stay float32:", ""]  # fmt: skip
+        lines += [
+            "",
+            f"int8 {mode} ({q['tool']}): weights {q['weights']}; activations {q['activations']}"
+            + (f", {q['calibration_samples']} calibration inputs" if "calibration_samples" in q else "")
+            + ". These weight ops stay float32:",
+            "",
+        ]
         lines += [f"- `{k['op']}` ({k['role']}): {k['why']}" for k in q["kept_float"]] or ["- none"]
-    lines += memory_section(m)
-    if "latency" in m:
-        lat = m["latency"]
-        lines += ["", f"## Latency per step (batch {lat['batch']}, {lat['threads']} threads, {lat['machine']['cpu']})", "",
-                  "```", lat["table"], "```"]  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def memory_section(m: dict) -> list[str]:
@@ -83,15 +114,27 @@ def memory_section(m: dict) -> list[str]:
     if not measured:
         return []
     first = next(iter(measured.values()))
-    lines = ["", "## Memory of one step", "", f"Method: {first['method']} ({first['threads']} threads). Largest tensor and "
-             "peak bytes alive at once (in operator order) read from the file.", "",
-             "| file | result | peak RSS MB | limit MB | after load MB | largest tensor | tensor MB | alive at once MB |",
-             "|---|---|---:|---:|---:|---|---:|---:|"]  # fmt: skip
+    lines = [
+        "",
+        "## Memory of one step",
+        "",
+        f"Method: {first['method']} ({first['threads']} threads). Largest tensor and "
+        "peak bytes alive at once (in operator order) read from the file.",
+        "",
+        "| file | result | peak RSS MB | limit MB | after load MB | largest tensor | tensor MB | alive at once MB |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
+    ]
     for name, r in measured.items():
         g = r.get("graph")
-        graph = f"`{g['largest_tensor']}` {g['largest_tensor_shape']} | {g['largest_tensor_mb']:.2f} | {g['peak_live_mb']:.1f}" if g else "- | - | -"
-        lines.append(f"| {name} | {'pass' if r['passed'] else 'FAIL'} | {r['peak_rss_mb']:.1f} | {'-' if r['limit_mb'] is None else format(r['limit_mb'], 'g')} "
-                     f"| {r['after_load_mb']:.1f} | {graph} |")  # fmt: skip
+        graph = (
+            f"`{g['largest_tensor']}` {g['largest_tensor_shape']} | {g['largest_tensor_mb']:.2f} | {g['peak_live_mb']:.1f}"
+            if g
+            else "- | - | -"
+        )
+        lines.append(
+            f"| {name} | {'pass' if r['passed'] else 'FAIL'} | {r['peak_rss_mb']:.1f} | {'-' if r['limit_mb'] is None else format(r['limit_mb'], 'g')} "
+            f"| {r['after_load_mb']:.1f} | {graph} |"
+        )
     return lines
 
 

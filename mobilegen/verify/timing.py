@@ -27,8 +27,27 @@ from typing import Callable
 import numpy as np
 
 # The CPU flags that decide which kernels XNNPACK, onnxruntime and PyTorch run.
-SPEED_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-               "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimdhp", "asimddp", "sve")  # fmt: skip
+SPEED_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "asimdhp",
+    "asimddp",
+    "sve",
+)
 
 
 @dataclass(frozen=True)
@@ -79,8 +98,15 @@ def cuda_sync(device: str) -> Callable[[], None] | None:
     return torch.cuda.synchronize
 
 
-def measure(name: str, load: Callable[[], Callable], inputs: tuple[np.ndarray, ...], device: str, warmup: int = 3,
-            repeats: int = 20, dtype: str = "float32") -> Timing:  # fmt: skip
+def measure(
+    name: str,
+    load: Callable[[], Callable],
+    inputs: tuple[np.ndarray, ...],
+    device: str,
+    warmup: int = 3,
+    repeats: int = 20,
+    dtype: str = "float32",
+) -> Timing:
     start = time.perf_counter()
     run = load()
     load_ms = (time.perf_counter() - start) * 1000
@@ -96,10 +122,12 @@ def commit() -> str:
     """The git commit of this source tree (+dirty when it has changes), or 'not a git checkout'."""
     root = Path(__file__).resolve().parents[2]
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "not a git checkout"
     return head + ("+dirty" if dirty else "")
@@ -123,8 +151,14 @@ def cpu_info() -> tuple[str, list[str]]:
 
 def machine() -> dict:
     cpu, flags = cpu_info()
-    out = {"cpu": cpu, "flags": flags, "cores": os.cpu_count(), "platform": platform.platform(),
-           "python": platform.python_version(), "commit": commit()}  # fmt: skip
+    out = {
+        "cpu": cpu,
+        "flags": flags,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "commit": commit(),
+    }
     try:
         import torch
 
@@ -146,5 +180,7 @@ def table(timings: list[Timing], reference: str | None = None) -> str:
     lines = [f"{'backend':<40} {'device':>6} {'dtype':>8} {'median ms':>10} {'p90 ms':>9} {'load ms':>9} {'vs ref':>7}"]
     for t in timings:
         ratio = f"{ref.median_ms / t.median_ms:6.2f}x" if ref and t.device == ref.device else "-"
-        lines.append(f"{t.name:<40} {t.device:>6} {t.dtype:>8} {t.median_ms:>10.2f} {t.p90_ms:>9.2f} {t.load_ms:>9.1f} {ratio:>7}")
+        lines.append(
+            f"{t.name:<40} {t.device:>6} {t.dtype:>8} {t.median_ms:>10.2f} {t.p90_ms:>9.2f} {t.load_ms:>9.1f} {ratio:>7}"
+        )
     return "\n".join(lines)

@@ -108,9 +108,15 @@ class TrajectoryResult:
         }
 
 
-def compare_runs(name: str, reference: Run, run: Run, label_names: list[str], gate: tuple[float, float | None]) -> TrajectoryResult:
+def compare_runs(
+    name: str, reference: Run, run: Run, label_names: list[str], gate: tuple[float, float | None]
+) -> TrajectoryResult:
     per_step = [
-        {"t": t, "max_abs": finite_or_none(float(np.abs(a - b).max())), "psnr": finite_or_none(min(psnr(a, b), PSNR_IDENTICAL), 3)}
+        {
+            "t": t,
+            "max_abs": finite_or_none(float(np.abs(a - b).max())),
+            "psnr": finite_or_none(min(psnr(a, b), PSNR_IDENTICAL), 3),
+        }
         for t, a, b in zip(reference.timesteps, reference.states, run.states)
     ]
     per_class, failures = {}, []
