@@ -18,7 +18,7 @@ import torch
 from mobilegen.contract.spec import DenoiserSpec
 from mobilegen.models import UNet
 from mobilegen.runtime.backends import TorchBackend, default_threads, open_artifact
-from mobilegen.verify.timing import Timing, machine, machine_line, measure, peak_rss_mb, table
+from mobilegen.verify.timing import Timing, machine, machine_line, measure, peak_rss_mb, sgemm_peak_gflops, table
 
 ORIGINAL = "pytorch fp32 (original attention)"
 FUSED = "pytorch fp32 (fused sdpa)"
@@ -52,6 +52,15 @@ def cuda_reference(model: UNet, x, t, y, warmup: int, repeats: int) -> list[Timi
     return rows
 
 
+def compute_floor(model: UNet, batch: int, threads: int) -> dict:
+    """A call's MACs over the machine's SGEMM peak, measured now: what no runtime can beat."""
+    from mobilegen.compress import count_macs
+
+    gmacs = count_macs(model) * batch / 1e9
+    gflops = sgemm_peak_gflops(threads)
+    return {"gmacs": round(gmacs, 3), "sgemm_gflops": round(gflops, 1), "floor_ms": round(2 * gmacs / gflops * 1e3, 2)}
+
+
 def bench_directory_files(
     model: UNet, files: dict[str, Path], spec: DenoiserSpec, threads: int | None, warmup: int = 3, repeats: int = 20
 ) -> dict:
@@ -82,8 +91,17 @@ def bench_directory_files(
         for fname in files
     }
     m = machine()
+    floor = compute_floor(model, spec.batch, threads)
+    for fname in files:
+        ratios[fname]["vs_floor"] = round(by_name[fname] / floor["floor_ms"], 2)
     text = f"{machine_line(m)}; {threads} threads, batch {spec.batch}, warm-up {warmup}, {repeats} calls\n"
     text += table(timings, reference=ORIGINAL)
+    text += (
+        f"\ncompute floor: {floor['gmacs']:.2f} GMAC per call at the SGEMM peak {floor['sgemm_gflops']:.1f} GFLOP/s "
+        f"(torch.mm 2048^3, same threads) = {floor['floor_ms']:.1f} ms; "
+        + ", ".join(f"{n} {r['vs_floor']:.2f}x" for n, r in ratios.items())
+        + f"; {m['cpu_class'].get('vector_isa', '')}"
+    )
     if cuda:
         text += "\nCUDA reference (synchronised after every call; not part of the CPU ratios):\n" + table(cuda)
     return {
@@ -96,6 +114,7 @@ def bench_directory_files(
         "timings": [tm.to_dict() for tm in timings],
         "cuda_reference": [tm.to_dict() for tm in cuda],
         "ratios": ratios,
+        "floor": floor,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "table": text,
     }

@@ -133,6 +133,9 @@ def commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+WIDEST = (("avx512f", 512), ("avx2", 256), ("avx", 256), ("sve", 128), ("asimd", 128), ("sse4_2", 128))
+
+
 def cpu_info() -> tuple[str, list[str]]:
     cpu, flags, named = platform.processor() or platform.machine(), [], False
     try:
@@ -149,10 +152,51 @@ def cpu_info() -> tuple[str, list[str]]:
     return cpu, flags
 
 
+def cpu_class() -> dict:
+    """CPU family and model (x86 /proc/cpuinfo; ARM: implementer and part) and the widest vector ISA.
+    The ISA width is not the execution width: first-generation Zen runs AVX2 on 128-bit units."""
+    keys = {"cpu family": "family", "model": "model", "CPU implementer": "implementer", "CPU part": "part"}
+    out: dict = {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in keys and keys[key.strip()] not in out:
+                    out[keys[key.strip()]] = value.strip()
+    except OSError:
+        pass
+    flags = set(cpu_info()[1])
+    out["vector_isa"] = next((f"{bits}-bit ({f})" for f, bits in WIDEST if f in flags), "128-bit or unknown")
+    return out
+
+
+def sgemm_peak_gflops(threads: int, n: int = 2048, rounds: int = 5) -> float:
+    """The machine's float32 GEMM peak with this thread count (torch.mm, n^3, best of rounds): the
+    compute floor of a step is its MACs x 2 over this."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)  # warm-up
+        best = min(timed(lambda: torch.mm(a, b)) for _ in range(rounds))
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * n**3 / best / 1e9
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def machine() -> dict:
     cpu, flags = cpu_info()
     out = {
         "cpu": cpu,
+        "cpu_class": cpu_class(),
         "flags": flags,
         "cores": os.cpu_count(),
         "platform": platform.platform(),
