@@ -7,7 +7,7 @@ Heavy libraries (torch, onnx, onnx2tf, LiteRT) are imported inside the commands 
 
 from __future__ import annotations
 
-from mobilegen.cli import export, main
+from mobilegen.cli import export, main, measure
 from mobilegen.cli.core import FiniteFloat, group
 
 
@@ -24,5 +24,6 @@ def main_cli(debug: bool) -> None:
 export.register(export_cli)
 export_cli.add_command(main.sample_command)
 main.register(main_cli)
+measure.register(export_cli, main_cli)
 
 __all__ = ["FiniteFloat", "export_cli", "main_cli"]
