@@ -7,8 +7,8 @@ against the float32 file on the parity cases at t = 1 and 999 plus every 7th cas
 Prints the ops sorted, worst first. This is where compress/quantize.py's
 kept-float roles come from.
 
-    .venv/bin/python scripts/int8_op_sensitivity.py /tmp/i8.failed --mode dynamic
-    .venv/bin/python scripts/int8_op_sensitivity.py /tmp/i8.failed --mode full
+    .venv/bin/python docs/measurements/int8-cpu/int8_op_sensitivity.py /tmp/i8.failed --mode dynamic
+    .venv/bin/python docs/measurements/int8-cpu/int8_op_sensitivity.py /tmp/i8.failed --mode full
 """
 
 from __future__ import annotations

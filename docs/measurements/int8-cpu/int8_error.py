@@ -7,7 +7,7 @@ fp32 model the manifest names:
   - DDIM-50 trajectories (cat, ship; same noise), with guidance 3 and without:
     final-image PSNR, worst class.
 
-    .venv/bin/python scripts/int8_error.py /tmp/i8.failed [--threads 2]
+    .venv/bin/python docs/measurements/int8-cpu/int8_error.py /tmp/i8.failed [--threads 2]
 """
 
 from __future__ import annotations
