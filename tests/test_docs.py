@@ -1,23 +1,23 @@
-"""The docs say only what exists: every command line in README.md and docs/*.md runs as
-written in a dry form, every repository path and link they name exists, the README stays
-a quickstart (<= 12 KB), and the generated performance tables equal their measurement.
+"""The docs say only what exists: every command line in README.md, docs/*.md and the
+READMEs of docs/measurements/<run>/ runs as written in a dry form, every repository path
+and link they name exists, the run scripts (*.sh) of the measurements name only commands
+and files that exist, the README stays a quickstart (<= 12 KB), and the generated
+performance tables equal their measurement.
 
 Dry forms: a `mobilegen`/`mobilegen-export` line is parsed by the command's own Click
 parser (so its command path and every option it names must exist, and literal option
-values must convert) and then run with `--help` appended through CliRunner; a script is
-run with `--help` and every option the line names must appear in that help;
-`scripts/perf_tables.py` runs for real where its inputs exist; `scripts/install.sh` is
-only syntax-checked (it takes no arguments and installs).
+values must convert) and then run with `--help` appended through CliRunner; a recorded
+experiment (`docs/measurements/<run>/*.py`) must exist and define every option the line
+names (read from its source: it is history, not run here); `scripts/install.sh` is only
+syntax-checked (it takes no arguments and installs). The tables between
+`<!-- perf_tables: ARGS -->` markers are `mobilegen-export perf-tables ARGS`, run for real.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import click
@@ -27,15 +27,16 @@ from click.testing import CliRunner
 from mobilegen.cli import export_cli, main_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+MEASUREMENTS = ROOT / "docs" / "measurements"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted(MEASUREMENTS.glob("*/README.md"))]
+RUN_SCRIPTS = sorted(MEASUREMENTS.glob("*/*.sh"))
 README_LIMIT = 12 * 1024
-PERF_TABLES = "scripts/perf_tables.py"
 
 # What a command line starts with; the text after it is the command's arguments.
 PREFIX = re.compile(
     r"^(?:(?P<cli>(?:\.venv/bin/)?(?:mobilegen-export|mobilegen))(?=\s|$)"
     r"|(?:\.venv/bin/)?python3? -m (?P<module>mobilegen(?:\.cli)?)(?=\s|$)"
-    r"|(?:(?:\.venv/bin/)?python3? )?(?P<script>scripts/\S+\.py)"
+    r"|(?:(?:\.venv/bin/)?python3? )?(?P<script>(?:scripts|docs/measurements/[\w.-]+)/\S+\.py)"
     r"|bash (?P<shell>scripts/\S+\.sh)"
     r"|torchrun\s.*?-m (?P<torchrun>mobilegen)(?=\s|$))"
 )
@@ -185,29 +186,19 @@ def check_click(cli: click.Group, args: list[str]) -> None:
         raise DocError(f"`{prog} {shlex.join(args)} --help` exited {result.exit_code}: {result.output.strip()}")
 
 
-@functools.cache
-def script_help(script: str) -> tuple[int, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    return run.returncode, run.stdout + run.stderr
+def defined_options(script: Path) -> set[str]:
+    """The option strings a script's source defines (every quoted `-x`/`--name` literal)."""
+    return set(re.findall(r"""["'](--?[a-zA-Z][\w-]*)["']""", script.read_text()))
 
 
 def check_script(script: str, args: list[str]) -> None:
     if not (ROOT / script).is_file():
-        raise DocError(f"{script} does not exist: {sorted(p.name for p in (ROOT / 'scripts').iterdir())}")
-    code, text = script_help(script)
-    if code != 0:
-        raise DocError(f"`python {script} --help` exited {code}: {text.strip()[-300:]}")
-    named = {a.split("=")[0] for a in args if re.match(r"^--?[a-zA-Z]", a)}
-    missing = sorted(o for o in named if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", text))
+        raise DocError(f"{script} does not exist (scripts/ holds only install.sh; tools are commands of "
+                       f"mobilegen/mobilegen-export, experiments live beside their measurement in docs/measurements/)")  # fmt: skip
+    named = {a.split("=")[0] for a in args if re.match(r"^--?[a-zA-Z]", a)} - {"-h", "--help"}
+    missing = sorted(named - defined_options(ROOT / script))
     if missing:
-        raise DocError(f"{script} has no option {', '.join(missing)} (its --help: {text.strip()[:400]})")
-    if script == PERF_TABLES and not ({"--update", "-o", "--out"} & named):
-        inputs = [a for a in args if not a.startswith("-") and a not in {"variants", "memory", "latency"}]
-        if inputs and all((ROOT / a).is_file() for a in inputs):  # the real thing, on the measurement in the repo
-            run = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
-            if run.returncode != 0 or "|" not in run.stdout:
-                raise DocError(f"`python {script} {shlex.join(args)}` exited {run.returncode}: {run.stderr.strip()}")
+        raise DocError(f"{script} defines no option {', '.join(missing)}")
 
 
 def check_line(line: str) -> None:
@@ -243,7 +234,8 @@ def test_doc_command_runs_as_written(line):
 def test_the_docs_show_commands_of_every_kind():
     lines = [line for _, line in doc_commands()]
     assert any(PREFIX.match(x)["cli"] for x in lines)
-    assert any(PREFIX.match(x)["script"] == PERF_TABLES for x in lines)
+    assert any((PREFIX.match(x)["script"] or "").startswith("docs/measurements/") for x in lines)
+    assert any(x.split()[:2] == ["mobilegen-export", "perf-tables"] for x in lines)
     assert any(PREFIX.match(x)["shell"] for x in lines)
 
 
@@ -258,7 +250,10 @@ def test_the_docs_show_commands_of_every_kind():
         "mobilegen-export tflite --debug",  # a group option after the command
         "python -m mobilegen sample CKPT --n many",  # not a number
         ".venv/bin/python scripts/no_such_script.py --help",
-        ".venv/bin/python scripts/perf_tables.py docs/measurements/compare-cpu/compare.json --table variants",
+        "python scripts/perf_tables.py docs/measurements/compare-cpu/compare.json",  # now a command
+        "mobilegen-export perf-tables docs/measurements/compare-cpu/compare.json --table variants",
+        ".venv/bin/python docs/measurements/int8-cpu/int8_error.py /tmp/i8.failed --no-such-option",
+        ".venv/bin/python docs/measurements/int8-cpu/no_such_experiment.py",
     ],
 )
 def test_a_doc_naming_what_does_not_exist_fails(line):
@@ -289,16 +284,49 @@ def perf_blocks() -> list[tuple[str, str, str]]:
     return found
 
 
-def test_the_readme_has_one_generated_variants_table():
-    readme = [b for b in perf_blocks() if b[0] == "README.md"]
-    assert len(readme) == 1 and "--only variants" in readme[0][1], readme
+def test_the_generated_tables_live_in_docs_performance():
+    where = {doc for doc, _, _ in perf_blocks()}
+    assert where == {"docs/performance.md"}, where
 
 
 @pytest.mark.parametrize("doc, args, text", perf_blocks(), ids=lambda v: str(v)[:50])
-def test_generated_tables_equal_their_measurement(doc, args, text):
-    run = subprocess.run([sys.executable, PERF_TABLES, *shlex.split(args)], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert text == "\n" + run.stdout + "\n", (
-        f"{doc}: the block `perf_tables: {args}` differs from `python {PERF_TABLES} {args}`; "
-        f"regenerate with `python {PERF_TABLES} --update {doc}`"
+def test_generated_tables_equal_their_measurement(doc, args, text, monkeypatch):
+    monkeypatch.chdir(ROOT)  # ARGS name files relative to the repository
+    res = CliRunner().invoke(export_cli, ["perf-tables", *shlex.split(args)], prog_name="mobilegen-export")
+    assert res.exit_code == 0, res.output
+    assert text == "\n" + res.stdout + "\n", (
+        f"{doc}: the block `perf_tables: {args}` differs from `mobilegen-export perf-tables {args}`; "
+        f"regenerate with `mobilegen-export perf-tables --update {doc}`"
     )
+
+
+# What a run script names: a repository path, or a command of our tools (mg.py is `mobilegen`).
+RUN_PATH = re.compile(r"(?<![\w./-])((?:scripts|docs/measurements|mobilegen|tests)/[\w./-]*[\w])")
+RUN_COMMAND = re.compile(r"(?<![\w./-])(mobilegen-export|mobilegen|\.gpu/mg\.py|mg)[ \t]+([a-z][\w-]*)")
+
+
+def run_script_names() -> list[tuple[str, str, str]]:
+    """(where, kind, name) of every path and command a measurement's run script names."""
+    found = []
+    for script in RUN_SCRIPTS:
+        for n, line in enumerate(script.read_text().splitlines(), 1):
+            if line.lstrip().startswith("#"):
+                continue
+            where = f"{script.relative_to(ROOT)}:{n}"
+            found += [(where, "path", m.group(1)) for m in RUN_PATH.finditer(line)]
+            found += [(where, m.group(1), m.group(2)) for m in RUN_COMMAND.finditer(line)]
+    return found
+
+
+@pytest.mark.parametrize("where, kind, name", run_script_names())
+def test_run_scripts_name_what_exists(where, kind, name):
+    if kind == "path":
+        assert (ROOT / name).exists(), f"{where}: {name} does not exist in the repository"
+    else:
+        cli = export_cli if kind == "mobilegen-export" else main_cli
+        assert name in cli.commands, f"{where}: {kind} {name} is not a command: {sorted(cli.commands)}"
+
+
+def test_run_scripts_are_read():
+    kinds = {kind for _, kind, _ in run_script_names()}
+    assert {"path", "mobilegen"} <= kinds, kinds

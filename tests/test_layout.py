@@ -88,19 +88,31 @@ def test_no_import_cycle_between_packages():
             visit(node, [])
 
 
+ROOT = PACKAGE.parent
+# Python outside the package that uses it: scripts/ (install.sh only, today) and the recorded
+# commands of docs/measurements/<run>/. They use public names only, like another package would.
+TOOLS = sorted([*(ROOT / "scripts").glob("*.py"), *(ROOT / "docs" / "measurements").glob("*/*.py")])
+
+
 def test_no_private_name_is_imported_from_another_module():
-    private = [f"{where}: {b}.{n}" for path in SOURCES for line, b, names in imports(path)
-               for n in names if n.startswith("_") for where in [f"{path.name}:{line}"]]  # fmt: skip
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
-    private += [f"{p.name}:{line}: {b}.{n}" for p in sorted(scripts.glob("*.py")) for line, b, names in imports(p)
-                for n in names if n.startswith("_")]  # fmt: skip
+    private = [f"{path.relative_to(ROOT)}:{line}: {b}.{n}" for path in SOURCES + TOOLS for line, b, names in imports(path)
+               for n in names if n.startswith("_")]  # fmt: skip
     assert not private, "\n".join(private)
+
+
+def test_scripts_holds_only_the_installer():
+    """Tools are commands of the CLIs (tested there); experiments live beside their measurement."""
+    assert sorted(p.name for p in (ROOT / "scripts").iterdir()) == ["install.sh"]
+
+
+def test_the_recorded_commands_are_seen():
+    assert {p.parent.name for p in TOOLS} >= {"fidelity-cpu", "int8-cpu", "serve-h200"}, TOOLS
 
 
 def test_no_private_attribute_of_another_module_is_used():
     """`module._name` where module is an imported mobilegen module."""
     found = []
-    for path in SOURCES:
+    for path in SOURCES + TOOLS:
         tree = ast.parse(path.read_text())
         aliases = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                    and (node.module or "").startswith("mobilegen") for a in node.names}  # fmt: skip

@@ -7,7 +7,7 @@ Heavy libraries (torch, onnx, onnx2tf, LiteRT) are imported inside the commands 
 
 from __future__ import annotations
 
-from mobilegen.cli import export, main, serve
+from mobilegen.cli import export, main, measure, serve
 from mobilegen.cli.core import FiniteFloat, group
 
 
@@ -25,5 +25,6 @@ export.register(export_cli)
 export_cli.add_command(main.sample_command)
 main.register(main_cli)
 serve.register(main_cli)
+measure.register(export_cli, main_cli)
 
 __all__ = ["FiniteFloat", "export_cli", "main_cli"]

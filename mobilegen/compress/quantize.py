@@ -13,7 +13,7 @@ Two modes, both with float32 inputs and outputs:
 Some weight ops stay float in either mode; `float_ops` finds them in the graph by
 their role, and the manifest lists them with the reason. The reasons are
 measurements on the real v2 weights (quantizing that op ALONE, min per-step PSNR;
-scripts/int8_op_sensitivity.py, docs/int8.md):
+docs/measurements/int8-cpu/int8_op_sensitivity.py, docs/int8.md):
 
 - the image-input conv: it reads the raw noisy image x_t, and rounding that to 8
   bits costs the most of any op (alone: 29.9 dB dynamic, 17.8 dB full);

@@ -18,7 +18,7 @@ fixes 5 of 8 images (real v2, DDIM 20) differed in 1-8 pixels by one level. The
 cost measured 6-8% of a model call on a busy 2-core CPU.
 
 On CUDA the kernels themselves change with the batch: measured on an H200 (torch
-2.11, float16 autocast, real v2, `scripts/batch_invariance.py`), rows run in batches
+2.11, float16 autocast, real v2, `docs/measurements/serve-h200/batch_invariance.py`), rows run in batches
 of 2-4 match their lone run bit for bit, but from 8 rows up every row differs (up
 to 0.0039), with cuDNN's deterministic mode too; in float32 from 3 rows up. So on
 CUDA every model call runs exactly ``rows`` rows (the server's max batch, at least

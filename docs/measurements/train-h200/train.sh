@@ -12,4 +12,4 @@ mg distill --teacher /tmp/t/ema.pt --arch student_v2 --data /tmp/d -o /tmp/s --e
 mg sample /tmp/s/ema.pt --label ship --n 4 --steps 20 --device cuda -o $OUT/ship.png || exit 1
 mg sample .gpu/v2.pt --label ship --n 4 --steps 50 --device cuda -o $OUT/v2_ship_cuda.png || exit 1
 ls /tmp/t/samples
-timeout 120 $PY scripts/bench_train.py --device cuda --batch-size 64 --repeats 10
+timeout 120 $PY .gpu/mg.py bench-train --device cuda --batch-size 64 --repeats 10

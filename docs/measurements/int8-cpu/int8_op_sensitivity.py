@@ -7,8 +7,8 @@ against the float32 file on the parity cases at t = 1 and 999 plus every 7th cas
 Prints the ops sorted, worst first. This is where compress/quantize.py's
 kept-float roles come from.
 
-    .venv/bin/python scripts/int8_op_sensitivity.py /tmp/i8.failed --mode dynamic
-    .venv/bin/python scripts/int8_op_sensitivity.py /tmp/i8.failed --mode full
+    .venv/bin/python docs/measurements/int8-cpu/int8_op_sensitivity.py /tmp/i8.failed --mode dynamic
+    .venv/bin/python docs/measurements/int8-cpu/int8_op_sensitivity.py /tmp/i8.failed --mode full
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from mobilegen.diffusion.cases import calibration_cases, forward_process_cases
 from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
 from mobilegen.runtime.backends import TorchBackend, open_artifact
 from mobilegen.verify.parity import psnr
-from mobilegen.verify.recheck import reference_model
+from mobilegen.verify.folder import reference_model
 
 
 def file_weight_ops(path: Path) -> list[tuple[str, str]]:

@@ -1,12 +1,12 @@
 """How much a student's per-step error must shrink before its guided trajectories stay on
 the unpruned model's: the student's error, scaled.
 
-    .venv/bin/python scripts/trajectory_sensitivity.py CKPT STUDENT --alphas 1 0.3 0.1 0.03 0.01 -o OUT.json
+    .venv/bin/python docs/measurements/fidelity-cpu/trajectory_sensitivity.py CKPT STUDENT --alphas 1 0.3 0.1 0.03 0.01 -o OUT.json
 
 For each alpha, the denoiser eps_T + alpha (eps_S - eps_T) (eps_T: CKPT, the unpruned model;
 eps_S: STUDENT, e.g. a head-pruned student) has the student's error, in its own direction,
 alpha times as large: its per-step PSNR is the student's + 20 log10(1/alpha) dB. It is then
-measured as scripts/fidelity_budget.py measures a student: eps PSNR on the 77 parity cases
+measured as fidelity_budget.py measures a student: eps PSNR on the 77 parity cases
 (min / mean) and DDIM-50 guided (guidance 3) trajectories of 4 classes x 2 seeds, final-image
 PSNR / SSIM against the unpruned model's. The table says what per-step fidelity a student
 with this kind of error needs to pass a trajectory bar: the per-step PSNR min at which the
@@ -14,7 +14,7 @@ trajectory PSNR min reaches the bar (20 dB) and the gate (30 dB), interpolated l
 between the measured alphas (extrapolated from the last two beyond them), and the same for
 the per-step PSNR mean.
 
-With --budget FIDELITY_JSON (what scripts/fidelity_budget.py wrote for STUDENT's fine-tune)
+With --budget FIDELITY_JSON (what fidelity_budget.py wrote for STUDENT's fine-tune)
 it also extrapolates the budget: a line through the distillation points' per-step PSNR min
 (and, apart, mean) against log10(steps), and the steps (and hours, at that run's seconds per
 step) at which it reaches those per-step levels. --rows reuses an earlier run's measured

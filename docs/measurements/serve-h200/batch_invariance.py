@@ -10,7 +10,7 @@ reports how many rows are not bit-identical to their lone run and the largest
 difference. Then the same without the padding, and the median / p90 time of one
 unpadded model call per batch size (5 warm-up calls, 20 timed).
 
-    .venv/bin/python scripts/batch_invariance.py --checkpoint ../shared/models/mobilegen_v2_student.pt
+    .venv/bin/python docs/measurements/serve-h200/batch_invariance.py --checkpoint ../shared/models/mobilegen_v2_student.pt
 
 Not a unit test. With --variants on CUDA it also tries cuDNN's deterministic mode and
 float32, unpadded.

@@ -16,7 +16,7 @@ flatbuffer_direct) and timed in LiteRT + XNNPACK:
             an upper bound |q| max|k| folded into the matmul, and the sum taken by
             a ones column of v (exact up to rounding while no row underflows)
 
-    .venv/bin/python scripts/attention_bench.py [--threads 2]
+    .venv/bin/python docs/measurements/attention-cpu/attention_bench.py [--threads 2]
 
 Timings: warm-up 3, then 15 calls; median and p90. All in one process, one machine.
 """

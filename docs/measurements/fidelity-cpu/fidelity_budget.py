@@ -1,7 +1,7 @@
 """Fidelity against distillation budget: prune a checkpoint, distil it data-free for a
 wall-clock budget, and measure it against the unpruned fp32 model as the budget is spent.
 
-    .venv/bin/python scripts/fidelity_budget.py CKPT --head-ratio 0.5 --minutes 15 --eval-every-minutes 5 -o OUT
+    .venv/bin/python docs/measurements/fidelity-cpu/fidelity_budget.py CKPT --head-ratio 0.5 --minutes 15 --eval-every-minutes 5 -o OUT
 
 The teacher's trajectories are generated (or read) into OUT/teacher/ first and the heads are
 chosen and pruned (`mobilegen prune CKPT --steps 0`, the library call); neither counts

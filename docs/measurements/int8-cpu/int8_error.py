@@ -7,7 +7,7 @@ fp32 model the manifest names:
   - DDIM-50 trajectories (cat, ship; same noise), with guidance 3 and without:
     final-image PSNR, worst class.
 
-    .venv/bin/python scripts/int8_error.py /tmp/i8.failed [--threads 2]
+    .venv/bin/python docs/measurements/int8-cpu/int8_error.py /tmp/i8.failed [--threads 2]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from mobilegen.diffusion import SamplerConfig
 from mobilegen.diffusion.cases import forward_process_cases
 from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
 from mobilegen.runtime.backends import TorchBackend, open_artifact
-from mobilegen.verify.recheck import reference_model
+from mobilegen.verify.folder import reference_model
 from mobilegen.verify.trajectory import compare_runs, record
 
 LABELS, NAMES = [3, 8], ["cat", "ship"]

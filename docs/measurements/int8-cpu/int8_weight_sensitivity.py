@@ -2,7 +2,7 @@
 (symmetric, per-tensor or per-output-channel) in PyTorch and report the min PSNR of eps
 against the fp32 model on a small parity set (4 timesteps x 3 labels).
 
-    .venv/bin/python scripts/int8_weight_sensitivity.py ../shared/models/mobilegen_v2_student.pt
+    .venv/bin/python docs/measurements/int8-cpu/int8_weight_sensitivity.py ../shared/models/mobilegen_v2_student.pt
 
 A diagnostic, not a test: if weights alone stay far above the gate, the loss in a
 dynamic-range file comes from its on-the-fly activation quantization.

@@ -2,7 +2,7 @@
 without QAT, export both to fp16 TFLite, and compare how far each fp16 file deviates
 from its own fp32 model (per-step PSNR over the 77-case parity set).
 
-    .venv/bin/python scripts/qat_compare.py --steps 30 --qat-every 10
+    .venv/bin/python docs/measurements/qat-cpu/qat_compare.py --steps 30 --qat-every 10
 
 Prints a table; the numbers in docs/training.md come from this command.
 """
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from mobilegen.models.checkpoint import load_checkpoint
-from mobilegen.pipeline import ExportOptions, export_artifacts
+from mobilegen.jobs.export import ExportOptions, export_artifacts
 from mobilegen.train import TrainConfig, train, write_demo_folder
 
 
