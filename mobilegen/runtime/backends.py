@@ -70,7 +70,7 @@ def check_io(found: dict[str, tuple[list, str]], spec: DenoiserSpec, path: str |
                             f"(batch {spec.batch}, layout {spec.layout})")  # fmt: skip
 
 
-class _FixedBatch:
+class FixedBatch:
     """Split any N into calls of spec.batch, padding the last call by repetition."""
 
     spec: DenoiserSpec
@@ -92,7 +92,7 @@ class _FixedBatch:
         return torch.from_numpy(out).to(x.device)
 
 
-class OnnxBackend(_FixedBatch):
+class OnnxBackend(FixedBatch):
     kind = "onnxruntime"
 
     def __init__(self, path: str | Path, spec: DenoiserSpec, threads: int | None = None):
@@ -114,7 +114,7 @@ class OnnxBackend(_FixedBatch):
         return self.session.run(["eps"], {"x": x, "t": t, "y": y})[0]
 
 
-class TFLiteBackend(_FixedBatch):
+class TFLiteBackend(FixedBatch):
     kind = "litert"
 
     def __init__(self, path: str | Path, spec: DenoiserSpec, threads: int | None = None):
