@@ -28,7 +28,8 @@ if [ "$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2> /dev/null || true)"
       echo "deb http://deb.debian.org/debian bookworm-backports main" > /etc/apt/sources.list.d/bookworm-backports.list
     fi
     apt_quiet update
-    apt_quiet install -y -t bookworm-backports "mesa-vulkan-drivers=$MESA_VERSION" libvulkan1
+    apt_quiet install -y -t bookworm-backports "mesa-vulkan-drivers=$MESA_VERSION" libvulkan1 ||
+      echo "note: apt could not install mesa-vulkan-drivers=$MESA_VERSION from bookworm-backports; the gpu target tests will skip" >&2
   else
     echo "note: Mesa $MESA_VERSION (lavapipe) is not installed (as root on Debian bookworm: apt-get install -t bookworm-backports mesa-vulkan-drivers=$MESA_VERSION); the gpu target tests will skip" >&2
   fi
@@ -38,7 +39,7 @@ fi
 
 # --- arm64: qemu-user and an arm64 Python with the aarch64 LiteRT wheel ---------------------------
 if ! command -v qemu-aarch64-static > /dev/null; then
-  if can_apt; then apt_quiet update && apt_quiet install -y qemu-user-static; else
+  if can_apt; then apt_quiet update && apt_quiet install -y qemu-user-static || echo "note: apt could not install qemu-user-static" >&2; else
     echo "note: qemu-user-static is not installed (apt-get install qemu-user-static); the arm64 target tests will skip" >&2
   fi
 fi
