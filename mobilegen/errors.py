@@ -61,3 +61,16 @@ class MissingDependencyError(MobileGenError):
     def __init__(self, package: str, purpose: str):
         command = f"{sys.executable} {INSTALL[package]}" if package in INSTALL else "bash scripts/install.sh"
         super().__init__(f"{purpose} needs the Python package {package!r}, which is not installed; install it with: {command}")
+
+
+class MissingRuntimeError(MobileGenError):
+    """A phone runtime (LiteRT's GPU accelerator on lavapipe, ARM64 LiteRT under qemu) is not set up."""
+
+    def __init__(self, runtime: str, missing: str):
+        super().__init__(
+            f"the {runtime} target needs {missing}, which is not set up here; set it up with: bash scripts/install.sh"
+        )
+
+
+class TargetError(MobileGenError):
+    """A phone runtime could not open or run a file (the message carries the runtime's own log line)."""

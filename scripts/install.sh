@@ -40,5 +40,7 @@ fi
 # ours, so it goes into .deps/, without dependencies, never into the venv.
 [ -f .deps/tflite-support/tensorflow_lite_support/metadata/metadata_schema_py_generated.py ] ||
   "${pip[@]}" --no-deps --target .deps/tflite-support tflite-support==0.4.4
+# The phone runtimes (issue 23): LiteRT's GPU accelerator on Mesa lavapipe, and ARM64 LiteRT under qemu.
+bash scripts/install-targets.sh
 .venv/bin/mobilegen-export --help > /dev/null
 echo "installed: $(.venv/bin/python -c 'import mobilegen, torch, onnx2tf, ray; print("torch", torch.__version__, "onnx2tf", onnx2tf.__version__, "ray", ray.__version__)')"

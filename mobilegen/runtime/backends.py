@@ -72,7 +72,7 @@ def check_io(found: dict[str, tuple[list, str]], spec: DenoiserSpec, path: str |
         )
 
 
-class _FixedBatch:
+class FixedBatch:
     """Split any N into calls of spec.batch, padding the last call by repetition."""
 
     spec: DenoiserSpec
@@ -94,7 +94,7 @@ class _FixedBatch:
         return torch.from_numpy(out).to(x.device)
 
 
-class OnnxBackend(_FixedBatch):
+class OnnxBackend(FixedBatch):
     kind = "onnxruntime"
 
     def __init__(self, path: str | Path, spec: DenoiserSpec, threads: int | None = None):
@@ -116,7 +116,7 @@ class OnnxBackend(_FixedBatch):
         return self.session.run(["eps"], {"x": x, "t": t, "y": y})[0]
 
 
-class TFLiteBackend(_FixedBatch):
+class TFLiteBackend(FixedBatch):
     kind = "litert"
 
     def __init__(self, path: str | Path, spec: DenoiserSpec, threads: int | None = None):
