@@ -42,7 +42,7 @@ def needs(name: str) -> None:
 def tiny(tmp_path_factory):
     """The tiny network's float32 and float16 TFLite files (built once, ~10 s)."""
     from mobilegen.compress.structured import prune_channels
-    from mobilegen.export.build import ExportOptions, build_artifacts
+    from mobilegen.export.build import BuildOptions, build
     from mobilegen.models.checkpoint import seeded_model
 
     model = prune_channels(seeded_model("student_v2").model, 0.9, 0.75)
@@ -52,7 +52,7 @@ def tiny(tmp_path_factory):
             if name.endswith("bias"):
                 p.copy_(0.1 * torch.randn(p.shape, generator=generator))
     out = tmp_path_factory.mktemp("tiny")
-    return build_artifacts(model, SPEC, out, ExportOptions(out_dir=out), source_sha256=None)
+    return build(model, SPEC, out, BuildOptions(fp16=True), None).files
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +77,25 @@ def test_each_target_computes_what_x86_computes(tiny, case, name):
         assert error > FP32_TOLERANCE, "a float16 path computing float32 results: the option did not reach LiteRT"
 
 
-def test_gpu_coverage_fp32_runs_whole_and_fp16_file_leaves_ops_to_the_cpu(tiny):
+def test_gpu_coverage_every_shipped_float_file_runs_whole_on_the_gpu(tiny):
     needs("gpu-fp16")
-    fp32 = gpu_coverage(tiny["denoiser_float32.tflite"], "fp16", THREADS)
-    assert fp32.fully_accelerated and fp32.cpu_ops == 0 and fp32.gpu_ops == fp32.ops > 100 and not fp32.rejected
-    # Today's fp16 file (float16 weights behind DEQUANTIZE, a float16 label table) does not
-    # run whole on the GPU: issue 23 part 3 fixes the file, and then this test changes.
-    fp16 = gpu_coverage(tiny["denoiser_float16.tflite"], "fp16", THREADS)
-    assert not fp16.fully_accelerated and fp16.gpu_ops + fp16.cpu_ops == fp16.ops and fp16.cpu_ops > 0
-    assert fp16.rejected == {"DEQUANTIZE": "", "GATHER": "Input / output dtype mismatch."}
-    assert fp16.rejected_in_file["GATHER"] == 1 and fp16.rejected_in_file["DEQUANTIZE"] > 10
+    for name in ("denoiser_float32.tflite", "denoiser_float16.tflite"):
+        cov = gpu_coverage(tiny[name], "fp16", THREADS)
+        assert cov.fully_accelerated and cov.cpu_ops == 0 and cov.gpu_ops == cov.ops > 100 and not cov.rejected, name
+
+
+def test_gpu_coverage_names_what_a_float16_label_table_costs(tiny, tmp_path, monkeypatch):
+    """The fp16 file as it was (the label table stored as float16 too): the accelerator rejects
+    its GATHER, and the DEQUANTIZE ops around it go to the CPU with it."""
+    import mobilegen.export.tflite as tflite
+
+    needs("gpu-fp16")
+    monkeypatch.setattr(tflite, "FP16_WEIGHT_OPS", (*tflite.FP16_WEIGHT_OPS, "GATHER"))
+    old = tflite.to_fp16_weights(tiny["denoiser_float32.tflite"], tmp_path / "old_fp16.tflite")
+    cov = gpu_coverage(old, "fp16", THREADS)
+    assert not cov.fully_accelerated and cov.gpu_ops + cov.cpu_ops == cov.ops and cov.cpu_ops > 0
+    assert cov.rejected == {"DEQUANTIZE": "", "GATHER": "Input / output dtype mismatch."}
+    assert cov.rejected_in_file["GATHER"] == 1 and cov.rejected_in_file["DEQUANTIZE"] > 10
 
 
 @pytest.mark.parametrize("machine", ["x86_64", "arm64"])
