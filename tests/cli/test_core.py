@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from mobilegen.cli import export_cli, main_cli
+from mobilegen.cli.core import FiniteFloat, Seed, config_from
 
 
 def run(cli, *args):
@@ -76,11 +77,27 @@ def test_a_missing_converter_names_the_one_command_that_installs_it(tmp_path):
     ids=["verify-guidance", "serve-max-wait", "serve-timeout", "tflite-prune"],
 )  # fmt: skip
 def test_every_float_option_refuses_nan(tmp_path, args):
-    from mobilegen.cli import FiniteFloat
-
     cli = main_cli if args[0] == "serve" else export_cli
     res = run(cli, *[a.replace("{dir}", str(tmp_path)) for a in args])
     assert res.exit_code == 2 and "is not a finite number" in res.output + res.stderr
     for command in (*export_cli.commands.values(), *main_cli.commands.values()):
         floats = [p.name for p in command.params if isinstance(p.type, click.types.FloatParamType)]
         assert all(isinstance(p.type, FiniteFloat) for p in command.params if p.name in floats), command.name
+
+
+def test_option_types_refuse_what_the_library_would_refuse():
+    finite, unbounded = FiniteFloat(0, 50), FiniteFloat(0, min_open=True, allow_inf=True)
+    assert finite.convert("3.5", None, None) == 3.5 and unbounded.convert("inf", None, None) == float("inf")
+    for bad, kind in (("nan", finite), ("inf", finite), ("nan", unbounded), ("-inf", unbounded), ("51", finite)):
+        with pytest.raises(click.BadParameter):
+            kind.convert(bad, None, None)
+    assert Seed().convert(str(2**63 - 1), None, None) == 2**63 - 1
+    with pytest.raises(click.BadParameter, match="not in 0..9223372036854775807"):
+        Seed().convert(str(2**63), None, None)
+
+
+def test_a_config_is_built_from_the_options_that_are_its_fields():
+    from mobilegen.diffusion import SamplerConfig
+
+    config = config_from(SamplerConfig, {"steps": 7, "scale": 2.0, "out": "x.png"}, renames={"scale": "guidance"}, seed=3)
+    assert config == SamplerConfig(steps=7, guidance=2.0, seed=3)

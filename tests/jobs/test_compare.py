@@ -36,3 +36,16 @@ def test_compare_measures_every_variant_side_by_side(tmp_path, pruned):
     assert result["commit"] and result["machine"]["flags"] is not None
     assert "| int8 full |" in (out / "compare.md").read_text()
     assert Image.open(out / "samples.png").size[1] > 6 * 64  # a row per variant, plus the reference
+
+
+def test_existing_outputs_are_refused_before_any_work(tmp_path):
+    from mobilegen.errors import OutputError
+    from mobilegen.jobs.compare import OUTPUTS, compare
+    from mobilegen.models.checkpoint import default_model
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "samples.png").write_bytes(b"mine")
+    with pytest.raises(OutputError, match="samples.png already exists"):
+        compare(default_model(), None, out, threads=1)
+    assert [p.name for p in out.iterdir()] == ["samples.png"] and "samples.png" in OUTPUTS

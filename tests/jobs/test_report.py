@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from helpers import run_export
 
+from mobilegen.jobs.report import latest_bench
+
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -41,3 +43,16 @@ def test_report_renders_in_headless_chromium(default_export, tmp_path):
     assert errors == []
     for needle in ("pytorch fp32", "denoiser_float16.tflite", "Trajectory parity", "images per second"):
         assert needle.lower() in text.lower()
+
+
+def test_only_a_bench_of_this_very_manifest_is_drawn(tmp_path):
+    from mobilegen.files import sha256_file
+
+    (tmp_path / "manifest.json").write_text('{"schema_version": 1}')
+    assert latest_bench(tmp_path) is None  # no bench.json
+    (tmp_path / "bench.json").write_text('{"manifest_sha256": "%s", "table": "t"}' % sha256_file(tmp_path / "manifest.json"))
+    assert latest_bench(tmp_path)["table"] == "t"
+    (tmp_path / "manifest.json").write_text('{"schema_version": 1, "status": "passed"}')
+    assert latest_bench(tmp_path) is None, "measured another manifest"
+    (tmp_path / "bench.json").write_text('{"a": 1, "a": 2}')
+    assert latest_bench(tmp_path) is None, "not strict JSON"

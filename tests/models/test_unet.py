@@ -7,7 +7,7 @@ import pytest
 import torch
 from probe import expected_shapes, golden, probe_state_dict
 
-from mobilegen.models import ARCHS, build_unet
+from mobilegen.models.unet import ARCHS, build_unet
 
 
 def probe_model(arch: str):

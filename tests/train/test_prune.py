@@ -3,13 +3,17 @@ fine-tuned run that is never overwritten."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from click.testing import CliRunner
 
 from mobilegen.cli import main_cli
+from mobilegen.errors import InvalidInput
 from mobilegen.models.checkpoint import load_checkpoint
 from mobilegen.train import write_demo_folder
+from mobilegen.train.prune import PruneConfig
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +54,12 @@ def test_cli_prunes_fine_tunes_and_refuses_to_overwrite(tmp_path, v2_checkpoint,
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 2
     again = prune_cli(v2_checkpoint, "--ratio", "0.3", "--data", tiny_data, "--steps", "1", "-o", out)
     assert again.exit_code == 2 and "pruned.pt already exists; pass --overwrite" in again.output
+
+
+@pytest.mark.parametrize("kw, message", [(dict(ratio=1.0), "--ratio must be in"), (dict(head_ratio=-0.1), "--head-ratio must be in"),
+                                         (dict(), "nothing to prune"), (dict(ratio=0.3, steps=-1), "--steps must be >= 0"),
+                                         (dict(ratio=0.3, head_importance="random"), "expected one of ablation, magnitude"),
+                                         (dict(ratio=0.3, importance_samples=0), "--importance-samples")])  # fmt: skip
+def test_prune_settings_are_checked(kw, message):
+    with pytest.raises(InvalidInput, match=message):
+        PruneConfig(Path("ema.pt"), **kw)
