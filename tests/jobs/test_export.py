@@ -42,7 +42,7 @@ def test_an_export_into_the_current_export_folder_is_refused(folder, monkeypatch
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
 
 
-@pytest.mark.parametrize("layout, batch", [("NHWC", 1), ("NCHW", 2)])
+@pytest.mark.parametrize("layout, batch", [("NHWC", 1), pytest.param("NCHW", 2, marks=pytest.mark.slow)])  # an export each
 def test_layout_and_batch_options(tmp_path, v2_checkpoint, layout, batch):
     out = tmp_path / "out"
     res = run("onnx", v2_checkpoint, "-o", out, "--layout", layout, "--batch", batch)

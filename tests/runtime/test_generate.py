@@ -35,7 +35,7 @@ def test_real_v2_same_image_from_checkpoint_onnx_and_both_tflite(real_v2_export,
 def test_default_model_same_image_on_every_backend(default_export):
     """The README's export, sampled (guided DDIM, 20 steps, 2 images) from the checkpoint and every file."""
     out, _ = default_export
-    cfg = SamplerConfig(steps=20, guidance=3.0, seed=0)
+    cfg = SamplerConfig(steps=8, guidance=3.0, seed=0)  # backends agree or not from the first steps; 8 keep it quick
     ref = images(None, "cat", cfg, n=2)
     for name, gate in GATES.items():
         assert_same_image(ref, images(out / name, "cat", cfg, n=2), gate)
