@@ -9,7 +9,7 @@ import random
 import pytest
 from click.testing import CliRunner
 
-from mobilegen.cli.main import soak_serve_command
+from mobilegen.cli.serve import soak_serve_command
 from mobilegen.serve.soak import level_until, soak_request
 
 

@@ -17,7 +17,7 @@ from mobilegen.contract.labels import CIFAR10_LABELS
 from mobilegen.errors import MobileGenError, OutputError
 from mobilegen.models.checkpoint import load_checkpoint
 from mobilegen.train import TrainConfig, Trainer, train, write_demo_folder
-from mobilegen.train.loop import diffusion_batch, step_generator
+from mobilegen.train.trainer import diffusion_batch, step_generator
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,10 @@ measurement, compare-budgets and bench-train run for real on the untrained v2.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from helpers import run, run_main
+from helpers import ROOT, run, run_main
 
-ROOT = Path(__file__).resolve().parents[1]
 COMPARE = ROOT / "docs" / "measurements" / "compare-cpu" / "compare.json"
 
 
