@@ -10,6 +10,7 @@ from PIL import Image
 from probe import probe_state_dict
 
 from mobilegen.cli import export_cli, main_cli
+from mobilegen.cli.main import sample_command
 from mobilegen.models.checkpoint import save_checkpoint, seeded_model
 from mobilegen.train import write_demo_folder
 
@@ -160,3 +161,9 @@ def test_train_distill_and_prune_never_overwrite_an_input_or_a_run_without_overw
     res = run(main_cli, "prune", ema, "--ratio", "0.3", "--data", data, "--steps", "0", "-o", run_dir, "--overwrite")
     assert res.exit_code == 2 and "is an input of this command" in res.stderr
     assert ema.read_bytes() == before and [p.name for p in run_dir.iterdir()] == ["ema.pt"]
+
+
+def test_the_sample_command_checks_its_options_before_any_work(tmp_path):
+    """The sample command on its own (not through the group): Click checks its options first."""
+    res = CliRunner().invoke(sample_command, ["--n", "0", "-o", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "--n" in res.output and not (tmp_path / "x.png").exists()

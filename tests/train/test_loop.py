@@ -16,7 +16,8 @@ from mobilegen.cli import export_cli, main_cli
 from mobilegen.contract.labels import CIFAR10_LABELS
 from mobilegen.errors import MobileGenError, OutputError
 from mobilegen.models.checkpoint import load_checkpoint
-from mobilegen.train import TrainConfig, Trainer, train, write_demo_folder
+from mobilegen.train import write_demo_folder
+from mobilegen.train.loop import TrainConfig, Trainer, train
 from mobilegen.train.trainer import diffusion_batch, step_generator
 
 
