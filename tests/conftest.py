@@ -86,3 +86,11 @@ def pruned_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("pruned") / "v2"
     run_export("tflite", "--fp16", "--prune", "0.3", "--no-bench", "-o", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def pruned(v2_model):
+    """The default v2, structurally pruned: a quarter of the channels, half the heads."""
+    from mobilegen.compress import prune_channels
+
+    return prune_channels(v2_model, 0.25, head_ratio=0.5)

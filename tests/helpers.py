@@ -1,15 +1,20 @@
-"""What many tests share: the paths of the shared data and one way to run a command."""
+"""What many tests share: the paths of the repository and the shared data, one way to run a
+command, and the checks of a refused command and of an export folder."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from mobilegen.cli import export_cli, main_cli
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+SHARED = ROOT.parent / "shared"
 REAL_V2 = SHARED / "models" / "mobilegen_v2_student.pt"
 
 
@@ -31,3 +36,43 @@ def run_export(*args):
 
 def manifest_of(directory: Path) -> dict:
     return json.loads((directory / "manifest.json").read_text())
+
+
+def dead_pid() -> int:
+    """The PID of a process that has exited (for leftovers "of a killed run")."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def one_line(res, code: int = 2) -> str:
+    """The error of a refused command: exit code, one line, no traceback."""
+    assert res.exit_code == code, res.output + res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.output + res.stderr, res.stderr
+    return res.stderr
+
+
+def rehash(folder: Path, name: str) -> None:
+    """Update the manifest to the file's new content, as a careless user would."""
+    m = manifest_of(folder)
+    data = (folder / name).read_bytes()
+    m["files"][name].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+def assert_refused(res, *needles):
+    """Exit 2 with one line naming every needle, no traceback."""
+    text = res.stderr
+    assert res.exit_code == 2, res.output + res.stderr
+    assert text.count("\n") == 1 and "Traceback" not in res.output + text, text
+    for needle in needles:
+        assert needle in text, text
+
+
+def earlier_export(folder: Path) -> Path:
+    """A folder as an earlier export left it: a manifest with our schema_version, and our files only."""
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"schema_version": 1, "status": "passed", "earlier": True}))
+    (folder / "denoiser.onnx").write_bytes(b"earlier")
+    (folder / "report.md").write_text("earlier")
+    return folder

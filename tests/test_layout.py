@@ -4,6 +4,7 @@ module, and every file stays readable in one sitting."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,8 +131,8 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path, monkeypatch):
     (fake / "export").mkdir()
     (fake / "runtime" / "a.py").write_text("from mobilegen.export.b import f\n")
     (fake / "export" / "b.py").write_text("def f():\n    from mobilegen.runtime.a import g\n")
-    monkeypatch.setattr(__import__(__name__), "SOURCES", sorted(fake.rglob("*.py")))
-    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    monkeypatch.setattr(sys.modules[__name__], "SOURCES", sorted(fake.rglob("*.py")))
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     with pytest.raises(AssertionError, match="runtime.a imports mobilegen.export.b"):
         test_every_import_points_down_the_layers()
     with pytest.raises(pytest.fail.Exception, match="import cycle"):

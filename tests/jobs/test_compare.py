@@ -1,0 +1,51 @@
+"""`mobilegen-export compare` (jobs/compare.py): every variant measured side by side in one run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from mobilegen.cli import export_cli
+from mobilegen.models.checkpoint import save_checkpoint
+
+
+@pytest.mark.slow
+def test_compare_measures_every_variant_side_by_side(tmp_path, pruned):
+    """`mobilegen-export compare`: the issue's table, every row measured in one run."""
+    ckpt = save_checkpoint(tmp_path / "pruned.pt", pruned)
+    out = tmp_path / "cmp"
+    args = ["compare", "--pruned", str(ckpt), "-o", str(out), "--classes", "ship", "--steps", "3",
+            "--calibration-samples", "22", "--rounds", "1", "--image-rounds", "1", "--threads", "2"]  # fmt: skip
+    res = CliRunner().invoke(export_cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "compare.json").read_text())
+    rows = result["variants"]
+    assert list(rows) == ["fp32", "fp16", "int8 dynamic", "int8 full", "fp32, unbounded attention", "structured-pruned fp32"]
+    assert rows["fp32"]["step_psnr_db"]["min"] > 80 and rows["fp32"]["latency"]["speedup_vs_fp32"] == 1.0
+    assert rows["int8 dynamic"]["bytes"] < 0.35 * rows["fp32"]["bytes"]
+    assert rows["structured-pruned fp32"]["macs_per_step"] < rows["fp32"]["macs_per_step"] / 1.5
+    for row in rows.values():
+        assert row["latency"]["calls"] == 10 and row["latency"]["p90_ms"] >= row["latency"]["median_ms"] > 0
+    for name in ("fp32", "fp32, unbounded attention"):  # the same network, run by the same runtime
+        assert rows[name]["trajectory"]["min_ssim"] > 0.999 and rows[name]["trajectory"]["min_psnr_db"] > 60, name
+    assert result["pytorch_sdpa_latency"]["median_ms"] > 0 and result["threads"] == 2
+    assert all(row["image_ms"]["calls"] == 1 and row["image_ms"]["median_ms"] > 0 for row in rows.values())
+    assert result["commit"] and result["machine"]["flags"] is not None
+    assert "| int8 full |" in (out / "compare.md").read_text()
+    assert Image.open(out / "samples.png").size[1] > 6 * 64  # a row per variant, plus the reference
+
+
+def test_existing_outputs_are_refused_before_any_work(tmp_path):
+    from mobilegen.errors import OutputError
+    from mobilegen.jobs.compare import OUTPUTS, compare
+    from mobilegen.models.checkpoint import default_model
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "samples.png").write_bytes(b"mine")
+    with pytest.raises(OutputError, match="samples.png already exists"):
+        compare(default_model(), None, out, threads=1)
+    assert [p.name for p in out.iterdir()] == ["samples.png"] and "samples.png" in OUTPUTS
