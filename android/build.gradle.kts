@@ -1,5 +1,5 @@
 // The MobileGen sampler library as an Android library module (docs/android.md, "1. Add the module").
-// Not built in this repository (no Android SDK here): tests/test_android.py compiles the sources
+// Not built in this repository (no Android SDK here): tests/android/test_kotlin.py compiles the sources
 // with kotlinc instead, all but LiteRtDenoiser.kt.
 plugins {
     id("com.android.library")

@@ -27,7 +27,7 @@ if ! command -v chromium > /dev/null; then
   fi
 fi
 # Debian's kotlinc and Android's org.json for the JVM: the test suite compiles and runs the Kotlin
-# library in android/ (tests/test_android.py skips without them).
+# library in android/ (tests/android/test_kotlin.py skips without them).
 if ! command -v kotlinc > /dev/null || [ ! -f /usr/share/java/com.android.json.jar ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kotlin libandroid-json-java > /dev/null

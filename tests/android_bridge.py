@@ -1,4 +1,4 @@
-"""eps from a real .tflite file for the Kotlin sampler test (tests/test_android.py).
+"""eps from a real .tflite file for the Kotlin sampler test (tests/android/test_kotlin.py).
 
     python tests/android_bridge.py FILE.tflite
 

@@ -83,7 +83,7 @@ class Group(click.Group):
             if debug:
                 raise
             for result in getattr(exc, "results", ()):  # a GateError: every gate's summary, then the verdict
-                click.echo(result.summary())
+                click.echo(result.summary(), err=True)
             fail(str(exc), exc.exit_code)
         except OSError as exc:  # full disk, permissions: nothing was published
             if debug:

@@ -2,7 +2,7 @@
 
 Everything comes from manifest.json and one TFLite interpreter, exactly what a
 phone has. It is deliberately short: the Kotlin library in android/ (DdimSampler)
-is the same loop, and tests/test_android.py checks every intermediate x_t of the two
+is the same loop, and tests/android/test_kotlin.py checks every intermediate x_t of the two
 against each other. (Guided DDIM, eta = 0; the noise array is the only input to randomness.)
 """
 

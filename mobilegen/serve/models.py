@@ -13,7 +13,7 @@ arithmetic by batch size (measured on torch 2.13 CPU, student_v2):
 ``make_batch_invariant`` fixes all three without touching the weights: the
 embedding Linear runs in fixed blocks of 4 rows, GroupNorm gets a contiguous input
 (its NCHW kernel reduces each sample in one thread), and a single row is padded to 2.
-tests/test_serve.py checks PNG bytes batched against unbatched; without these
+tests/serve/test_app.py checks PNG bytes batched against unbatched; without these
 fixes 5 of 8 images (real v2, DDIM 20) differed in 1-8 pixels by one level. The
 cost measured 6-8% of a model call on a busy 2-core CPU.
 

@@ -11,7 +11,7 @@ Same seed, same PNG bytes. A row's result must not depend on the rows it shares 
 with. The model call is batch-invariant on the CPU (models.py: the time-embedding
 Linear in fixed blocks, contiguous GroupNorm, one row padded to 2) and runs exactly
 ``--max-batch`` rows on CUDA; the sampler's own arithmetic is elementwise, so a row's
-update does not see the others. tests/test_ray_serve.py checks the bytes against the
+update does not see the others. tests/serve/test_ray_app.py checks the bytes against the
 single-process server.
 
 What it cannot do, unlike our micro-batcher (batcher.py): a request that arrives while

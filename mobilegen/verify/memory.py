@@ -194,7 +194,8 @@ def memory_gate(name: str, measured: dict, limit_mb: float | None, budget_mb: fl
             f"{name}: tensor {graph['largest_tensor']!r} {graph['largest_tensor_shape']} is "
             f"{graph['largest_tensor_mb']:.2f} MB, over --max-tensor-mb {budget_mb:g}"
         )
-    text = f"{name}: peak RSS {measured['peak_rss_mb']:.1f} MB ({limit_text(limit_mb)})"
+    text = f"{'FAIL' if failures else 'PASS'} {name}: peak RSS {measured['peak_rss_mb']:.1f} MB ({limit_text(limit_mb)})"
     text += f", largest tensor {graph['largest_tensor_mb']:.2f} MB" if graph else ""
+    text += f": {'; '.join(failures)}" if failures else ""
     figures = {"peak_rss_mb": measured["peak_rss_mb"], "limit_mb": limit_mb, "max_tensor_mb": budget_mb}
     return GateResult("memory", name, tuple(failures), figures, text)

@@ -81,7 +81,9 @@ def test_compare_budgets_builds_and_measures_each_budget(tmp_path):
     assert again.exit_code == 2 and "--overwrite" in again.output  # refused before any conversion
 
 
-@pytest.mark.parametrize("budgets, message", [("0", "range x>0"), ("nan", "not a finite number"), ("inf,16,inf", "each budget once")])
+@pytest.mark.parametrize(
+    "budgets, message", [("0", "range x>0"), ("nan", "not a finite number"), ("inf,16,inf", "each budget once")]
+)
 def test_compare_budgets_refuses_bad_budgets_before_any_work(budgets, message):
     res = run("compare-budgets", "--budgets", budgets)
     assert res.exit_code == 2 and message in res.output, res.output
@@ -99,3 +101,12 @@ def test_bench_train_times_one_architecture(tmp_path):
     data = json.loads(out.read_text())
     assert list(data["archs"]) == ["student_v2"] and data["repeats"] == 2 and data["machine"]["cores"]
 
+
+def test_budgets_parse_comma_separated_positive_numbers_and_inf():
+    import click
+
+    from mobilegen.cli.measure import Budgets
+
+    assert Budgets().convert("inf, 64,4,", None, None) == (float("inf"), 64.0, 4.0)
+    with pytest.raises(click.BadParameter, match="0"):
+        Budgets().convert("16,0", None, None)

@@ -81,7 +81,7 @@ def test_int8_trajectories_dynamic_holds_full_diverges(int8_export):
     """verify runs the guided sampling loop on every file against PyTorch: dynamic holds
     its trajectory gate; full, with ~4x the per-step error, drifts away (docs/int8.md)."""
     res = CliRunner().invoke(export_cli, ["verify", str(int8_export), "--json", "--classes", "ship", "--steps", "20"])
-    result = json.loads(res.output)
+    result = json.loads(res.stdout)
     assert res.exit_code == 1 and not result["passed"]
     traj = result["trajectory"]
     assert traj["denoiser_int8_dynamic.tflite"]["passed"], traj["denoiser_int8_dynamic.tflite"]["per_class"]

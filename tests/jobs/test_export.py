@@ -20,7 +20,7 @@ from helpers import ROOT, assert_refused, earlier_export, manifest_of, run, run_
 from mobilegen.cli import export_cli
 from mobilegen.contract import spec as spec_module
 from mobilegen.contract.spec import DenoiserSpec, Tolerance
-from mobilegen.files import sha256_file
+from mobilegen.files import host_tag, sha256_file
 from mobilegen.models.checkpoint import save_checkpoint, seeded_model
 
 ONNX, F32, F16 = "denoiser.onnx", "denoiser_float32.tflite", "denoiser_float16.tflite"
@@ -139,7 +139,7 @@ def start_export(out: Path) -> subprocess.Popen:
 def wait_for_staging(parent: Path, proc: subprocess.Popen) -> Path:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
-        found = list(parent.glob(f".out.staging-{proc.pid}-*"))
+        found = list(parent.glob(f".out.staging-{host_tag()}-{proc.pid}-*"))
         if found and list(found[0].iterdir()):  # mid-export: the ONNX file is being written
             return found[0]
         time.sleep(0.05)

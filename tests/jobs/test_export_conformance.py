@@ -121,7 +121,7 @@ def test_every_architecture_exports_builtin_ops_and_only_v2_is_memory_gated(prob
 def test_verify_rechecks_against_float64_and_shows_both_numbers(probe_export):
     arch, out, _ = probe_export
     res = run("verify", out, "--classes", "", "--checkpoint", out.parent / "ema.pt", "--json")
-    result = json.loads(res.output)
+    result = json.loads(res.stdout)
     for name in FLOAT32_FILES:
         f64 = result["parity"][name]["float64"]
         assert result["parity"][name]["passed"] and f64["artifact_max_abs_error"] > 0 and f64["reference_max_abs_error"] > 0

@@ -120,7 +120,7 @@ def test_verify_finds_a_moved_checkpoint_by_sha256_and_refuses_another(relative_
 def test_verify_passes_then_catches_a_tampered_byte(real_v2_export, tmp_path):
     res = run("verify", real_v2_export, "--json", "--steps", "10")
     assert res.exit_code == 0, res.output
-    result = json.loads(res.output)
+    result = json.loads(res.stdout)
     assert result["passed"] and set(result["trajectory"]) == {"denoiser.onnx", *TFLITE}
     assert set(result["trajectory"]["denoiser_float16.tflite"]["per_class"]) == {"cat", "ship"}
     copy = tmp_path / "v2"

@@ -6,7 +6,7 @@ import ai.mobilegen.Denoiser
 import ai.mobilegen.Images
 import ai.mobilegen.Manifest
 
-// The code blocks of docs/android.md, compiled by tests/test_android.py (and run by its
+// The code blocks of docs/android.md, compiled by tests/android/test_kotlin.py (and run by its
 // `example` mode). The doc test checks that every Kotlin block of the guide is in this file,
 // in the compiled library, or in LiteRtDenoiser.kt (Android only, not compiled here).
 

@@ -13,7 +13,7 @@ import java.nio.ByteOrder
 import kotlin.system.exitProcess
 
 /**
- * The JVM side of tests/test_android.py. Every mode reads a real manifest.json with [Manifest]:
+ * The JVM side of tests/android/test_kotlin.py. Every mode reads a real manifest.json with [Manifest]:
  *
  *   manifest MANIFEST                                   parse; print a summary, or the refusal (exit 3)
  *   closed-form MANIFEST XT LABEL GUIDANCE STEPS OUT    sample with [ClosedForm]; OUT: x after every step, float64
@@ -86,7 +86,7 @@ private fun readFloats(file: File): FloatArray {
 }
 
 /**
- * A closed-form stand-in for the network, the same formula as tests/test_android.py's numpy one:
+ * A closed-form stand-in for the network, the same formula as tests/android/test_kotlin.py's numpy one:
  * eps = 0.5 sin(x (1 + t / 1000)) + 0.1 channel + 0.01 (y + 1), computed in float64, returned as
  * float32. It depends on the channel, so a layout mistake changes the result.
  */
