@@ -24,6 +24,7 @@ from mobilegen.cli.core import (
     teacher_summary,
     training_bars,
 )
+from mobilegen.contract.defaults import TARGET_NAMES
 
 RUN_FOLDER = click.option("-o", "--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Run folder.")
 
@@ -51,6 +52,12 @@ def register(cli: click.Group) -> None:
 @device_option()
 @max_tensor_option("Checkpoints: attention in chunks so that no tensor exceeds this [unbounded].")
 @arch_option()
+@click.option(
+    "--target",
+    type=click.Choice(TARGET_NAMES),
+    help="Run a .tflite file on a phone path: LiteRT's GPU accelerator on lavapipe (gpu-fp16 is a phone's default "
+    "precision) or ARM64 LiteRT under qemu. For numerics and op coverage; its times say nothing about a phone.",
+)
 @overwrite_option("Replace an existing --out file (never the input).")
 @click.option(
     "-o",
@@ -61,7 +68,7 @@ def register(cli: click.Group) -> None:
     help="Image file: .png, .jpg/.jpeg or .webp (the extension names the format).",
 )
 def sample_command(
-    model_path, label, n, seed, steps, sampler, guidance, eta, device, max_tensor_mb, arch, overwrite, out
+    model_path, label, n, seed, steps, sampler, guidance, eta, device, max_tensor_mb, arch, target, overwrite, out
 ) -> None:
     """Generate images from a checkpoint, an ONNX or a TFLite artifact (default: untrained v2)."""
     from tqdm import tqdm
@@ -70,7 +77,7 @@ def sample_command(
     from mobilegen.runtime.generate import prepare
 
     config = SamplerConfig(sampler=sampler, steps=steps, guidance=guidance, eta=eta, seed=seed)
-    generation = prepare(model_path, label, n, config, device, arch, out, overwrite, max_tensor_mb)
+    generation = prepare(model_path, label, n, config, device, arch, out, overwrite, max_tensor_mb, target)
     total = generation.steps
     with tqdm(total=total, desc="denoising", unit="step", file=sys.stderr, leave=False) as bar:
         result = generation.run(on_step=lambda *_: bar.update())

@@ -23,3 +23,7 @@ CALIBRATION_SAMPLES = 320
 PRUNE = 0.0
 BENCH_REPEATS = 20
 CLASSES = "cat,ship"  # the trajectory check's labels: CI-sized
+
+# The phone paths (runtime/targets.py TARGETS), named here so the CLI lists them without
+# importing the runtimes.
+TARGET_NAMES = ("gpu-fp16", "gpu-fp32", "arm64-fp32", "arm64-fp16", "arm64-a53-fp32")

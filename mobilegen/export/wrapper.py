@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mobilegen.contract.spec import DenoiserSpec
+from mobilegen.export.fp16safe import group_norm_peaks, scale_group_norms
 from mobilegen.models import UNet
 from mobilegen.models.budget import set_bounded_attention
 
@@ -17,7 +18,10 @@ class ExportedDenoiser(nn.Module):
         super().__init__()
         # A private copy: export switches attention to its explicit form, bounded to
         # max_tensor_mb per tensor (models/budget.py; None: every block at once).
-        self.unet = copy.deepcopy(unet).eval().set_attention("math")
+        # GroupNorms whose inputs would overflow float16 divide them first (export/fp16safe.py).
+        self.unet = copy.deepcopy(unet).eval().set_attention("sdpa")
+        self.group_norm_scales = scale_group_norms(self.unet, group_norm_peaks(self.unet))
+        self.unet.set_attention("math")
         self.attention_plan = set_bounded_attention(self.unet, spec.batch, max_tensor_mb)
         self.nhwc = spec.layout == "NHWC"
 

@@ -7,9 +7,9 @@ the file, exactly as an app on a phone would read them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -17,6 +17,7 @@ from mobilegen.contract.labels import CIFAR10_LABELS, parse_label
 from mobilegen.contract.manifest import MANIFEST, read_manifest, spec_from_manifest
 from mobilegen.diffusion import SamplerConfig, Schedule, linear_schedule, run_sampler, to_uint8
 from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
+from mobilegen.errors import InvalidInput
 from mobilegen.files import check_output_file
 from mobilegen.models.checkpoint import load_or_default
 from mobilegen.runtime.backends import OnnxBackend, TFLiteBackend, TorchBackend, open_artifact
@@ -50,17 +51,34 @@ def artifact_manifest(model_path: Path | None) -> dict | None:
     return None
 
 
+def open_file(model_path: Path, spec, target: str | None):
+    """An artifact on x86 (ONNX Runtime / LiteRT), or a .tflite file on a phone target (runtime/targets.py)."""
+    if target is None:
+        return open_artifact(model_path, spec)
+    from mobilegen.runtime.targets import open_target
+
+    return open_target(model_path, spec, target)
+
+
 def open_backend(
-    model_path: Path | None, device: str, arch: str | None, manifest: dict | None = None, bounded: tuple[int, float] | None = None
+    model_path: Path | None,
+    device: str,
+    arch: str | None,
+    manifest: dict | None = None,
+    bounded: tuple[int, float] | None = None,
+    target: str | None = None,
 ) -> OpenedModel:
-    """A checkpoint (or the default model) on PyTorch, or an artifact described by its manifest.
-    bounded = (rows per call, max tensor MB): PyTorch runs attention in chunks (models/budget.py)."""
+    """A checkpoint (or the default model) on PyTorch, or an artifact described by its manifest
+    (a .tflite file on a phone target if given). bounded = (rows per call, max tensor MB):
+    PyTorch runs attention in chunks (models/budget.py)."""
     manifest = manifest or artifact_manifest(model_path)
+    if target is not None and (model_path is None or model_path.suffix != ".tflite"):
+        raise InvalidInput(f"--target runs an exported .tflite file on a phone path; got {model_path or 'no model file'}")
     if manifest is not None:
         schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
         arch_name = manifest["model"]["arch"]
         return OpenedModel(
-            open_artifact(model_path, spec_from_manifest(manifest)),
+            open_file(model_path, spec_from_manifest(manifest), target),
             arch_name,
             f"{arch_name} exported from {manifest['source']['checkpoint']}",
             schedule,
@@ -121,8 +139,9 @@ def prepare(
     out: Path | None = None,
     overwrite: bool = False,
     max_tensor_mb: float | None = None,
+    target: str | None = None,
 ) -> Generation:
-    """Check the output path, the label and the model, and open the model."""
+    """Check the output path, the label and the model, and open the model (on target, if given)."""
     manifest = artifact_manifest(model_path)
     if out is not None:  # the input, and for an artifact every file of its export, is never overwritten
         folder = model_path.parent if manifest else None
@@ -131,7 +150,7 @@ def prepare(
         image_format(out)
     y = parse_label(label, tuple(manifest["labels"]) if manifest else CIFAR10_LABELS)  # before loading anything
     rows = n * (2 if config.guidance else 1)  # a guided step runs both passes as one batch
-    opened = open_backend(model_path, device, arch, manifest, (rows, max_tensor_mb) if max_tensor_mb else None)
+    opened = open_backend(model_path, device, arch, manifest, (rows, max_tensor_mb) if max_tensor_mb else None, target)
     return Generation(opened, y, n, config, out)
 
 
@@ -146,6 +165,7 @@ def generate(
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     overwrite: bool = False,
     max_tensor_mb: float | None = None,
+    target: str | None = None,
 ) -> Generated:
     """prepare, then run."""
-    return prepare(model_path, label, n, config, device, arch, out, overwrite, max_tensor_mb).run(on_step)
+    return prepare(model_path, label, n, config, device, arch, out, overwrite, max_tensor_mb, target).run(on_step)

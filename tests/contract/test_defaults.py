@@ -59,3 +59,12 @@ def test_the_checker_sees_a_disagreement(monkeypatch):
     """The comparisons above read the live objects: a changed default shows."""
     monkeypatch.setattr(defaults, "BENCH_REPEATS", defaults.BENCH_REPEATS + 1)
     assert default(bench_command, "repeats") != defaults.BENCH_REPEATS
+
+
+def test_the_cli_lists_exactly_the_targets_the_runtime_has():
+    from mobilegen.cli.main import sample_command
+    from mobilegen.runtime.targets import TARGETS
+
+    assert defaults.TARGET_NAMES == tuple(TARGETS)
+    (option,) = [p for p in sample_command.params if p.name == "target"]
+    assert tuple(option.type.choices) == defaults.TARGET_NAMES

@@ -58,3 +58,25 @@ def test_guidance_batch_2_is_one_call_batch_1_is_two(default_export, default_b2,
     two = images(default_b2 / "denoiser_float32.tflite", "truck", cfg)
     assert len(calls) == 10 and calls[0] == (2, [9, -1])
     assert image_psnr(one[0], two[0]) >= 40
+
+
+@pytest.mark.slow
+def test_a_phone_path_draws_the_x86_image(default_export):
+    """`sample FILE --target gpu-fp32`: the GPU accelerator (enforce_f32) draws what x86 LiteRT draws."""
+    from mobilegen.runtime.targets import TARGETS, problem
+
+    if problem(TARGETS["gpu-fp32"]):
+        pytest.skip(f"gpu-fp32: needs {problem(TARGETS['gpu-fp32'])}; set it up with: bash scripts/install.sh")
+    path = default_export[0] / "denoiser_float32.tflite"
+    cfg = SamplerConfig(steps=2, guidance=0.0, seed=0)
+    ref = generate(path, "cat", 1, cfg).images.numpy()
+    gpu = generate(path, "cat", 1, cfg, target="gpu-fp32").images.numpy()
+    assert image_psnr(ref[0], gpu[0]) >= 40
+
+
+def test_a_target_needs_a_tflite_file(tmp_path):
+    from helpers import run_main
+
+    res = run_main("sample", "--target", "gpu-fp16", "-o", tmp_path / "x.png")
+    assert res.exit_code == 2 and "--target runs an exported .tflite file" in res.stderr
+    assert not (tmp_path / "x.png").exists()

@@ -98,6 +98,35 @@ def test_gpu_coverage_names_what_a_float16_label_table_costs(tiny, tmp_path, mon
     assert cov.rejected_in_file["GATHER"] == 1 and cov.rejected_in_file["DEQUANTIZE"] > 10
 
 
+def loud_tiny_file(out, monkeypatch, scaled: bool):
+    """The tiny network with its first convolution x1000: its first GroupNorm sees |x| ~ 10^3,
+    whose square overflows float16. Built with the float16-safe GroupNorm or without it."""
+    from mobilegen.compress.structured import prune_channels
+    from mobilegen.export import fp16safe
+    from mobilegen.export.build import BuildOptions, build
+    from mobilegen.models.checkpoint import seeded_model
+
+    model = prune_channels(seeded_model("student_v2").model, 0.9, 0.75)
+    with torch.no_grad():
+        model.inc.double_conv[0].weight.mul_(1000.0)
+    if not scaled:
+        monkeypatch.setattr(fp16safe, "LIMIT", float("inf"))
+    return build(model, SPEC, out, BuildOptions(fp16=False), None).files["denoiser_float32.tflite"]
+
+
+def test_a_group_norm_input_past_float16s_range_keeps_its_step_on_the_gpu(case, tmp_path, monkeypatch):
+    """GroupNorm squares its input: without the export's scale the GPU's float16 step is lost
+    (inf variance); with it the step matches x86 to the float16 tolerance."""
+    needs("gpu-fp16")
+    errors = {}
+    for scaled in (True, False):
+        path = loud_tiny_file(tmp_path / str(scaled), monkeypatch, scaled)
+        ref = TFLiteBackend(path, SPEC, THREADS)(*case)
+        got = open_target(path, SPEC, "gpu-fp16", THREADS)(*case)
+        errors[scaled] = float(np.nan_to_num(np.abs(got - ref), nan=np.inf).max() / np.abs(ref).max())
+    assert errors[True] <= FP16_TOLERANCE < 10 * FP16_TOLERANCE < errors[False], errors
+
+
 @pytest.mark.parametrize("machine", ["x86_64", "arm64"])
 def test_xnnpack_coverage(tiny, machine):
     if machine == "arm64":
