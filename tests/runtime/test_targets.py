@@ -111,6 +111,7 @@ def loud_tiny_file(out, monkeypatch, scaled: bool):
         model.inc.double_conv[0].weight.mul_(1000.0)
     if not scaled:
         monkeypatch.setattr(fp16safe, "LIMIT", float("inf"))
+    out.mkdir()
     return build(model, SPEC, out, BuildOptions(fp16=False), None).files["denoiser_float32.tflite"]
 
 
