@@ -72,6 +72,16 @@ def default_export(tmp_path_factory):
     return cwd / "artifacts" / "default", res
 
 
+@pytest.fixture()
+def default_export_copy(default_export, tmp_path):
+    """A private copy of the README's default export (NHWC, onnx + fp32 + fp16 TFLite)."""
+    import shutil
+
+    out = tmp_path / "v"
+    shutil.copytree(default_export[0], out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def default_b2(tmp_path_factory):
     """The default model at batch 2 (a guided step is one call), fp32 + fp16."""

@@ -4,7 +4,6 @@ field and exit 2 (never a traceback), for every command that reads one."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,8 @@ ONNX, F32, F16 = "denoiser.onnx", "denoiser_float32.tflite", "denoiser_float16.t
 
 
 @pytest.fixture()
-def folder(default_export, tmp_path) -> Path:
-    """A private copy of the README's default export (NHWC, onnx + fp32 + fp16 TFLite)."""
-    out = tmp_path / "v"
-    shutil.copytree(default_export[0], out)
-    return out
+def folder(default_export_copy) -> Path:
+    return default_export_copy
 
 
 def load(folder: Path):

@@ -27,11 +27,8 @@ ONNX, F32, F16 = "denoiser.onnx", "denoiser_float32.tflite", "denoiser_float16.t
 
 
 @pytest.fixture()
-def folder(default_export, tmp_path) -> Path:
-    """A private copy of the README's default export (NHWC, onnx + fp32 + fp16 TFLite)."""
-    out = tmp_path / "v"
-    shutil.copytree(default_export[0], out)
-    return out
+def folder(default_export_copy) -> Path:
+    return default_export_copy
 
 
 def test_an_export_into_the_current_export_folder_is_refused(folder, monkeypatch):

@@ -18,11 +18,8 @@ TFLITE = (F32, F16)
 
 
 @pytest.fixture()
-def folder(default_export, tmp_path) -> Path:
-    """A private copy of the README's default export (NHWC, onnx + fp32 + fp16 TFLite)."""
-    out = tmp_path / "v"
-    shutil.copytree(default_export[0], out)
-    return out
+def folder(default_export_copy) -> Path:
+    return default_export_copy
 
 
 def test_verify_checks_every_file_loads_before_the_reference_work(folder, monkeypatch):
