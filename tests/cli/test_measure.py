@@ -63,6 +63,7 @@ def test_perf_tables_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert res.exit_code == 2 and message in res.output, res.output
 
 
+@pytest.mark.slow
 def test_compare_budgets_builds_and_measures_each_budget(tmp_path):
     out = tmp_path / "budgets.json"
     res = run("compare-budgets", "--budgets", "inf,8", "--rounds", "1", "--repeats", "2", "--threads", "2", "--json", out)

@@ -61,7 +61,10 @@ def case():
     return rng.standard_normal((1, 3, 64, 64)).astype(np.float32), np.array([640.0], np.float32), np.array([3], np.int32)
 
 
-@pytest.mark.parametrize("name", list(TARGETS))
+QEMU = pytest.mark.slow  # ARM64 under qemu: 5-15 s a case; the GPU paths stay in the quick suite
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=QEMU) if n.startswith("arm64") else n for n in TARGETS])
 def test_each_target_computes_what_x86_computes(tiny, case, name):
     needs(name)
     path = tiny["denoiser_float32.tflite"]
@@ -128,7 +131,7 @@ def test_a_group_norm_input_past_float16s_range_keeps_its_step_on_the_gpu(case, 
     assert errors[True] <= FP16_TOLERANCE < 10 * FP16_TOLERANCE < errors[False], errors
 
 
-@pytest.mark.parametrize("machine", ["x86_64", "arm64"])
+@pytest.mark.parametrize("machine", ["x86_64", pytest.param("arm64", marks=QEMU)])
 def test_xnnpack_coverage(tiny, machine):
     if machine == "arm64":
         needs("arm64-fp32")

@@ -54,6 +54,7 @@ def first(teacher, tmp_path_factory):
     return out, train(config(teacher, out, max_steps=30))
 
 
+@pytest.mark.slow  # the teacher's trajectories: ~25 s
 def test_trajectories_are_generated_cached_and_hold_the_teachers_eps(teacher, first):
     out, result = first
     assert result.teacher_runs == (RUNS, []) and result.teacher_inputs == 2 * 20 + 2 * 11
@@ -70,6 +71,7 @@ def test_trajectories_are_generated_cached_and_hold_the_teachers_eps(teacher, fi
     assert torch.allclose(eps, guided["eps"][:4], atol=1e-5), "the recorded eps is the teacher's at the recorded input"
 
 
+@pytest.mark.slow  # the teacher's trajectories: ~25 s
 def test_the_students_loss_falls(first):
     out, result = first
     losses = result.losses
@@ -83,6 +85,7 @@ def test_the_students_loss_falls(first):
     assert after < 0.5 * before, (before, after)
 
 
+@pytest.mark.slow  # the teacher's trajectories: ~25 s
 def test_a_second_run_reads_the_cache_without_generating(teacher, first):
     out, _ = first
     before = mtimes(out / "teacher")
@@ -120,6 +123,7 @@ def test_an_interrupt_during_generation_or_training_resumes_exactly(teacher, fir
         assert all(torch.equal(a[k][n], b[k][n]) for k in ("weights", "ema") for n in a[k]), run
 
 
+@pytest.mark.slow  # the teacher's trajectories: ~25 s
 def test_another_teachers_cache_is_refused_in_one_line(first, tmp_path):
     other = save_checkpoint(tmp_path / "other.pt", seeded_model(seed=5).model)
     out = with_cache(first[0], tmp_path / "run")
