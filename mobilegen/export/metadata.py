@@ -40,6 +40,9 @@ IDENTIFIER = b"M001"
 MIN_PARSER_VERSION = "1.0.0"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so exports stay byte-identical run to run
 TAIL_ALIGN = 64
+# The converter marks every file as fit for reduced-precision (float16) arithmetic. Nothing at
+# export verifies a float16 path, so the entry is dropped: a runtime gets no hint we cannot back.
+REDUCED_PRECISION = "reduced_precision_support"
 # Schema enums used (metadata_schema.fbs).
 FEATURE_PROPERTIES = 1  # ContentProperties union member
 TENSOR_VALUE_LABELS = 3  # AssociatedFileType
@@ -251,7 +254,7 @@ def add_metadata(path: Path, spec: DenoiserSpec, about: About) -> Path:
     model.buffers.append(block)
     entry = tfl.MetadataT()
     entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
-    model.metadata = list(model.metadata or []) + [entry]
+    model.metadata = [m for m in model.metadata or [] if _name(m.name) != REDUCED_PRECISION] + [entry]
     external = [b for b in model.buffers if getattr(b, "offset", 0) > 1]
     tail, start = b"", 0
     if external:  # data past the flatbuffer: [start, end) of the old file

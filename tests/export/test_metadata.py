@@ -56,7 +56,9 @@ def test_metadata_changes_no_output_bit_and_the_export_is_plain_plus_metadata(re
         before, after = (TFLiteBackend(p, SPEC)(few.x, few.t, few.y) for p in (path, with_meta))
         assert np.array_equal(before, after), precision
         plain_read, meta_read = read(path), read(with_meta)
-        assert plain_read["entries"].keys() == meta_read["entries"].keys() - {"TFLITE_METADATA"}
+        # add_metadata adds its block and drops the converter's unverified float16 hint, nothing else
+        assert plain_read["entries"].keys() - {"reduced_precision_support"} == meta_read["entries"].keys() - {"TFLITE_METADATA"}
+        assert "reduced_precision_support" not in meta_read["entries"]
         assert plain_read["signatures"] == meta_read["signatures"] == ["serving_default"] and not plain_read["zip"]
 
 
@@ -73,3 +75,14 @@ def test_the_default_model_says_it_is_untrained(default_export):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"]["sha256"] is None
     check_metadata(out / "denoiser_float16.tflite", manifest)
+
+
+def test_no_file_claims_float16_arithmetic_that_the_export_did_not_verify(default_export):
+    """onnx2tf writes a reduced_precision_support entry; export verifies no float16 arithmetic
+    path, so no exported file carries one (docs/measurements/targets-v2-fp16safe/ for the paths)."""
+    from ai_edge_litert import schema_py_generated as tfl
+
+    for path in sorted(default_export[0].glob("*.tflite")):
+        model = tfl.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
+        names = [m.name.decode() if isinstance(m.name, bytes) else m.name for m in model.metadata]
+        assert "reduced_precision_support" not in names and "TFLITE_METADATA" in names, (path.name, names)
