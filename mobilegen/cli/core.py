@@ -165,6 +165,30 @@ def overwrite_option(help_text: str):
     return click.option("--overwrite", is_flag=True, help=help_text)
 
 
+def foreign_options():
+    """--foreign FILE and --foreign-inputs: another .tflite denoiser measured beside ours."""
+    return options(
+        click.option(
+            "--foreign",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            help="Another .tflite denoiser (e.g. the original project's) measured in the same rounds.",
+        ),
+        click.option(
+            "--foreign-inputs",
+            default="x=input,t=onnx__Unsqueeze_1,y=onnx__Cast_2",
+            show_default=True,
+            help="Its signature inputs for x, t and y (the default names the original v2 file's).",
+        ),
+    )
+
+
+def foreign_file(foreign: Path | None, foreign_inputs: str) -> tuple[Path, dict[str, str]] | None:
+    """(path, {x|t|y: signature input}) of --foreign, or None without it."""
+    from mobilegen.verify.foreign import parse_inputs
+
+    return (foreign, parse_inputs(foreign_inputs)) if foreign else None
+
+
 def reference_checkpoint_option():
     return click.option(
         "--checkpoint",

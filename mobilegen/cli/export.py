@@ -8,12 +8,11 @@ from pathlib import Path
 
 import click
 
-from mobilegen.contract import defaults
-from mobilegen.contract.spec import LAYOUTS
-from mobilegen.errors import GateError
 from mobilegen.cli.core import (
     FiniteFloat,
     arch_option,
+    foreign_file,
+    foreign_options,
     guidance_option,
     load_model,
     max_tensor_option,
@@ -25,6 +24,9 @@ from mobilegen.cli.core import (
     steps_option,
     threads_option,
 )
+from mobilegen.contract import defaults
+from mobilegen.contract.spec import LAYOUTS
+from mobilegen.errors import GateError
 
 CHECKPOINT = click.argument("checkpoint", required=False, type=click.Path(path_type=Path, dir_okay=False))
 DIRECTORY = click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
@@ -294,17 +296,7 @@ def bench_command(directory, checkpoint, threads, repeats) -> None:
 )
 @threads_option()
 @overwrite_option("Replace compare.md, compare.json and samples.png in OUT.")
-@click.option(
-    "--foreign",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="Another .tflite denoiser (e.g. the original project's) measured in the same rounds.",
-)
-@click.option(
-    "--foreign-inputs",
-    default="x=input,t=onnx__Unsqueeze_1,y=onnx__Cast_2",
-    show_default=True,
-    help="Its signature inputs for x, t and y (the default names the original v2 file's).",
-)
+@foreign_options()
 def compare_command(
     checkpoint,
     pruned,
@@ -322,12 +314,11 @@ def compare_command(
     """fp32, fp16, int8 dynamic, int8 full (and --pruned) measured side by side: compare.md/.json, samples.png."""
     from mobilegen.diffusion import SamplerConfig
     from mobilegen.errors import InvalidInput
-    from mobilegen.models.checkpoint import load_checkpoint
     from mobilegen.jobs.compare import compare, render
-    from mobilegen.verify.foreign import parse_inputs
+    from mobilegen.models.checkpoint import load_checkpoint
 
     labels = parse_classes(classes)
-    foreign_arg = (foreign, parse_inputs(foreign_inputs)) if foreign else None
+    foreign_arg = foreign_file(foreign, foreign_inputs)
     if not labels:
         raise InvalidInput("--classes needs at least one label")
     unpruned = load_model(checkpoint, None)

@@ -15,6 +15,8 @@ from mobilegen.cli.core import (
     DEVICE_CHOICES,
     FiniteFloat,
     arch_option,
+    foreign_file,
+    foreign_options,
     load_model,
     overwrite_option,
     threads_option,
@@ -120,17 +122,7 @@ class Budgets(click.ParamType):
     show_default=True,
     help="--max-tensor-mb of each fp32 file, comma-separated (inf: unbounded); the first is the 'vs first' reference.",
 )
-@click.option(
-    "--foreign",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="Another .tflite denoiser (e.g. the original project's) measured in the same rounds.",
-)
-@click.option(
-    "--foreign-inputs",
-    default="x=input,t=onnx__Unsqueeze_1,y=onnx__Cast_2",
-    show_default=True,
-    help="Its signature inputs for x, t and y (the default names the original v2 file's).",
-)
+@foreign_options()
 @click.option("--rounds", type=click.IntRange(1, 1000), default=10, show_default=True, help="Latency rounds (files take turns).")
 @click.option("--repeats", type=click.IntRange(1, 1000), default=10, show_default=True, help="Calls per file per round.")
 @threads_option()
@@ -141,11 +133,10 @@ def compare_budgets_command(
 ) -> None:
     """Step time and memory of the fp32 TFLite file of CHECKPOINT (default: untrained v2) at each attention budget."""
     from mobilegen.jobs.budgets import compare_budgets, render_budgets
-    from mobilegen.verify.foreign import parse_inputs
 
     check_json_out(json_out, overwrite)
     loaded = load_model(checkpoint, arch)
-    foreign_arg = (foreign, parse_inputs(foreign_inputs)) if foreign else None
+    foreign_arg = foreign_file(foreign, foreign_inputs)
     result = compare_budgets(loaded, budgets, threads, rounds, repeats, foreign_arg)
     click.echo(render_budgets(result), nl=False)
     write_results(json_out, overwrite, result)
