@@ -86,6 +86,7 @@ def sample_command(
         f"{result.backend}: {result.label_name} x{n}, {config.sampler} {total} steps, guidance {guidance:g}, "
         f"seed {seed}: {result.seconds:.2f} s total, {result.seconds / n:.2f} s/image, "
         f"{1000 * result.seconds / total:.1f} ms/step -> {out}"
+        + (" (times on lavapipe or qemu: not a phone's speed)" if target else "")
     )
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import run_main
 
 from mobilegen.diffusion import SamplerConfig
 from mobilegen.runtime.backends import TFLiteBackend
@@ -61,7 +62,7 @@ def test_guidance_batch_2_is_one_call_batch_1_is_two(default_export, default_b2,
 
 
 @pytest.mark.slow
-def test_a_phone_path_draws_the_x86_image(default_export):
+def test_a_phone_path_draws_the_x86_image(default_export, tmp_path):
     """`sample FILE --target gpu-fp32`: the GPU accelerator (enforce_f32) draws what x86 LiteRT draws."""
     from mobilegen.runtime.targets import TARGETS, problem
 
@@ -72,11 +73,11 @@ def test_a_phone_path_draws_the_x86_image(default_export):
     ref = generate(path, "cat", 1, cfg).images.numpy()
     gpu = generate(path, "cat", 1, cfg, target="gpu-fp32").images.numpy()
     assert image_psnr(ref[0], gpu[0]) >= 40
+    res = run_main("sample", path, "--target", "gpu-fp32", "--steps", 1, "--guidance", 0, "-o", tmp_path / "gpu.png")
+    assert res.exit_code == 0 and "not a phone's speed" in res.output
 
 
 def test_a_target_needs_a_tflite_file(tmp_path):
-    from helpers import run_main
-
     res = run_main("sample", "--target", "gpu-fp16", "-o", tmp_path / "x.png")
     assert res.exit_code == 2 and "--target runs an exported .tflite file" in res.stderr
     assert not (tmp_path / "x.png").exists()
