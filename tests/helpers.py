@@ -76,3 +76,29 @@ def earlier_export(folder: Path) -> Path:
     (folder / "denoiser.onnx").write_bytes(b"earlier")
     (folder / "report.md").write_text("earlier")
     return folder
+
+
+def tiny_model(seed: int = 1):
+    """The v2 UNet pruned to a tenth of its channels and a quarter of its heads (an export of it
+    takes seconds, qemu runs a step in seconds), with non-zero biases: an untrained model's zero
+    biases let onnxsim drop the attention's bias, which turns its input projection into a
+    BATCH_MATMUL with a constant operand (XNNPACK cannot run that with FORCE_FP16; a trained model
+    never has that graph)."""
+    import torch
+
+    from mobilegen.compress.structured import prune_channels
+    from mobilegen.models.checkpoint import seeded_model
+
+    model = prune_channels(seeded_model("student_v2").model, 0.9, 0.75)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+    return model
+
+
+def tiny_checkpoint(path: Path) -> Path:
+    from mobilegen.models.checkpoint import save_checkpoint
+
+    return save_checkpoint(path, tiny_model())

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import click
 
+from mobilegen.contract import defaults
+
 ARCH_CHOICES = click.Choice(["teacher", "student_v1", "student_v2"])
 DEVICE_CHOICES = click.Choice(["auto", "cpu", "cuda"])
 SAMPLER_CHOICES = click.Choice(["ddim", "ddpm"])
@@ -159,6 +161,25 @@ def arch_option(help_text: str = "Override the architecture detected from the ch
 
 def max_tensor_option(help_text: str):
     return click.option("--max-tensor-mb", type=FiniteFloat(0, min_open=True, allow_inf=True), default=None, help=help_text)
+
+
+def targets_option(help_text: str):
+    """--targets gpu,arm64: the phone paths (groups or single paths), parsed to path names."""
+
+    def parse(ctx, param, value: str | None) -> tuple[str, ...]:
+        from mobilegen.errors import InvalidInput
+        from mobilegen.verify.targets import parse_targets
+
+        try:
+            return parse_targets(value) if value is not None else ()
+        except InvalidInput as exc:
+            raise click.BadParameter(str(exc).removeprefix("--targets: ")) from None
+
+    groups = ", ".join(f"{g} = {' + '.join(p)}" for g, p in defaults.TARGET_GROUPS.items())
+    paths = ", ".join(defaults.TARGET_NAMES)
+    return click.option(
+        "--targets", default=None, callback=parse, metavar="LIST", help=f"{help_text} ({groups}; or paths: {paths})."
+    )
 
 
 def overwrite_option(help_text: str):

@@ -22,6 +22,7 @@ from mobilegen.cli.core import (
     sampler_option,
     seed_option,
     steps_option,
+    targets_option,
     threads_option,
 )
 from mobilegen.contract import defaults
@@ -92,7 +93,7 @@ def run_export(checkpoint, arch, out, overwrite, batch, threads, **kw) -> None:
         click.echo(gate.summary())
     if "latency" in result.manifest:
         click.echo(result.manifest["latency"]["table"])
-    files = ", ".join(result.manifest["files"])
+    files = ", ".join([*result.manifest["files"], *([defaults.TARGETS_PNG] if "targets" in result.manifest else [])])
     click.echo(f"verified and wrote {result.out_dir}/ ({files}, manifest.json, report.md) in {time.perf_counter() - start:.1f} s")
 
 
@@ -111,6 +112,7 @@ def export_options_of(
     prune=defaults.PRUNE,
     int8=(),
     calibration_size=defaults.CALIBRATION_SAMPLES,
+    targets=(),
 ):
     from mobilegen.export.build import BuildOptions
     from mobilegen.jobs.export import ExportOptions
@@ -127,6 +129,7 @@ def export_options_of(
         threads=threads,
         max_tensor_mb=max_tensor_mb,
         max_memory_mb=max_memory_mb,
+        targets=targets,
     )
 
 
@@ -180,6 +183,11 @@ def onnx_command(checkpoint, arch, out, overwrite, batch, threads, max_tensor_mb
     help="Inputs that calibrate --int8 full (half forward-process x_t, half from real DDIM sampling).",
 )
 @click.option("--no-bench", is_flag=True, help="Skip the latency benchmark.")
+@targets_option(
+    "Also check every .tflite file on these phone paths and gate on them: one step on 4 cases against float64, "
+    "GPU op coverage, and the float16 paths' guided DDIM-10 image (slow: minutes per path on a real model; "
+    "lavapipe and qemu stand in for the phone)"
+)
 def tflite_command(
     checkpoint,
     arch,
@@ -194,6 +202,7 @@ def tflite_command(
     int8,
     calibration_samples,
     no_bench,
+    targets,
 ) -> None:
     """Export CHECKPOINT (default: untrained v2) to ONNX + TFLite, verified, with manifest and report."""
     run_export(
@@ -212,6 +221,7 @@ def tflite_command(
         calibration_size=calibration_samples,
         max_tensor_mb=max_tensor_mb,
         max_memory_mb=max_memory_mb,
+        targets=targets,
     )
 
 

@@ -11,6 +11,7 @@ REPORT_HTML = "report.html"  # written by `mobilegen-export report`
 # What the read-only commands measure goes beside the manifest, never into it.
 BENCH_JSON = "bench.json"  # `mobilegen-export bench`
 TRAJECTORY_JSON = "trajectory.json"  # `mobilegen-export report`
+TARGETS_PNG = "targets.png"  # the phone paths' images, written by an export with --targets
 
 # Export defaults.
 BATCH = 1
@@ -27,3 +28,5 @@ CLASSES = "cat,ship"  # the trajectory check's labels: CI-sized
 # The phone paths (runtime/targets.py TARGETS), named here so the CLI lists them without
 # importing the runtimes.
 TARGET_NAMES = ("gpu-fp16", "gpu-fp32", "arm64-fp32", "arm64-fp16", "arm64-a53-fp32")
+# What `--targets gpu` and `--targets arm64` stand for.
+TARGET_GROUPS = {"gpu": ("gpu-fp16", "gpu-fp32"), "arm64": ("arm64-fp32", "arm64-fp16")}

@@ -29,11 +29,12 @@ from mobilegen.contract.labels import CIFAR10_LABELS
 from mobilegen.contract.spec import PRECISION, DenoiserSpec
 from mobilegen.diffusion import linear_schedule
 from mobilegen.diffusion.cases import forward_process_cases
-from mobilegen.errors import GateError
+from mobilegen.errors import GateError, InvalidInput
 from mobilegen.export.build import Artifacts, BuildOptions, build, tensor_budget
 from mobilegen.export.tflite import check_converter
 from mobilegen.files import check_output_folder, loads_strict, make_staging, publish_folder
 from mobilegen.models.checkpoint import LoadedModel
+from mobilegen.runtime.coverage import xnnpack_coverage
 from mobilegen.verify.parity import PSNR_IDENTICAL, float32_reference, float64_outputs, psnr, run_parity
 from mobilegen.verify.report_md import write_report
 
@@ -48,6 +49,7 @@ OWN_FILES = frozenset(
         defaults.REPORT_HTML,
         defaults.BENCH_JSON,
         defaults.TRAJECTORY_JSON,
+        defaults.TARGETS_PNG,
     }
 )
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]+\.tmp$")  # atomic_write's, if a writer was killed
@@ -69,6 +71,7 @@ class ExportOptions:
     max_tensor_mb: float | None = None  # None: defaults.TENSOR_MB x batch; inf: attention unbounded
     max_memory_mb: float | None = None  # None: memory.memory_limit (student_v2 only)
     memory: bool = True  # measure every file's memory and gate on it
+    targets: tuple[str, ...] = ()  # phone paths to check every TFLite file on (verify/targets.py)
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,12 @@ def export_artifacts(loaded: LoadedModel, opts: ExportOptions) -> ExportResult:
     check_output_dir(opts.out_dir, opts.overwrite, loaded.path)
     if opts.build.tflite:
         check_converter()
+    if opts.targets:
+        from mobilegen.verify.targets import check_runtimes
+
+        if not opts.build.tflite:
+            raise InvalidInput("--targets checks TFLite files; the onnx command writes none")
+        check_runtimes(opts.targets)
     spec = DenoiserSpec(batch=opts.batch, layout=opts.layout)
     check_tensor_budget(loaded.model, opts)  # before anything is written
     stage = make_staging(opts.out_dir)  # also removes what killed exports left beside it
@@ -181,9 +190,14 @@ def build_and_gate(
     ref = float32_reference(model, cases)  # the (pruned) fp32 reference
     parity = run_parity(built.files, spec, cases, ref, opts.threads, float64_outputs(model, cases))
     entries = {name: mf.file_entry(path, PRECISION[name], built.op_types[name]) for name, path in built.files.items()}
+    for name, path in built.files.items():
+        if name.endswith(".tflite"):  # which ops XNNPACK takes on x86 (the phone paths' coverage: `targets`)
+            entries[name]["coverage"] = {"xnnpack_x86_64": xnnpack_coverage(path, "x86_64").to_dict()}
     gates = tuple(r.as_gate() for r in parity.values())
     if opts.memory:
         gates += gate_memory(built.files, entries, spec, opts, model.arch)
+    targets = gate_targets(model, built.files, spec, schedule, opts, stage) if opts.targets else None
+    gates += targets.gates if targets else ()
     status = "failed" if failed(gates) else "passed"
     (stage / mf.LABELS).write_text("\n".join(CIFAR10_LABELS) + "\n")
     entries[mf.LABELS] = mf.file_entry(stage / mf.LABELS, "text", [])
@@ -197,6 +211,8 @@ def build_and_gate(
         {name: r.to_dict() for name, r in parity.items()},
         status,
     )
+    if targets:
+        manifest["targets"] = targets.section
     if opts.bench and status == "passed":
         from mobilegen.verify.bench import bench_directory_files
 
@@ -204,6 +220,18 @@ def build_and_gate(
     mf.write_json(stage / mf.MANIFEST, manifest)
     write_report(stage, manifest)
     return manifest, gates
+
+
+def gate_targets(model, files: dict[str, Path], spec: DenoiserSpec, schedule, opts: ExportOptions, stage: Path):
+    """Every TFLite file on the phone paths (verify/targets.py); their images into targets.png."""
+    from PIL import Image
+
+    from mobilegen.verify.targets import check_targets, image_grid
+
+    checked = check_targets(model, files, spec, schedule, opts.targets, opts.threads)
+    Image.fromarray(image_grid(checked.images)).save(stage / defaults.TARGETS_PNG)
+    checked.section["images"] = {"file": defaults.TARGETS_PNG, "columns": list(checked.images)}
+    return checked
 
 
 def check_tensor_budget(model, opts: ExportOptions) -> None:
