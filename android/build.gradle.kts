@@ -15,4 +15,5 @@ android {
 
 dependencies {
     implementation("com.google.ai.edge.litert:litert:1.0.1")
+    implementation("com.google.ai.edge.litert:litert-gpu:1.0.1")
 }

@@ -104,3 +104,37 @@ def pruned(v2_model):
     from mobilegen.compress import prune_channels
 
     return prune_channels(v2_model, 0.25, head_ratio=0.5)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The tiny network (helpers.tiny_model): where the real v2 is not the point."""
+    from helpers import tiny_model
+
+    return tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory, tiny):
+    """The tiny network's float32 and float16 TFLite files, NHWC batch 1 (built once, ~10 s)."""
+    from mobilegen.contract.spec import DenoiserSpec
+    from mobilegen.export.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("tiny")
+    return build(tiny, DenoiserSpec(layout="NHWC"), out, BuildOptions(fp16=True), None).files
+
+
+@pytest.fixture(scope="session")
+def tiny_targets_export(tmp_path_factory, tiny):
+    """`tflite tiny.pt --fp16 --targets gpu-fp16 --no-bench`: an export checked on the phone's
+    default GPU path (about a minute), shared by the CLI and Kotlin tests."""
+    from helpers import tiny_checkpoint
+
+    from mobilegen.runtime.targets import TARGETS, problem
+
+    if missing := problem(TARGETS["gpu-fp16"]):
+        pytest.skip(f"gpu-fp16: needs {missing}; set it up with: bash scripts/install.sh")
+    root = tmp_path_factory.mktemp("tiny_targets")
+    out = root / "out"
+    res = run_export("tflite", tiny_checkpoint(root / "tiny.pt"), "--fp16", "--targets", "gpu-fp16", "--no-bench", "-o", out)
+    return out, res

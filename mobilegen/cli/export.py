@@ -86,6 +86,10 @@ def run_export(checkpoint, arch, out, overwrite, batch, threads, **kw) -> None:
     from mobilegen.jobs.export import check_output_dir, export_artifacts
 
     check_output_dir(out, overwrite, checkpoint)  # before any work
+    if kw.get("targets"):
+        from mobilegen.verify.targets import check_runtimes
+
+        check_runtimes(kw["targets"])
     loaded = load_model(checkpoint, arch)
     start = time.perf_counter()
     result = export_artifacts(loaded, export_options_of(out, overwrite, batch, threads, **kw))  # GateError: exit 1
@@ -235,13 +239,15 @@ def parse_classes(value: str) -> tuple[int, ...]:
 @DIRECTORY
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 @trajectory_options
-def verify_command(directory, as_json, classes, sampler, steps, guidance, seed, checkpoint, threads) -> None:
-    """Recheck an export folder: every sha256, per-step parity, trajectory parity. Exit 0 only if all hold."""
+@targets_option("Also recheck every .tflite file on these phone paths, as `tflite --targets` does (slow)")
+def verify_command(directory, as_json, classes, sampler, steps, guidance, seed, checkpoint, threads, targets) -> None:
+    """Recheck an export folder: every sha256, per-step parity, memory, trajectory parity (and with --targets
+    the phone paths). Exit 0 only if all hold."""
     from mobilegen.diffusion import SamplerConfig
     from mobilegen.jobs.verify import verify_directory
 
     config = SamplerConfig(sampler=sampler, steps=steps, guidance=guidance, seed=seed)
-    result = verify_directory(directory, threads, checkpoint, parse_classes(classes), config)
+    result = verify_directory(directory, threads, checkpoint, parse_classes(classes), config, targets)
     click.echo(json.dumps(result, indent=2) if as_json else result["summary"])
     if not result["passed"]:
         raise GateError(f"verify {directory}: {len(result['problems'])} problem(s); see above")

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mobilegen.contract.defaults import TARGET_NAMES
 from mobilegen.contract.spec import ARCHS, LAYOUTS, SLOTS, TIMESTEPS, DenoiserSpec
 from mobilegen.diffusion.sampler import SAMPLERS
 from mobilegen.diffusion.schedule import alphas_cumprod_problem
@@ -138,6 +139,24 @@ def check_files(m: dict) -> None:
             raise Invalid(f"{field}.op_types", "must be a list of strings")
 
 
+def check_targets(m: dict) -> None:
+    """The phone paths an export was checked on (optional; the Kotlin library picks its path from them)."""
+    if "targets" not in m:
+        return
+    targets = member(m, "targets", "", dict)
+    for name, paths in member(targets, "results", "targets", dict).items():
+        field = f"targets.results[{name!r}]"
+        if name not in m["files"]:
+            raise Invalid(field, "names a file the manifest does not list")
+        for path, entry in typed(paths, field, dict).items():
+            where = f"{field}[{path!r}]"
+            if path not in TARGET_NAMES:
+                raise Invalid(where, f"is not a phone path; allowed: {', '.join(TARGET_NAMES)}")
+            typed(typed(entry, where, dict).get("passed"), f"{where}.passed", bool)
+            typed(entry.get("failures"), f"{where}.failures", list)
+            member(entry, "step", where, dict)
+
+
 def check_manifest(m: Any) -> None:
     typed(m, "manifest", dict)
     if m.get("schema_version") != SCHEMA_VERSION:
@@ -165,6 +184,7 @@ def check_manifest(m: Any) -> None:
         raise Invalid("compression.prune.amount", f"must be a number in [0, 1) (got {json_text(amount)})")
     for name, entry in member(m, "parity", "", dict).items():
         typed(typed(entry, f"parity[{name!r}]", dict).get("passed"), f"parity[{name!r}].passed", bool)
+    check_targets(m)
 
 
 def validate_manifest(data: Any, path: Path) -> dict:

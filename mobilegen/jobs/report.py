@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobilegen.contract.defaults import BENCH_JSON, MANIFEST_FILE, REPORT_HTML, TRAJECTORY_JSON
+from mobilegen.contract.defaults import BENCH_JSON, MANIFEST_FILE, REPORT_HTML, TARGETS_PNG, TRAJECTORY_JSON
 from mobilegen.diffusion import SamplerConfig
 from mobilegen.files import atomic_write, check_output_file, loads_strict, sha256_file, write_json
 from mobilegen.verify.folder import intact_folder, reference_model, run_trajectories
@@ -49,6 +49,7 @@ def write_html_report(
     }
     write_json(directory / TRAJECTORY_JSON, trajectory)
     bench = latest_bench(directory)
-    page = render(manifest | ({"latency": bench} if bench else {}), traj, ips)
+    png = directory / TARGETS_PNG  # the export's, if it checked the phone paths
+    page = render(manifest | ({"latency": bench} if bench else {}), traj, ips, png.read_bytes() if png.is_file() else None)
     atomic_write(path, lambda tmp: tmp.write_text(page))
     return path, "\n".join(r.summary() for r in traj.results.values())

@@ -24,6 +24,7 @@ from mobilegen.verify.folder import (
     run_trajectories,
 )
 from mobilegen.verify.parity import float32_reference, float64_outputs, run_parity
+from mobilegen.verify.targets import check_runtimes, check_targets
 
 DEFAULT_CLASSES = tuple(parse_label(c) for c in defaults.CLASSES.split(","))
 
@@ -34,7 +35,10 @@ def verify_directory(
     checkpoint: Path | None = None,
     classes: tuple[int, ...] = DEFAULT_CLASSES,
     config: SamplerConfig = SamplerConfig(),
+    targets: tuple[str, ...] = (),
 ) -> dict:
+    if targets:
+        check_runtimes(targets)  # before any work
     manifest = mf.read_manifest(directory)
     problems = check_hashes(directory, manifest)
     intact = not problems  # a failed export is still checked: it shows how far off it is
@@ -47,6 +51,10 @@ def verify_directory(
         model = reference_model(manifest, checkpoint, directory).model
         gates += parity_gates(directory, manifest, model, threads)
         gates += recheck_memory(directory, manifest, threads)
+        if targets:
+            schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
+            spec = mf.spec_from_manifest(manifest)
+            gates += check_targets(model, artifacts(directory, manifest), spec, schedule, targets, threads).gates
         if classes:
             try:
                 trajectories = run_trajectories(directory, manifest, model, list(classes), config, threads)
@@ -55,7 +63,7 @@ def verify_directory(
                 broken.append(f"trajectory: {exc}")
     problems += [f"{r.subject}: {f}" for r in gates if r.gate == "parity" for f in r.failures[:3]]
     problems += [f for r in gates if r.gate == "memory" for f in r.failures]  # they name their file
-    problems += [f"{r.subject}: {f}" for r in gates if r.gate == "trajectory" for f in r.failures] + broken
+    problems += [f"{r.subject}: {f}" for r in gates if r.gate in ("trajectory", "target") for f in r.failures] + broken
     return {
         "passed": not problems,
         "directory": str(directory),
@@ -63,6 +71,7 @@ def verify_directory(
         "parity": {r.subject: r.figures for r in gates if r.gate == "parity"},
         "memory": {r.subject: r.figures for r in gates if r.gate == "memory"},
         "trajectory": {r.subject: r.figures for r in gates if r.gate == "trajectory"},
+        "targets": {r.subject: r.figures for r in gates if r.gate == "target"},
         "summary": summary(directory, manifest, gates, trajectories, problems),
     }
 
@@ -98,6 +107,9 @@ def summary(
     lines = [f"verify {directory}: {'PASS' if not problems else 'FAIL'}"]
     lines += [f"  sha256 ok: {name}" for name in manifest["files"] if not any(p.startswith(name + ":") for p in problems)]
     lines += [f"  {r.summary()}" if r.gate != "memory" else f"  memory {r.summary()}" for r in gates if r.gate != "trajectory"]
+    recorded = sorted({p for paths in manifest.get("targets", {}).get("results", {}).values() for p in paths})
+    if recorded and not any(r.gate == "target" for r in gates):
+        lines.append(f"  phone paths checked at export: {', '.join(recorded)} (not rechecked here: --targets rechecks them)")
     if trajectories:
         cfg = trajectories.config
         lines.append(

@@ -66,8 +66,8 @@ def images_per_second(manifest: dict, label: int, traj: Trajectories) -> dict:
     return out
 
 
-def render(manifest: dict, traj: Trajectories, ips: dict) -> str:
-    parts = page_head(manifest) + trajectory_sections(traj) + speed_section(ips)
+def render(manifest: dict, traj: Trajectories, ips: dict, targets_png: bytes | None = None) -> str:
+    parts = page_head(manifest) + trajectory_sections(traj) + targets_section(manifest, targets_png) + speed_section(ips)
     parts += latency_section(manifest) + memory_section(manifest) + size_sections(manifest)
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -128,6 +128,50 @@ def trajectory_sections(traj: Trajectories) -> list[str]:
         ax.grid(alpha=0.3)
 
     parts.append("<h2>Per-step error of the state x_t</h2>" + _figure(error_curves))
+    return parts
+
+
+def targets_section(m: dict, png: bytes | None) -> list[str]:
+    """The phone paths (`--targets`): their images beside PyTorch's and x86's, and their figures."""
+    if "targets" not in m:
+        return []
+    esc, t = html.escape, m["targets"]
+    tr = t["trajectory"]
+    parts = [
+        "<h2>On the phone's paths</h2><p>"
+        + esc("; ".join(f"{k}: {v}" for k, v in t["runtimes"].items()))
+        + ". They stand in for a phone's numerics and op coverage; their times say nothing about a phone.</p>"
+    ]
+    if png is not None and "images" in t:
+        parts.append(
+            f"<p>Guided {esc(tr['sampler'].upper())}-{tr['steps']}, guidance {tr['guidance']:g}, seed {tr['seed']}, "
+            f"{esc(', '.join(tr['classes']))}; columns: {esc(', '.join(t['images']['columns']))}.</p>"
+            + _png(png).replace("<img", "<img width='" + str(96 * len(t["images"]["columns"])) + "'", 1)
+        )
+    parts.append(
+        "<table><tr><th>file</th><th>path</th><th>result</th><th>step min PSNR dB</th><th>gate dB</th>"
+        "<th>image PSNR dB / SSIM</th><th>ops on the accelerator</th></tr>"
+    )
+    for name, paths in t["results"].items():
+        for path, r in paths.items():
+            step, image, cov = r["step"], r.get("trajectory"), r.get("coverage") or {}
+            shown = (
+                f"{image['min_psnr_db']:.1f} / {image['min_ssim']:.4f}"
+                if image and image["min_psnr_db"] is not None
+                else ("lost" if image else "-")
+            )
+            psnr = "NaN/Inf" if step["min_psnr_db"] is None else f"{step['min_psnr_db']:.1f}"
+            ops = (
+                f"{cov['gpu_ops']}/{cov['ops']} GPU"
+                if "gpu_ops" in cov
+                else (f"{cov['delegated']}/{cov['ops']} XNNPACK" if cov else "-")
+            )
+            parts.append(
+                f"<tr><td>{esc(name)}</td><td>{esc(path)}</td><td class='{'pass' if r['passed'] else 'fail'}'>"
+                f"{'pass' if r['passed'] else 'FAIL'}</td><td>{psnr}</td><td>{step['gate_min_psnr_db']:g}</td>"
+                f"<td>{shown}</td><td>{ops}</td></tr>"
+            )
+    parts.append("</table>")
     return parts
 
 

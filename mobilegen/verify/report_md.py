@@ -7,7 +7,6 @@ from pathlib import Path
 from mobilegen.contract.defaults import REPORT_MD
 from mobilegen.files import atomic_write
 
-
 UNSTRUCTURED_NOTE = (
     "Unstructured pruning sets weights to zero but keeps every tensor dense: the kernels do "
     "the same work, so it shrinks the gzip'd download only and makes nothing faster."
@@ -46,6 +45,7 @@ def render(manifest: dict) -> str:
     lines += parity_rows(m)
     lines += compression_section(m)
     lines += memory_section(m)
+    lines += targets_section(m)
     if "latency" in m:
         lat = m["latency"]
         lines += [
@@ -135,6 +135,45 @@ def memory_section(m: dict) -> list[str]:
             f"| {name} | {'pass' if r['passed'] else 'FAIL'} | {r['peak_rss_mb']:.1f} | {'-' if r['limit_mb'] is None else format(r['limit_mb'], 'g')} "
             f"| {r['after_load_mb']:.1f} | {graph} |"
         )
+    return lines
+
+
+def targets_section(m: dict) -> list[str]:
+    """The phone paths (`--targets`): per file and path, what one step and the float16 image measured."""
+    if "targets" not in m:
+        return []
+    t, traj = m["targets"], m["targets"]["trajectory"]
+    lines = [
+        "",
+        "## On the phone's paths",
+        "",
+        f"Runtimes: {'; '.join(f'{k}: {v}' for k, v in t['runtimes'].items())} (they stand in for a phone's "
+        "numerics and op coverage; their times say nothing about a phone). One step on "
+        f"{len(t['cases'])} cases ({'; '.join(t['cases'])}) against float64; float16 paths also draw a guided "
+        f"{traj['sampler'].upper()}-{traj['steps']} image (guidance {traj['guidance']:g}, seed {traj['seed']}, "
+        f"{', '.join(traj['classes'])}) compared with PyTorch fp32"
+        + (f"; the images side by side: {t['images']['file']} ({', '.join(t['images']['columns'])})." if "images" in t else "."),
+        "",
+        "| file | path | result | step min PSNR dB | gate dB | image PSNR dB / SSIM | ops on the accelerator |",
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    for name, paths in t["results"].items():
+        for path, r in paths.items():
+            step, tr, cov = r["step"], r.get("trajectory"), r.get("coverage") or {}
+            psnr = "NaN/Inf" if step["min_psnr_db"] is None else f"{step['min_psnr_db']:.1f}"
+            image = (
+                f"{tr['min_psnr_db']:.1f} / {tr['min_ssim']:.4f}"
+                if tr and tr["min_psnr_db"] is not None
+                else ("lost" if tr else "-")
+            )
+            ops = (
+                f"{cov['gpu_ops']}/{cov['ops']} GPU"
+                if "gpu_ops" in cov
+                else (f"{cov['delegated']}/{cov['ops']} XNNPACK" if cov else "-")
+            )
+            lines.append(
+                f"| {name} | {path} | {'pass' if r['passed'] else 'FAIL'} | {psnr} | {step['gate_min_psnr_db']:g} | {image} | {ops} |"
+            )
     return lines
 
 

@@ -32,7 +32,7 @@ from mobilegen.contract.labels import CIFAR10_LABELS
 from mobilegen.contract.spec import PRECISION, DenoiserSpec, Tolerance
 from mobilegen.diffusion import SamplerConfig, Schedule
 from mobilegen.diffusion.cases import Cases, forward_process_cases
-from mobilegen.errors import InvalidInput, MissingRuntimeError
+from mobilegen.errors import InvalidInput, MissingRuntimeError, NonFiniteError
 from mobilegen.runtime.coverage import ARM64_NODES_TARGET, xnnpack_coverage
 from mobilegen.verify.parity import check_parity, finite_or_none
 from mobilegen.verify.trajectory import Run, compare_runs, record
@@ -193,17 +193,24 @@ def check_one(
         entry["coverage"] = xnnpack_coverage(path, "arm64", threads or default_threads()).to_dict()
     run = None
     if t.precision == "fp16":
-        run = record(backend.torch_denoise, ref.labels, ref.schedule, TRAJECTORY)
-        traj = compare_runs(name, ref.run, run, list(TRAJECTORY_CLASSES), FP16_IMAGE)
-        entry["trajectory"] = {
-            "min_psnr_db": min(c["psnr"] for c in traj.per_class.values()),
-            "min_ssim": min(c["ssim"] for c in traj.per_class.values()),
-            "gate_min_psnr_db": FP16_IMAGE[0],
-            "gate_min_ssim": FP16_IMAGE[1],
-        }
-        failures += [f"image {f}" for f in traj.failures]
+        run, image, problems = fp16_image(name, backend, ref)
+        entry["trajectory"] = image
+        failures += [f"image {p}" for p in problems]
     entry = {"passed": not failures, "failures": failures} | entry
     return GateResult("target", f"{name}@{path_name}", tuple(failures), entry, summary(name, path_name, entry)), run
+
+
+def fp16_image(name: str, backend, ref: Reference) -> tuple[Run | None, dict, list[str]]:
+    """The guided trajectory on a float16 path: (its run or None if it went NaN/Inf, figures, failures)."""
+    image = {"min_psnr_db": None, "min_ssim": None, "gate_min_psnr_db": FP16_IMAGE[0], "gate_min_ssim": FP16_IMAGE[1]}
+    try:
+        run = record(backend.torch_denoise, ref.labels, ref.schedule, TRAJECTORY)
+    except NonFiniteError as exc:
+        return None, image, [f"lost: {exc}"]
+    traj = compare_runs(name, ref.run, run, list(TRAJECTORY_CLASSES), FP16_IMAGE)
+    image["min_psnr_db"] = min(c["psnr"] for c in traj.per_class.values())
+    image["min_ssim"] = min(c["ssim"] for c in traj.per_class.values())
+    return run, image, traj.failures
 
 
 def gpu_coverage_entry(path: Path, precision: str, threads) -> tuple[dict, str | None]:
@@ -227,7 +234,8 @@ def summary(name: str, path_name: str, entry: dict) -> str:
         text += f", XNNPACK {cov['delegated']}/{cov['ops']} ops"
     if "trajectory" in entry:
         tr = entry["trajectory"]
-        text += f", image {tr['min_psnr_db']:.1f} dB SSIM {tr['min_ssim']:.4f} (gate {FP16_IMAGE[0]:g} dB, {FP16_IMAGE[1]:g})"
+        shown = "lost (NaN/Inf)" if tr["min_psnr_db"] is None else f"{tr['min_psnr_db']:.1f} dB SSIM {tr['min_ssim']:.4f}"
+        text += f", image {shown} (gate {FP16_IMAGE[0]:g} dB, {FP16_IMAGE[1]:g})"
     return text + "".join(f"; {f}" for f in entry["failures"][:3])
 
 

@@ -65,11 +65,35 @@ def jvm(tmp_path_factory):
     return run
 
 
-def synthetic_manifest(batch: int = 1, layout: str = "NHWC") -> dict:
-    """A manifest with the exporter's own sections (IO contract, schedule, sampler defaults)."""
+def synthetic_manifest(batch: int = 1, layout: str = "NHWC", results: dict | None = None) -> dict:
+    """A manifest with the exporter's own sections (IO contract, schedule, sampler defaults), and with
+    `results` ({file: {path name: target_result(...)}}) a `targets` section as `--targets` writes it."""
     schedule = linear_schedule()
-    return {"schema_version": mf.SCHEMA_VERSION, "status": "passed", "io": DenoiserSpec(batch=batch, layout=layout).to_dict(),
-            "schedule": schedule.to_dict(), "sampler_defaults": mf.sampler_defaults(schedule), "labels": list(CIFAR10_LABELS)}  # fmt: skip
+    manifest = {"schema_version": mf.SCHEMA_VERSION, "status": "passed", "io": DenoiserSpec(batch=batch, layout=layout).to_dict(),
+                "schedule": schedule.to_dict(), "sampler_defaults": mf.sampler_defaults(schedule), "labels": list(CIFAR10_LABELS)}  # fmt: skip
+    if results is not None:
+        manifest["targets"] = {
+            "cases": ["t=999, y=1", "t=500, y=-1", "t=100, y=5", "t=1, y=-1"],
+            "trajectory": {"sampler": "ddim", "steps": 10, "guidance": 3.0, "seed": 0, "classes": ["ship"]},
+            "runtimes": {
+                "gpu": "ai-edge-litert GPU accelerator on Mesa lavapipe",
+                "arm64": "ai-edge-litert (aarch64) under qemu",
+            },
+            "results": results,
+        }
+    return manifest
+
+
+def target_result(path: str, step_psnr: float | None, image: tuple[float, float] | None = None, passed: bool = True) -> dict:
+    """One (file, path) entry of `targets.results`: image = (PSNR, SSIM) of the guided run (float16 paths)."""
+    runtime, precision = path.split("-")[0], path.split("-")[-1]
+    entry = {"passed": passed, "failures": [] if passed else ["step: min PSNR 20.0 dB < 40 dB"], "runtime": runtime,
+             "precision": precision, "step": {"min_psnr_db": step_psnr, "max_abs_error": 0.002, "gate_min_psnr_db": 35.0}}  # fmt: skip
+    if runtime == "gpu":
+        entry["coverage"] = {"file": "x.tflite", "ops": 120, "gpu_ops": 120, "cpu_ops": 0, "fully_accelerated": True}
+    if image is not None:
+        entry["trajectory"] = {"min_psnr_db": image[0], "min_ssim": image[1], "gate_min_psnr_db": 30.0, "gate_min_ssim": 0.95}
+    return entry
 
 
 def write_noise(path: Path, seed: int) -> np.ndarray:
@@ -146,8 +170,10 @@ REFUSALS = {
     "missing section": (lambda m: m.pop("schedule"), "missing field 'schedule'"),
     "wrong layout": (lambda m: m["io"].update(layout="NWHC"), "io.layout is 'NWHC'; expected NCHW or NHWC"),
     "layout disagrees with shapes": (lambda m: m["io"].update(layout="NCHW"), "x has shape [1, 64, 64, 3], but io.layout NCHW"),
-    "unknown image conversion": (lambda m: m["sampler_defaults"].update(image_from_x="uint8 = round(x * 127.5 + 127.5)"),
-                                 "image_from_x is 'uint8 = round"),  # fmt: skip
+    "unknown image conversion": (
+        lambda m: m["sampler_defaults"].update(image_from_x="uint8 = round(x * 127.5 + 127.5)"),
+        "image_from_x is 'uint8 = round",
+    ),  # fmt: skip
     "wrong type": (lambda m: m["io"].update(batch="1"), "field 'io.batch' is not an integer"),
 }
 
@@ -202,4 +228,80 @@ def test_every_kotlin_block_of_the_guide_is_compiled_or_android_only(jvm, tmp_pa
     assert len(blocks) >= 4 and all(b in (LIBRARY_DIR / "LiteRtDenoiser.kt").read_text() for b in android_only)
     assert len(android_only) <= 1
     (tmp_path / "manifest.json").write_text(json.dumps(synthetic_manifest()))
-    assert jvm("example", tmp_path / "manifest.json").stdout.strip().startswith("pixels=4096 distinct=")
+    out = jvm("example", tmp_path / "manifest.json").stdout.strip()
+    assert out.startswith("pixels=4096 distinct=") and out.endswith(" path=CPU log=2"), out  # GPU_FP32 not verified: CPU
+
+
+FP16 = "denoiser_float16.tflite"
+GPU16 = target_result("gpu-fp16", 52.1, (44.3, 0.981))
+GPU32 = target_result("gpu-fp32", 127.4)
+ARM32 = target_result("arm64-fp32", 122.3)
+# name: (results, file, override, the key=value line, the start of the text line)
+CHOICES = {
+    "no targets: CPU": (None, FP16, None, "path=CPU verified=true step_psnr=null image_psnr=null ssim=null",
+                        "CPU float32: verified by the export's parity gates (no ARM64 run for denoiser_float16.tflite"),
+    "gpu-fp16 verified": ({FP16: {"gpu-fp32": GPU32, "gpu-fp16": GPU16, "arm64-fp32": ARM32}}, FP16, None,
+                          "path=GPU_FP16 verified=true step_psnr=52.1 image_psnr=44.3 ssim=0.981",
+                          "GPU float16: verified, per-step >= 52.1 dB, image 44.3 dB / SSIM 0.981 (ddim 10 steps, guidance 3.0)"),
+    "only gpu-fp32 listed": ({FP16: {"gpu-fp32": GPU32}}, FP16, None,
+                             "path=GPU_FP32 verified=true step_psnr=127.4 image_psnr=null ssim=null",
+                             "GPU float32: verified, per-step >= 127.4 dB"),
+    "gpu-fp16 failed": ({FP16: {"gpu-fp16": target_result("gpu-fp16", 20.0, (25.0, 0.9), passed=False), "gpu-fp32": GPU32}},
+                        FP16, None, "path=GPU_FP32 verified=true", "GPU float32: verified"),
+    "other file verified": ({FP16: {"gpu-fp16": GPU16}}, "denoiser_float32.tflite", None, "path=CPU verified=true",
+                            "CPU float32: verified by the export's parity gates (no ARM64 run"),
+    "unknown path name is never chosen": ({FP16: {"npu-int8": target_result("npu-int8", 60.0)}}, FP16, None,
+                                          "path=CPU verified=true", "CPU float32: verified"),
+    "override, not verified": ({FP16: {"gpu-fp32": GPU32}}, FP16, "GPU_FP16",
+                               "path=GPU_FP16 verified=false step_psnr=null image_psnr=null ssim=null",
+                               "GPU float16: NOT verified for denoiser_float16.tflite (export with --targets gpu)"),
+    "override to a failed path": ({FP16: {"gpu-fp16": target_result("gpu-fp16", 20.0, passed=False)}}, FP16, "GPU_FP16",
+                                  "path=GPU_FP16 verified=false step_psnr=20.0",
+                                  "GPU float16: NOT verified for denoiser_float16.tflite (gpu-fp16 failed: step: min PSNR 20.0"),
+    "override to CPU, ARM64 figures": ({FP16: {"gpu-fp16": GPU16, "arm64-fp32": ARM32}}, FP16, "CPU",
+                                       "path=CPU verified=true step_psnr=122.3 image_psnr=null ssim=null",
+                                       "CPU float32: verified by the export's parity gates; on ARM64 per-step >= 122.3 dB"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CHOICES))
+def test_choose_path_picks_only_a_verified_path(jvm, tmp_path, case):
+    """Manifest.choosePath: GPU float16, else GPU float32, where the export verified them on that file,
+    else the CPU; an override is honoured and says whether it was verified."""
+    results, file, override, line, text = CHOICES[case]
+    (tmp_path / "manifest.json").write_text(json.dumps(synthetic_manifest(results=results)))
+    out = jvm("path", tmp_path / "manifest.json", file, *([override] if override else [])).stdout.splitlines()
+    assert out[0].startswith(line) and out[1].startswith(text), out
+
+
+AT = f"targets.results.{FP16}.gpu-fp16"
+# name: (change(targets, the gpu-fp16 entry of FP16), what the refusal says)
+TARGET_REFUSALS = {
+    "passed is a string": (lambda t, e: e.update(passed="yes"), f"field '{AT}.passed' is not true or false"),
+    "results not an object": (lambda t, e: t.update(results=[]), "field 'targets.results' is not an object"),
+    "PSNR is a string": (lambda t, e: e["step"].update(min_psnr_db="52.1"), f"field '{AT}.step.min_psnr_db' is not a number"),
+    "missing gate": (lambda t, e: e["step"].pop("gate_min_psnr_db"), f"missing field '{AT}.step.gate_min_psnr_db'"),
+    "missing SSIM": (lambda t, e: e["trajectory"].pop("min_ssim"), f"missing field '{AT}.trajectory.min_ssim'"),
+    "arithmetic disagrees with the name": (lambda t, e: e.update(precision="fp32"), f"field '{AT}.precision' is not 'fp16'"),
+    "coverage count": (lambda t, e: e["coverage"].update(cpu_ops=0.5), f"field '{AT}.coverage.cpu_ops' is not an integer"),
+    "trajectory settings": (lambda t, e: t["trajectory"].update(steps="10"), "field 'targets.trajectory.steps' is not an integer"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(TARGET_REFUSALS))
+def test_manifest_refuses_a_malformed_targets_section(jvm, tmp_path, case):
+    change, message = TARGET_REFUSALS[case]
+    manifest = synthetic_manifest(results={FP16: {"gpu-fp16": target_result("gpu-fp16", 52.1, (44.3, 0.981))}})
+    change(manifest["targets"], manifest["targets"]["results"][FP16]["gpu-fp16"])
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    res = jvm("path", tmp_path / "manifest.json", FP16, check=False)
+    assert res.returncode == 3 and "ManifestException" in res.stderr and message in res.stderr, res.stdout + res.stderr
+
+
+@pytest.mark.slow  # the export behind it checks the GPU path: about a minute
+def test_kotlin_picks_the_gpu_path_a_real_export_verified(jvm, tiny_targets_export):
+    out, _ = tiny_targets_export
+    res = jvm("path", out / mf.MANIFEST, "denoiser_float16.tflite")
+    assert res.stdout.startswith("path=GPU_FP16 verified=true"), res.stdout
+    forced = jvm("path", out / mf.MANIFEST, "denoiser_float16.tflite", "GPU_FP32")
+    assert forced.stdout.startswith("path=GPU_FP32 verified=false"), forced.stdout

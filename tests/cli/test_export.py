@@ -81,3 +81,38 @@ def test_compare_and_report_refuse_existing_outputs_before_any_work(tmp_path):
     res = run(export_cli, "report", out)
     assert res.exit_code == 2 and "report.html already exists; pass --overwrite" in res.stderr
     assert {p.name: p.read_text() for p in out.iterdir()} == {"compare.json": "mine", "report.html": "mine"}
+
+
+def test_targets_needing_a_runtime_that_is_not_set_up_fail_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOBILEGEN_ARM64_ROOT", str(tmp_path / "no-arm64"))
+    res = CliRunner().invoke(export_cli, ["tflite", "--targets", "arm64", "-o", str(tmp_path / "out")])
+    assert res.exit_code != 0 and "arm64-fp32 target needs an arm64 Python" in one_line(res, res.exit_code)
+    assert "bash scripts/install.sh" in res.stderr and not (tmp_path / "out").exists()
+    bad = CliRunner().invoke(export_cli, ["verify", str(tmp_path), "--targets", "npu"])
+    assert bad.exit_code == 2 and "unknown target 'npu'" in bad.output + bad.stderr
+
+
+@pytest.mark.slow  # an export checked on the GPU path: about a minute
+def test_tflite_targets_records_the_phone_paths_and_verify_rechecks_them(tiny_targets_export):
+    import json
+
+    from PIL import Image
+
+    out, res = tiny_targets_export
+    manifest = json.loads((out / "manifest.json").read_text())
+    results = manifest["targets"]["results"]
+    assert set(results) == {"denoiser_float32.tflite", "denoiser_float16.tflite"}
+    assert all(r["gpu-fp16"]["passed"] and r["gpu-fp16"]["coverage"]["cpu_ops"] == 0 for r in results.values())
+    assert "PASS denoiser_float16.tflite on gpu-fp16: step vs float64" in res.output
+    columns = manifest["targets"]["images"]["columns"]
+    assert Image.open(out / "targets.png").size == (64 * len(columns), 64) and len(columns) == 5
+    assert "## On the phone's paths" in (out / "report.md").read_text()
+    assert all("xnnpack_x86_64" in manifest["files"][n]["coverage"] for n in results)
+    before = (out / "manifest.json").read_bytes()
+    plain = run(export_cli, "verify", out, "--classes", "")
+    assert plain.exit_code == 0 and "phone paths checked at export: gpu-fp16 (not rechecked" in plain.output
+    again = run(export_cli, "verify", out, "--classes", "", "--targets", "gpu-fp16", "--json")
+    assert again.exit_code == 0, again.output
+    rechecked = json.loads(again.stdout)["targets"]
+    assert set(rechecked) == {f"{n}@gpu-fp16" for n in results} and all(r["passed"] for r in rechecked.values())
+    assert (out / "manifest.json").read_bytes() == before  # verify is read-only

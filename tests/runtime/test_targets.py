@@ -1,11 +1,8 @@
 """The phone runtimes (issue 23): LiteRT's GPU accelerator on lavapipe and ARM64 LiteRT under
 qemu, each compared with x86 LiteRT on a tiny network, and the op coverage they report.
 
-The network is the v2 UNet pruned to a tenth of its channels and a quarter of its heads (qemu
-runs it in seconds), with non-zero biases: an untrained model's zero biases let onnxsim drop the
-attention's bias, which turns its input projection into a BATCH_MATMUL with a constant operand,
-an op XNNPACK cannot run with FORCE_FP16 (a trained model never has that graph). Tests of a
-runtime that is not set up skip with what is missing.
+The network is helpers.tiny_model (qemu runs it in seconds). Tests of a runtime that is not set
+up skip with what is missing.
 """
 
 from __future__ import annotations
@@ -39,20 +36,8 @@ def needs(name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The tiny network's float32 and float16 TFLite files (built once, ~10 s)."""
-    from mobilegen.compress.structured import prune_channels
-    from mobilegen.export.build import BuildOptions, build
-    from mobilegen.models.checkpoint import seeded_model
-
-    model = prune_channels(seeded_model("student_v2").model, 0.9, 0.75)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=generator))
-    out = tmp_path_factory.mktemp("tiny")
-    return build(model, SPEC, out, BuildOptions(fp16=True), None).files
+def tiny(tiny_files):
+    return tiny_files
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,9 @@ class Manifest private constructor(
     /** The default DDIM timesteps (sampler_defaults.timesteps), largest first. */
     val timesteps: IntArray,
     /** The default classifier-free guidance scale; 0 turns guidance off. */
-    val guidance: Double
+    val guidance: Double,
+    /** What the export measured on the phone paths (`--targets`); null for an export without them. [choosePath] reads it. */
+    val targets: Targets?
 ) {
     /** T, the number of diffusion timesteps. */
     val T: Int get() = alphasCumprod.size
@@ -114,12 +116,13 @@ class Manifest private constructor(
             if (rule != IMAGE_FROM_X) {
                 throw ManifestException("sampler_defaults.image_from_x is '$rule'; this library implements '$IMAGE_FROM_X'")
             }
-            return Manifest(batch, layout, size, channels, labels, abar, timesteps, defaults.double("guidance"))
+            val targets = if (root.has("targets")) Targets.parse(root.obj("targets")) else null
+            return Manifest(batch, layout, size, channels, labels, abar, timesteps, defaults.double("guidance"), targets)
         }
     }
 
     /** A JSON object or array with its path in the manifest, for error messages. */
-    private class Node(private val value: Any, private val path: String) {
+    internal class Node(private val value: Any, private val path: String) {
         private fun at(key: String) = if (path == "") key else "$path.$key"
 
         private fun get(key: String): Any {
@@ -128,13 +131,23 @@ class Manifest private constructor(
             return o.get(key)
         }
 
-        private fun wrong(key: String, what: String): Nothing =
+        fun wrong(key: String, what: String): Nothing =
             throw ManifestException("manifest.json: field '${at(key)}' is not $what")
+
+        /** The key is there and not null (an optional section). */
+        fun has(key: String) = !(value as JSONObject).isNull(key)
+        val keys: List<String> get() = (value as JSONObject).keys().asSequence().toList()
 
         fun obj(key: String) = Node(get(key) as? JSONObject ?: wrong(key, "an object"), at(key))
         fun array(key: String) = Node(get(key) as? JSONArray ?: wrong(key, "an array"), at(key))
         fun string(key: String) = get(key) as? String ?: wrong(key, "a string")
         fun double(key: String) = (get(key) as? Number ?: wrong(key, "a number")).toDouble()
+        fun boolean(key: String) = get(key) as? Boolean ?: wrong(key, "true or false")
+        /** A number or null (a PSNR that was not finite); the key itself must be there. */
+        fun doubleOrNull(key: String): Double? {
+            if (!(value as JSONObject).has(key)) throw ManifestException("manifest.json: missing field '${at(key)}'")
+            return if (value.isNull(key)) null else double(key)
+        }
         fun int(key: String): Int {
             val n = get(key) as? Number ?: wrong(key, "an integer")
             if (n.toDouble() != n.toInt().toDouble()) wrong(key, "an integer")

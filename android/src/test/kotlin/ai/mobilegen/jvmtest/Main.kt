@@ -1,11 +1,13 @@
 package ai.mobilegen.jvmtest
 
+import ai.mobilegen.ComputePath
 import ai.mobilegen.DdimSampler
 import ai.mobilegen.DdimSchedule
 import ai.mobilegen.Denoiser
 import ai.mobilegen.Images
 import ai.mobilegen.Manifest
 import ai.mobilegen.ManifestException
+import ai.mobilegen.choosePath
 import java.io.DataInputStream
 import java.io.File
 import java.nio.ByteBuffer
@@ -20,6 +22,7 @@ import kotlin.system.exitProcess
  *   bridge MANIFEST XT LABEL GUIDANCE STEPS OUT CMD...  sample with eps from the process CMD; OUT: uint8 HWC pixels
  *   timesteps T STEPS                                   print DdimSchedule.timesteps
  *   example MANIFEST                                    run docs/android.md's generate() with [ClosedForm]
+ *   path MANIFEST FILE [OVERRIDE]                       Manifest.choosePath: a key=value line, then its text
  *
  * XT is the initial noise as float32 [1, C, H, W] (little-endian); the layout conversion, the
  * loop and the image conversion are the library's.
@@ -37,7 +40,15 @@ fun main(args: Array<String>) {
                 val manifest = Manifest.parse(text)
                 val pixels = generate(text, ClosedForm(manifest), "ship", 1L)
                 withProgress(manifest, ClosedForm(manifest), 8, FloatArray(manifest.imageValues)) { _, _ -> steps++ }
-                println("pixels=${pixels.size} distinct=${pixels.distinct().size} steps=$steps")
+                val lines = mutableListOf<String>()
+                val path = pathFor(manifest, "denoiser_float16.tflite", ComputePath.GPU_FP32) { lines.add(it) }.path
+                println("pixels=${pixels.size} distinct=${pixels.distinct().size} steps=$steps path=$path log=${lines.size}")
+            }
+            "path" -> {
+                val manifest = Manifest.parse(File(args[1]).readText())
+                val c = manifest.choosePath(args[2], args.getOrNull(3)?.let { ComputePath.valueOf(it) })
+                println("path=${c.path} verified=${c.verified} step_psnr=${c.stepPsnrDb} image_psnr=${c.imagePsnrDb} ssim=${c.imageSsim}")
+                println(c.text)
             }
             "timesteps" -> println(DdimSchedule.timesteps(args[1].toInt(), args[2].toInt()).joinToString(","))
             "closed-form" -> sample(args, ClosedForm(Manifest.parse(File(args[1]).readText())), trajectory = true)
