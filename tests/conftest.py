@@ -73,20 +73,41 @@ def default_export(tmp_path_factory):
 
 
 @pytest.fixture()
-def default_export_copy(default_export, tmp_path):
-    """A private copy of the README's default export (NHWC, onnx + fp32 + fp16 TFLite)."""
+def tiny_ckpt(tmp_path, tiny):
+    """The tiny network as a checkpoint file of ours (a fresh copy per test)."""
+    from mobilegen.models.checkpoint import save_checkpoint
+
+    return save_checkpoint(tmp_path / "tiny.pt", tiny)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """The README's main command on the tiny network (helpers.tiny_model), bench included:
+    `tflite tiny.pt --fp16`. Seconds instead of a minute, for every test where the real v2 is
+    not the point; the checkpoint stays beside the folder, where verify and report find it."""
+    from helpers import tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny_export")
+    res = run_export("tflite", tiny_checkpoint(root / "tiny.pt"), "--fp16", "-o", root / "v")
+    return root / "v", res
+
+
+@pytest.fixture()
+def export_copy(tiny_export, tmp_path):
+    """A private copy of the tiny export (NHWC, onnx + fp32 + fp16 TFLite), its checkpoint beside it."""
     import shutil
 
     out = tmp_path / "v"
-    shutil.copytree(default_export[0], out)
+    shutil.copytree(tiny_export[0], out)
+    shutil.copy(tiny_export[0].parent / "tiny.pt", tmp_path / "tiny.pt")
     return out
 
 
 @pytest.fixture(scope="session")
-def default_b2(tmp_path_factory):
-    """The default model at batch 2 (a guided step is one call), fp32 + fp16."""
-    out = tmp_path_factory.mktemp("b2") / "v2"
-    run_export("tflite", "--batch", "2", "--fp16", "--no-bench", "-o", out)
+def tiny_b2(tiny_export):
+    """The tiny export's checkpoint at batch 2 (a guided step is one call), fp32 + fp16."""
+    out = tiny_export[0].parent / "b2"
+    run_export("tflite", tiny_export[0].parent / "tiny.pt", "--batch", "2", "--fp16", "--no-bench", "-o", out)
     return out
 
 

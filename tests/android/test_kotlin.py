@@ -149,7 +149,7 @@ def test_kotlin_image_equals_mobilegen_export_sample(jvm, request, tmp_path, pre
     in at most 0.1% of the values. The two loops differ only in arithmetic: the Python sampler
     keeps x in float32 (torch), the Kotlin one in float64, as mobilegen/runtime/ondevice.py does; a
     difference of ~1e-6 moves a value across a floor() boundary now and then."""
-    export = request.getfixturevalue("default_export")[0] if batch == 1 else request.getfixturevalue("default_b2")
+    export = request.getfixturevalue("tiny_export")[0] if batch == 1 else request.getfixturevalue("tiny_b2")
     path = export / f"denoiser_{precision}.tflite"
     ref = python_sample(path, guidance, tmp_path / "ref.png")
     write_noise(tmp_path / "xT.f32", seed=7)
@@ -205,8 +205,8 @@ def test_manifest_refuses_a_repeated_key(jvm, tmp_path, where):
 
 
 @pytest.mark.slow
-def test_manifest_reads_a_real_export(jvm, default_b2):
-    res = jvm("manifest", default_b2 / mf.MANIFEST)
+def test_manifest_reads_a_real_export(jvm, tiny_b2):
+    res = jvm("manifest", tiny_b2 / mf.MANIFEST)
     assert res.stdout.strip() == "ok batch=2 layout=NHWC T=1000 steps=50 guidance=3.0 labels=10"
 
 
@@ -305,3 +305,12 @@ def test_kotlin_picks_the_gpu_path_a_real_export_verified(jvm, tiny_targets_expo
     assert res.stdout.startswith("path=GPU_FP16 verified=true"), res.stdout
     forced = jvm("path", out / mf.MANIFEST, "denoiser_float16.tflite", "GPU_FP32")
     assert forced.stdout.startswith("path=GPU_FP32 verified=false"), forced.stdout
+
+
+def test_kotlin_picks_gpu_float16_for_the_real_v2_export(jvm):
+    """The committed manifest of the real v2 exported with --targets gpu (docs/measurements/targets-v2-export/)."""
+    manifest = ROOT / "docs" / "measurements" / "targets-v2-export" / "manifest.json"
+    for name in ("denoiser_float32.tflite", "denoiser_float16.tflite"):
+        res = jvm("path", manifest, name)
+        assert res.stdout.startswith("path=GPU_FP16 verified=true step_psnr=51."), res.stdout
+        assert "image 44.3 dB" in res.stdout

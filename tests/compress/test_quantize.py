@@ -88,6 +88,7 @@ def test_int8_trajectories_dynamic_holds_full_diverges(int8_export):
     assert not traj["denoiser_int8_full.tflite"]["passed"]
 
 
+@pytest.mark.slow  # the untrained v2's graph is the point
 def test_float_ops_are_found_by_role_not_by_weights(default_export):
     """The kept-float ops come from the graph's structure, not from tensor names or values.
     (On the untrained model most attention projections have zero bias and become
@@ -99,12 +100,12 @@ def test_float_ops_are_found_by_role_not_by_weights(default_export):
     assert all("emb_layer" in name for name, role in roles.items() if role == "embedding")
 
 
-def test_bias_overflow_is_found_from_the_calibrated_ranges(default_export):
+def test_bias_overflow_is_found_from_the_calibrated_ranges(tiny_export):
     """A weight op whose calibrated input range is so narrow that bias / (input scale x
     weight scale) passes 2^31 is flagged; with ordinary ranges nothing is."""
     from mobilegen.compress.quantize import bias_overflow_ops, read_weight_graph, weight_ops
 
-    path = default_export[0] / "denoiser_float32.tflite"
+    path = tiny_export[0] / "denoiser_float32.tflite"
     g = read_weight_graph(path)
     ops = [(out, tensor_name(g.graph.tensors[op.inputs[0]]), bias) for op, out, _, bias in weight_ops(g) if bias is not None]
     ordinary = {inp: {"min": np.array(-3.0), "max": np.array(3.0)} for _, inp, _ in ops}

@@ -15,8 +15,8 @@ ONNX, F32, F16 = "denoiser.onnx", "denoiser_float32.tflite", "denoiser_float16.t
 
 
 @pytest.fixture()
-def folder(default_export_copy) -> Path:
-    return default_export_copy
+def folder(export_copy) -> Path:
+    return export_copy
 
 
 def load(folder: Path):

@@ -26,8 +26,8 @@ SPEC = DenoiserSpec(layout="NHWC")
 
 
 @pytest.mark.parametrize("name", ["denoiser_float32.tflite", "denoiser_float16.tflite"])
-def test_exported_files_carry_metadata(default_export, name):
-    out, _ = default_export
+def test_exported_files_carry_metadata(tiny_export, name):
+    out, _ = tiny_export
     check_metadata(out / name, json.loads((out / "manifest.json").read_text()))
 
 
@@ -62,14 +62,15 @@ def test_metadata_changes_no_output_bit_and_the_export_is_plain_plus_metadata(re
         assert plain_read["signatures"] == meta_read["signatures"] == ["serving_default"] and not plain_read["zip"]
 
 
-def test_metadata_is_added_once(default_export, tmp_path):
-    path = shutil.copy(default_export[0] / "denoiser_float32.tflite", tmp_path / "again.tflite")
+def test_metadata_is_added_once(tiny_export, tmp_path):
+    path = shutil.copy(tiny_export[0] / "denoiser_float32.tflite", tmp_path / "again.tflite")
     before = path.read_bytes()
     with pytest.raises(ExportError, match="already holds TFLITE_METADATA"):
         add_metadata(path, SPEC, About("student_v2", "float32", None, 1000, CIFAR10_LABELS))
     assert path.read_bytes() == before
 
 
+@pytest.mark.slow  # the README's export of the untrained v2
 def test_the_default_model_says_it_is_untrained(default_export):
     out, _ = default_export
     manifest = json.loads((out / "manifest.json").read_text())
@@ -77,12 +78,12 @@ def test_the_default_model_says_it_is_untrained(default_export):
     check_metadata(out / "denoiser_float16.tflite", manifest)
 
 
-def test_no_file_claims_float16_arithmetic_that_the_export_did_not_verify(default_export):
+def test_no_file_claims_float16_arithmetic_that_the_export_did_not_verify(tiny_export):
     """onnx2tf writes a reduced_precision_support entry; export verifies no float16 arithmetic
     path, so no exported file carries one (docs/measurements/targets-v2-fp16safe/ for the paths)."""
     from ai_edge_litert import schema_py_generated as tfl
 
-    for path in sorted(default_export[0].glob("*.tflite")):
+    for path in sorted(tiny_export[0].glob("*.tflite")):
         model = tfl.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
         names = [m.name.decode() if isinstance(m.name, bytes) else m.name for m in model.metadata]
         assert "reduced_precision_support" not in names and "TFLITE_METADATA" in names, (path.name, names)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mobilegen.contract.defaults import TENSOR_MB as DEFAULT_TENSOR_MB
 from mobilegen.export.schedule import depth_first_order
 from mobilegen.models.budget import MB
 from mobilegen.runtime.tflite_file import graph_memory, peak_live_bytes, read_graph
 
 
+@pytest.mark.slow  # the v2's attention is what gets chunked
 def test_every_tflite_graph_stays_within_the_tensor_budget(default_export):
     """Read from the flatbuffers: no tensor above the budget, and the operator order reuses the chunks."""
     out, _ = default_export

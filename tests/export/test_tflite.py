@@ -18,8 +18,8 @@ TFLITE = ("denoiser_float32.tflite", "denoiser_float16.tflite")
 
 
 @pytest.mark.parametrize("name", TFLITE)
-def test_builtin_ops_only_and_stock_litert_signature(default_export, name):
-    out, _ = default_export
+def test_builtin_ops_only_and_stock_litert_signature(tiny_export, name):
+    out, _ = tiny_export
     from ai_edge_litert.interpreter import Interpreter
 
     path = out / name
@@ -35,8 +35,8 @@ def test_builtin_ops_only_and_stock_litert_signature(default_export, name):
     assert runner.get_output_details()["eps"]["dtype"] == np.float32
 
 
-def test_fp16_file_stores_half_weights_behind_dequantize(default_export):
-    out, _ = default_export
+def test_fp16_file_stores_half_weights_behind_dequantize(tiny_export):
+    out, _ = tiny_export
     f32, f16 = (out / n for n in TFLITE)
     assert f16.stat().st_size <= 0.52 * f32.stat().st_size
     assert "DEQUANTIZE" in tflite_op_types(f16) and "DEQUANTIZE" not in tflite_op_types(f32)
@@ -59,9 +59,9 @@ def test_unconditional_label_works_in_tflite(real_v2_export, real_v2, name):
     assert 20 * np.log10(np.abs(ref).max() / rmse) > 40
 
 
-def test_non_builtin_op_is_refused(default_export, tmp_path):
+def test_non_builtin_op_is_refused(tiny_export, tmp_path):
     """Rewrite one opcode as the FlexErf custom op the original file had: the check must fail."""
-    out, _ = default_export
+    out, _ = tiny_export
     import flatbuffers
     from onnx2tf.tflite_builder.schema import schema_generated as tfl
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from helpers import dead_pid, earlier_export, run
+from helpers import dead_pid, earlier_export, run, tiny_model
 
 from mobilegen.files import host_tag
-from mobilegen.models.checkpoint import save_checkpoint, seeded_model
+from mobilegen.models.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def relative_export(tmp_path_factory):
     beside the staging folder a killed export of this host left, and one of another host
     sharing the disk (its PID means nothing here: it may be alive)."""
     proj = tmp_path_factory.mktemp("proj")
-    save_checkpoint(proj / "ckpt.pt", seeded_model("student_v2").model)  # the default weights: their references are cached
+    save_checkpoint(proj / "ckpt.pt", tiny_model())
     (earlier_export(proj / "out") / ".manifest.json.abc123_x.tmp").write_text("{")  # from a killed writer: ours too
     for host in (host_tag(), "ci-runner-7"):
         stale = proj / f".out.staging-{host}-{dead_pid()}-abcdefgh"

@@ -22,7 +22,7 @@ def test_bench_command_writes_bench_json(real_v2_export, tmp_path):
     assert run("verify", copy, "--classes", "").exit_code == 0, "benchmarking changes no hashed file"
 
 
-def test_a_changed_file_is_refused_before_anything_is_measured(default_export, tmp_path):
+def test_a_changed_file_is_refused_before_anything_is_measured(tiny_export, tmp_path):
     import shutil
 
     import pytest
@@ -31,7 +31,7 @@ def test_a_changed_file_is_refused_before_anything_is_measured(default_export, t
     from mobilegen.jobs.bench import bench_directory
 
     folder = tmp_path / "v2"
-    shutil.copytree(default_export[0], folder)
+    shutil.copytree(tiny_export[0], folder)
     (folder / "bench.json").unlink(missing_ok=True)
     data = bytearray((folder / "denoiser_float16.tflite").read_bytes())
     data[-100] ^= 1

@@ -27,8 +27,8 @@ ONNX, F32, F16 = "denoiser.onnx", "denoiser_float32.tflite", "denoiser_float16.t
 
 
 @pytest.fixture()
-def folder(default_export_copy) -> Path:
-    return default_export_copy
+def folder(export_copy) -> Path:
+    return export_copy
 
 
 def test_an_export_into_the_current_export_folder_is_refused(folder, monkeypatch):
@@ -40,28 +40,28 @@ def test_an_export_into_the_current_export_folder_is_refused(folder, monkeypatch
 
 
 @pytest.mark.parametrize("layout, batch", [("NHWC", 1), pytest.param("NCHW", 2, marks=pytest.mark.slow)])  # an export each
-def test_layout_and_batch_options(tmp_path, v2_checkpoint, layout, batch):
+def test_layout_and_batch_options(tmp_path, tiny_ckpt, layout, batch):
     out = tmp_path / "out"
-    res = run("onnx", v2_checkpoint, "-o", out, "--layout", layout, "--batch", batch)
+    res = run("onnx", tiny_ckpt, "-o", out, "--layout", layout, "--batch", batch)
     assert res.exit_code == 0, res.output + res.stderr
     io = json.loads((out / "manifest.json").read_text())["io"]
     assert io["layout"] == layout and io["inputs"][0]["shape"] == list(DenoiserSpec(batch, layout).image_shape)
 
 
-def test_existing_output_is_refused_and_kept(tmp_path, v2_checkpoint):
+def test_existing_output_is_refused_and_kept(tmp_path, tiny_ckpt):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("good")
-    res = run("onnx", v2_checkpoint, "-o", out)
+    res = run("onnx", tiny_ckpt, "-o", out)
     assert res.exit_code == 2 and "--overwrite" in res.stderr
     assert (out / "keep.txt").read_text() == "good"
 
 
-def test_failed_gate_exits_1_and_publishes_nothing(tmp_path, v2_checkpoint, monkeypatch):
+def test_failed_gate_exits_1_and_publishes_nothing(tmp_path, tiny_ckpt, monkeypatch):
     """A deliberately impossible tolerance: the gate must fail hard, naming the worst case."""
     monkeypatch.setitem(spec_module.TOLERANCES, "onnx", Tolerance(min_psnr=500.0, max_abs_rel=0.0))
     out = earlier_export(tmp_path / "v2")
-    res = run("onnx", v2_checkpoint, "-o", out, "--overwrite")
+    res = run("onnx", tiny_ckpt, "-o", out, "--overwrite")
     assert res.exit_code == 1
     assert "FAIL denoiser.onnx" in res.output and "worst t=" in res.output
     assert json.loads((out / "manifest.json").read_text())["earlier"], "the earlier good export is intact"
@@ -70,16 +70,16 @@ def test_failed_gate_exits_1_and_publishes_nothing(tmp_path, v2_checkpoint, monk
     assert not list(tmp_path.glob(".v2.staging-*"))
 
 
-def test_interrupted_export_leaves_nothing_behind(tmp_path, v2_checkpoint, monkeypatch):
+def test_interrupted_export_leaves_nothing_behind(tmp_path, tiny_ckpt, monkeypatch):
     from mobilegen.jobs import export as job
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(job, "run_parity", interrupted)
-    res = CliRunner().invoke(export_cli, ["onnx", str(v2_checkpoint), "-o", str(tmp_path / "v2")])
+    res = CliRunner().invoke(export_cli, ["onnx", str(tiny_ckpt), "-o", str(tmp_path / "v2")])
     assert res.exit_code == 130 and res.stderr.splitlines()[-1].startswith("error: interrupted (Ctrl-C)")
-    assert list(tmp_path.iterdir()) == [v2_checkpoint], "no output folder and no staging leftovers"
+    assert list(tmp_path.iterdir()) == [tiny_ckpt], "no output folder and no staging leftovers"
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -88,11 +88,11 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case", ["issue example", "manifest beside user files", "no manifest", "failed twin", "linked checkpoint"])
-def test_overwrite_refuses_what_is_not_an_export_and_deletes_nothing(tmp_path, v2_checkpoint, case):
-    run_dir, ckpt = tmp_path / "run", v2_checkpoint
+def test_overwrite_refuses_what_is_not_an_export_and_deletes_nothing(tmp_path, tiny_ckpt, case):
+    run_dir, ckpt = tmp_path / "run", tiny_ckpt
     if case == "issue example":  # mobilegen-export onnx run/ema.pt -o run --overwrite
         (run_dir / "samples").mkdir(parents=True)
-        ckpt = Path(shutil.copy(v2_checkpoint, run_dir / "ema.pt"))
+        ckpt = Path(shutil.copy(tiny_ckpt, run_dir / "ema.pt"))
         (run_dir / "notes.txt").write_text("notes")
         (run_dir / "samples" / "step_0000100.png").write_bytes(b"png")
         want = f"output folder {run_dir} contains the input {ckpt}"
@@ -108,7 +108,7 @@ def test_overwrite_refuses_what_is_not_an_export_and_deletes_nothing(tmp_path, v
         (tmp_path / "run.failed" / "thesis.tex").write_text("precious")
         want = "run.failed: it is not a MobileGen export"
     else:  # the checkpoint is typed through a symlink that points into the folder
-        shutil.copy(v2_checkpoint, earlier_export(run_dir) / "ema.pt")
+        shutil.copy(tiny_ckpt, earlier_export(run_dir) / "ema.pt")
         ckpt = tmp_path / "link.pt"
         ckpt.symlink_to(run_dir / "ema.pt")
         want = "contains the input"
@@ -191,8 +191,8 @@ FILES = {"denoiser_float32.tflite", "denoiser_float16.tflite", "denoiser.onnx", 
 TFLITE = ("denoiser_float32.tflite", "denoiser_float16.tflite")
 
 
-def test_writes_every_file_and_a_passing_manifest(default_export):
-    out, _ = default_export
+def test_writes_every_file_and_a_passing_manifest(tiny_export):
+    out, _ = tiny_export
     assert {p.name for p in out.iterdir()} == FILES
     m = manifest_of(out)
     assert m["status"] == "passed" and m["model"]["arch"] == "student_v2"
@@ -203,8 +203,8 @@ def test_writes_every_file_and_a_passing_manifest(default_export):
     assert (out / "labels.txt").read_text().split() == m["labels"]
 
 
-def test_manifest_hashes_match(default_export):
-    out, _ = default_export
+def test_manifest_hashes_match(tiny_export):
+    out, _ = tiny_export
     for name, entry in manifest_of(out)["files"].items():
         assert sha256_file(out / name) == entry["sha256"]
         assert (out / name).stat().st_size == entry["bytes"]
@@ -224,6 +224,7 @@ def test_pruning_is_reported_honestly(pruned_export):
     assert "makes nothing faster" in (pruned_export / "report.md").read_text()
 
 
+@pytest.mark.slow  # the untrained v2, a minute: the other tests read the tiny export
 def test_readme_main_command_on_a_fresh_machine(default_export):
     """`mobilegen-export tflite --fp16` with no checkpoint: the labelled default model, with the benchmark."""
     out, res = default_export
@@ -240,11 +241,11 @@ def test_readme_main_command_on_a_fresh_machine(default_export):
 
 
 @pytest.mark.slow
-def test_exports_are_deterministic(tmp_path, default_export):
-    """Same checkpoint twice -> identical bytes (the default model is a fixed seed)."""
-    first, _ = default_export
+def test_exports_are_deterministic(tmp_path, tiny_export):
+    """Same checkpoint twice -> identical bytes."""
+    first, _ = tiny_export
     out = tmp_path / "again"
-    assert run("tflite", "--fp16", "-o", out, "--no-bench").exit_code == 0
+    assert run("tflite", first.parent / "tiny.pt", "--fp16", "-o", out, "--no-bench").exit_code == 0
     for name in ("denoiser.onnx", *TFLITE, "labels.txt"):
         assert (first / name).read_bytes() == (out / name).read_bytes(), name
     a, b = manifest_of(first), manifest_of(out)

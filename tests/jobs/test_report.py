@@ -14,13 +14,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.mark.slow
-def test_report_renders_in_headless_chromium(default_export, tmp_path):
+def test_report_renders_in_headless_chromium(tiny_export, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     from playwright.sync_api import sync_playwright
 
     out = tmp_path / "v"
-    shutil.copytree(default_export[0], out)
+    shutil.copytree(tiny_export[0], out)
     res = run_export("report", out, "--classes", "cat,ship", "--steps", "10")
     assert "wrote" in res.output
     errors = []

@@ -18,8 +18,8 @@ TFLITE = (F32, F16)
 
 
 @pytest.fixture()
-def folder(default_export_copy) -> Path:
-    return default_export_copy
+def folder(export_copy) -> Path:
+    return export_copy
 
 
 def test_verify_checks_every_file_loads_before_the_reference_work(folder, monkeypatch):

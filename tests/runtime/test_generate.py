@@ -33,17 +33,17 @@ def test_real_v2_same_image_from_checkpoint_onnx_and_both_tflite(real_v2_export,
         assert_same_image(ref, images(real_v2_export / name), gate)
 
 
-def test_default_model_same_image_on_every_backend(default_export):
-    """The README's export, sampled (guided DDIM, 20 steps, 2 images) from the checkpoint and every file."""
-    out, _ = default_export
+def test_same_image_on_every_backend(tiny_export):
+    """An export sampled (guided DDIM, 8 steps, 2 images) from the checkpoint and every file."""
+    out, _ = tiny_export
     cfg = SamplerConfig(steps=8, guidance=3.0, seed=0)  # backends agree or not from the first steps; 8 keep it quick
-    ref = images(None, "cat", cfg, n=2)
+    ref = images(out.parent / "tiny.pt", "cat", cfg, n=2)
     for name, gate in GATES.items():
         assert_same_image(ref, images(out / name, "cat", cfg, n=2), gate)
 
 
 @pytest.mark.slow
-def test_guidance_batch_2_is_one_call_batch_1_is_two(default_export, default_b2, monkeypatch):
+def test_guidance_batch_2_is_one_call_batch_1_is_two(tiny_export, tiny_b2, monkeypatch):
     calls = []
     original = TFLiteBackend.raw_call
 
@@ -53,22 +53,22 @@ def test_guidance_batch_2_is_one_call_batch_1_is_two(default_export, default_b2,
 
     monkeypatch.setattr(TFLiteBackend, "raw_call", counting)
     cfg = SamplerConfig(steps=10, guidance=3.0, seed=3)
-    one = images(default_export[0] / "denoiser_float32.tflite", "truck", cfg)
+    one = images(tiny_export[0] / "denoiser_float32.tflite", "truck", cfg)
     assert len(calls) == 20 and calls[:2] == [(1, [9]), (1, [-1])]
     calls.clear()
-    two = images(default_b2 / "denoiser_float32.tflite", "truck", cfg)
+    two = images(tiny_b2 / "denoiser_float32.tflite", "truck", cfg)
     assert len(calls) == 10 and calls[0] == (2, [9, -1])
     assert image_psnr(one[0], two[0]) >= 40
 
 
 @pytest.mark.slow
-def test_a_phone_path_draws_the_x86_image(default_export, tmp_path):
+def test_a_phone_path_draws_the_x86_image(tiny_export, tmp_path):
     """`sample FILE --target gpu-fp32`: the GPU accelerator (enforce_f32) draws what x86 LiteRT draws."""
     from mobilegen.runtime.targets import TARGETS, problem
 
     if problem(TARGETS["gpu-fp32"]):
         pytest.skip(f"gpu-fp32: needs {problem(TARGETS['gpu-fp32'])}; set it up with: bash scripts/install.sh")
-    path = default_export[0] / "denoiser_float32.tflite"
+    path = tiny_export[0] / "denoiser_float32.tflite"
     cfg = SamplerConfig(steps=2, guidance=0.0, seed=0)
     ref = generate(path, "cat", 1, cfg).images.numpy()
     gpu = generate(path, "cat", 1, cfg, target="gpu-fp32").images.numpy()

@@ -12,9 +12,9 @@ from mobilegen.runtime.ondevice import sample_on_device
 from mobilegen.verify.trajectory import image_psnr
 
 
-def test_on_device_reference_loop_matches_the_sampler(default_export):
+def test_on_device_reference_loop_matches_the_sampler(tiny_export):
     """mobilegen/runtime/ondevice.py (what docs/android.md translates) == the library sampler, same noise."""
-    out = default_export[0]
+    out = tiny_export[0]
     manifest = read_manifest(out)
     cfg = SamplerConfig(steps=8, guidance=3.0, seed=4)
     noise = torch.randn((1, 3, 64, 64), generator=torch.Generator().manual_seed(cfg.seed)).numpy()

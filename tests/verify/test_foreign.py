@@ -18,11 +18,11 @@ def test_inputs_are_named_x_t_and_y():
             parse_inputs(bad)
 
 
-def test_our_own_file_read_as_a_foreign_one_gives_our_backends_eps(default_export):
+def test_our_own_file_read_as_a_foreign_one_gives_our_backends_eps(tiny_export):
     """The foreign path (names, layout from x's shape, dtypes from the file) on an NHWC file of ours."""
     from helpers import manifest_of
 
-    out = default_export[0]
+    out = tiny_export[0]
     path = out / "denoiser_float32.tflite"
     foreign = ForeignTFLite(path, parse_inputs("x=x,t=t,y=y"), threads=1)
     assert not foreign.nchw and foreign.batch == 1

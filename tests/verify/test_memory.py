@@ -11,8 +11,8 @@ from mobilegen.contract.defaults import TENSOR_MB as DEFAULT_TENSOR_MB
 from mobilegen.verify.memory import measure_torch
 
 
-def test_memory_is_measured_in_a_fresh_process_and_recorded(default_export):
-    out, res = default_export
+def test_memory_is_measured_in_a_fresh_process_and_recorded(tiny_export):
+    out, res = tiny_export
     manifest = json.loads((out / "manifest.json").read_text())
     for name, entry in manifest["files"].items():
         if name.endswith((".onnx", ".tflite")):

@@ -10,8 +10,8 @@ from mobilegen.verify.folder import REFERENCE, run_trajectories
 from mobilegen.verify.report_html import render
 
 
-def test_the_page_shows_every_backends_images_and_results(default_export):
-    out = default_export[0]
+def test_the_page_shows_every_backends_images_and_results(tiny_export):
+    out = tiny_export[0]
     manifest = manifest_of(out)
     traj = run_trajectories(out, manifest, default_model().model, [3], SamplerConfig(steps=2, seed=1), threads=2)
     assert list(traj.runs) == [REFERENCE, *(n for n in manifest["files"] if not n.endswith(".txt"))]

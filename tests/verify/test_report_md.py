@@ -11,8 +11,8 @@ def test_a_non_finite_figure_reads_nan_inf():
     assert number(None) == "NaN/Inf" and number(0.000123) == "1.23e-04"
 
 
-def test_the_exports_report_is_its_manifest_rendered(default_export):
-    out = default_export[0]
+def test_the_exports_report_is_its_manifest_rendered(tiny_export):
+    out = tiny_export[0]
     manifest = manifest_of(out)
     text = render(manifest)
     written = (out / "report.md").read_text().splitlines()
