@@ -11,6 +11,7 @@ from mobilegen.compress.heads import head_ablation_scores, heads_to_drop, weakes
 from mobilegen.compress.structured import prune_channels
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_ablation_ranks_a_silenced_head_least_important(v2_model):
     model = copy.deepcopy(v2_model)
     with torch.no_grad():

@@ -31,6 +31,7 @@ def test_the_scale_is_the_smallest_power_of_two_that_bounds_the_peak(peak, scale
     assert power_of_two_scale(peak) == scale and peak / scale <= LIMIT and math.log2(scale).is_integer()
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_the_export_scales_exactly_the_norms_whose_inputs_reach_past_the_limit(v2_model):
     loud = type(v2_model)(v2_model.config).eval()
     loud.load_state_dict(v2_model.state_dict())

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mobilegen.contract.spec import DenoiserSpec
 from mobilegen.export.wrapper import ExportedDenoiser
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_nhwc_in_and_out_around_the_same_network(v2_model):
     gen = torch.Generator().manual_seed(0)
     x, t, y = torch.randn(1, 3, 64, 64, generator=gen), torch.tensor([300.0]), torch.tensor([5])

@@ -13,11 +13,16 @@ from mobilegen.models.checkpoint import save_checkpoint
 
 
 @pytest.mark.slow
-def test_compare_measures_every_variant_side_by_side(tmp_path, pruned):
-    """`mobilegen-export compare`: the issue's table, every row measured in one run."""
-    ckpt = save_checkpoint(tmp_path / "pruned.pt", pruned)
+def test_compare_measures_every_variant_side_by_side(tmp_path, tiny):
+    """`mobilegen-export compare`: the issue's table, every row measured in one run (the tiny network)."""
+    import copy
+
+    from mobilegen.compress import prune_channels
+
+    unpruned = save_checkpoint(tmp_path / "tiny.pt", tiny)
+    ckpt = save_checkpoint(tmp_path / "pruned.pt", prune_channels(copy.deepcopy(tiny), 0.25))
     out = tmp_path / "cmp"
-    args = ["compare", "--pruned", str(ckpt), "-o", str(out), "--classes", "ship", "--steps", "3",
+    args = ["compare", str(unpruned), "--pruned", str(ckpt), "-o", str(out), "--classes", "ship", "--steps", "3",
             "--calibration-samples", "22", "--rounds", "1", "--image-rounds", "1", "--threads", "2"]  # fmt: skip
     res = CliRunner().invoke(export_cli, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output

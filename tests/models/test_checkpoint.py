@@ -213,6 +213,7 @@ def zip_bomb(path: Path, declared: int) -> Path:
     return path
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_zip_bomb_is_refused_from_its_declared_sizes_before_inflating(tmp_path):
     """torch.load inflates every record before it checks one (1.2 GB of RSS for a 1 MB file
     declaring 1 GB): the zip directory's declared sizes are checked first."""

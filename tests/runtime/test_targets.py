@@ -36,11 +36,6 @@ def needs(name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_files):
-    return tiny_files
-
-
-@pytest.fixture(scope="module")
 def case():
     rng = np.random.default_rng(0)
     return rng.standard_normal((1, 3, 64, 64)).astype(np.float32), np.array([640.0], np.float32), np.array([3], np.int32)
@@ -50,9 +45,9 @@ QEMU = pytest.mark.slow  # ARM64 under qemu: 5-15 s a case; the GPU paths stay i
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=QEMU) if n.startswith("arm64") else n for n in TARGETS])
-def test_each_target_computes_what_x86_computes(tiny, case, name):
+def test_each_target_computes_what_x86_computes(tiny_files, case, name):
     needs(name)
-    path = tiny["denoiser_float32.tflite"]
+    path = tiny_files["denoiser_float32.tflite"]
     ref = TFLiteBackend(path, SPEC, THREADS)(*case)
     backend = open_target(path, SPEC, name, THREADS)
     first = backend(*case)
@@ -65,21 +60,21 @@ def test_each_target_computes_what_x86_computes(tiny, case, name):
         assert error > FP32_TOLERANCE, "a float16 path computing float32 results: the option did not reach LiteRT"
 
 
-def test_gpu_coverage_every_shipped_float_file_runs_whole_on_the_gpu(tiny):
+def test_gpu_coverage_every_shipped_float_file_runs_whole_on_the_gpu(tiny_files):
     needs("gpu-fp16")
     for name in ("denoiser_float32.tflite", "denoiser_float16.tflite"):
-        cov = gpu_coverage(tiny[name], "fp16", THREADS)
+        cov = gpu_coverage(tiny_files[name], "fp16", THREADS)
         assert cov.fully_accelerated and cov.cpu_ops == 0 and cov.gpu_ops == cov.ops > 100 and not cov.rejected, name
 
 
-def test_gpu_coverage_names_what_a_float16_label_table_costs(tiny, tmp_path, monkeypatch):
+def test_gpu_coverage_names_what_a_float16_label_table_costs(tiny_files, tmp_path, monkeypatch):
     """The fp16 file as it was (the label table stored as float16 too): the accelerator rejects
     its GATHER, and the DEQUANTIZE ops around it go to the CPU with it."""
     import mobilegen.export.tflite as tflite
 
     needs("gpu-fp16")
     monkeypatch.setattr(tflite, "FP16_WEIGHT_OPS", (*tflite.FP16_WEIGHT_OPS, "GATHER"))
-    old = tflite.to_fp16_weights(tiny["denoiser_float32.tflite"], tmp_path / "old_fp16.tflite")
+    old = tflite.to_fp16_weights(tiny_files["denoiser_float32.tflite"], tmp_path / "old_fp16.tflite")
     cov = gpu_coverage(old, "fp16", THREADS)
     assert not cov.fully_accelerated and cov.gpu_ops + cov.cpu_ops == cov.ops and cov.cpu_ops > 0
     assert cov.rejected == {"DEQUANTIZE": "", "GATHER": "Input / output dtype mismatch."}
@@ -103,6 +98,7 @@ def loud_tiny_file(out, monkeypatch, scaled: bool):
     return build(model, SPEC, out, BuildOptions(fp16=False), None).files["denoiser_float32.tflite"]
 
 
+@pytest.mark.slow  # two exports and two GPU compilations
 def test_a_group_norm_input_past_float16s_range_keeps_its_step_on_the_gpu(case, tmp_path, monkeypatch):
     """GroupNorm squares its input: without the export's scale the GPU's float16 step is lost
     (inf variance); with it the step matches x86 to the float16 tolerance."""
@@ -117,10 +113,10 @@ def test_a_group_norm_input_past_float16s_range_keeps_its_step_on_the_gpu(case, 
 
 
 @pytest.mark.parametrize("machine", ["x86_64", pytest.param("arm64", marks=QEMU)])
-def test_xnnpack_coverage(tiny, machine):
+def test_xnnpack_coverage(tiny_files, machine):
     if machine == "arm64":
         needs("arm64-fp32")
-    got = xnnpack_coverage(tiny["denoiser_float32.tflite"], machine, THREADS)
+    got = xnnpack_coverage(tiny_files["denoiser_float32.tflite"], machine, THREADS)
     assert got.delegated + sum(got.not_delegated.values()) == got.ops
     assert got.delegated > 0.9 * got.ops and got.partitions >= 1
     # The label embedding's lookup and its y = -1 mask stay on LiteRT's builtin kernels.
@@ -157,14 +153,14 @@ def test_protocol_round_trip():
         litert_worker.read_message(stream)
 
 
-def test_a_missing_runtime_is_one_line_naming_the_install_command(tiny, tmp_path, monkeypatch):
+def test_a_missing_runtime_is_one_line_naming_the_install_command(tiny_files, tmp_path, monkeypatch):
     monkeypatch.setenv("MOBILEGEN_ARM64_ROOT", str(tmp_path / "nothing"))
-    path = shutil.copy(tiny["denoiser_float32.tflite"], tmp_path)  # not a file the worker pool holds
+    path = shutil.copy(tiny_files["denoiser_float32.tflite"], tmp_path)  # not a file the worker pool holds
     with pytest.raises(MissingRuntimeError, match="bash scripts/install.sh") as info:
         open_target(path, SPEC, "arm64-fp16", THREADS)
     assert "\n" not in str(info.value)
     with pytest.raises(InvalidInput, match="gpu-fp16, gpu-fp32"):
-        open_target(tiny["denoiser_float32.tflite"], SPEC, "npu", THREADS)
+        open_target(tiny_files["denoiser_float32.tflite"], SPEC, "npu", THREADS)
 
 
 def test_a_file_the_runtime_cannot_load_is_a_target_error(tmp_path):

@@ -249,6 +249,7 @@ def test_burst_of_100_with_half_hanging_up_then_a_new_request_within_10_s():
 # --- throughput and determinism -----------------------------------------------------------
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_16_concurrent_requests_all_succeed_and_share_model_calls(url):
     before = metrics(url)
 
@@ -276,6 +277,7 @@ REQUESTS = [
 ]
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_same_seed_same_png_bytes_batched_or_not():
     """One server: each request alone (nothing else running, so every denoiser call is
     its own model call), then the same requests all at once, mixed with other traffic
@@ -310,6 +312,7 @@ def two_models(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_several_models_cors_and_timeout(two_models):
     config = ServeConfig(
         models=(parse_model_option(f"v1={two_models['student_v1']}"), ModelSource(two_models["student_v2"])),
@@ -345,6 +348,7 @@ def test_several_models_cors_and_timeout(two_models):
         assert "access-control-allow-origin" not in plain
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_serve_entry_point_in_its_own_process():
     """serve(config) as the CLI will call it: a separate process, then the README's curl calls."""
     sock = socket.socket()

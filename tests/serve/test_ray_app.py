@@ -189,6 +189,7 @@ def test_ray_not_installed_is_a_clear_error():
 # --- --ray-batching serve: @serve.batch on whole requests ---------------------------------
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_requests_sampled_together_give_their_lone_images():
     """The serve-batch engine without Ray: requests with the same settings share one loop,
     and every request's images equal its lone run through our batcher, bit for bit."""

@@ -73,6 +73,7 @@ def json_body(field: str, value) -> bytes:
     return json.dumps(body).encode()
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_hostile_values_in_every_field_get_422_naming_the_field(url):
     """Every field of both endpoints, a table of hostile values each: 422 with the field named, never 5xx."""
     cases = [(f"/v1/images {f}={v!r}", lambda f=f, v=v: httpx.post(f"{url}/v1/images", content=json_body(f, v),

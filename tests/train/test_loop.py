@@ -35,6 +35,7 @@ def weights(path: Path, key: str) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)[key]
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_loss_goes_down_on_a_fixed_batch(tmp_path):
     trainer = Trainer(config(tmp_path, tmp_path / "r", lr=2e-3, label_dropout=0.0), total_steps=12, device=torch.device("cpu"))
     x0 = Image.new("RGB", (64, 64), (200, 30, 30))

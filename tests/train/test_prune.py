@@ -43,6 +43,7 @@ def test_cli_missing_data_fails_before_writing(tmp_path, v2_checkpoint):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_cli_prunes_fine_tunes_and_refuses_to_overwrite(tmp_path, v2_checkpoint, tiny_data):
     out = tmp_path / "run"
     res = prune_cli(v2_checkpoint, "--ratio", "0.3", "--head-ratio", "0.5", "--data", tiny_data, "--steps", "2",

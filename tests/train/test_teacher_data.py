@@ -142,6 +142,7 @@ def test_bad_input_without_data_is_refused(tmp_path, teacher):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_cli_distill_without_data(teacher, tmp_path):
     out = tmp_path / "v2"
     res = CliRunner().invoke(main_cli, ["distill", "--teacher", str(teacher), "--arch", "student_v2", "--teacher-steps", "2",

@@ -27,6 +27,7 @@ from mobilegen.verify.targets import (
 )
 
 SPEC = DenoiserSpec(layout="NHWC")
+GPU = pytest.mark.slow  # 20-60 s each on lavapipe; the quick suite runs the runtimes in tests/runtime/test_targets.py
 THREADS = 1
 
 
@@ -60,6 +61,7 @@ def test_a_missing_runtime_is_named_before_any_work(monkeypatch, tmp_path):
         check_runtimes(("arm64-fp32",))
 
 
+@GPU
 def test_both_float_files_pass_on_the_gpu_paths(tiny, tiny_files):
     needs("gpu-fp16", "gpu-fp32")
     checked = check_targets(tiny, tiny_files, SPEC, linear_schedule(), ("gpu-fp16", "gpu-fp32"), THREADS)
@@ -80,6 +82,7 @@ def test_both_float_files_pass_on_the_gpu_paths(tiny, tiny_files):
     assert image_grid(checked.images).shape == (64 * rows, 64 * 5, 3)
 
 
+@GPU
 def test_an_op_left_to_the_cpu_fails_the_gpu_gate(tiny, tiny_files, tmp_path, monkeypatch):
     """The fp16 file as it once was (its label table float16 too): the accelerator rejects the
     GATHER, and the gate fails naming it, although every number is right."""
@@ -94,6 +97,7 @@ def test_an_op_left_to_the_cpu_fails_the_gpu_gate(tiny, tiny_files, tmp_path, mo
     assert "GATHER x1 (Input / output dtype mismatch.)" in gate.failures[0]
 
 
+@GPU
 def test_a_float16_step_that_overflows_fails_the_step_and_the_image(tiny, tmp_path, monkeypatch):
     """The tiny network with its first convolution x1000, exported without the float16-safe
     GroupNorm: the GPU's float16 variance overflows, and both float16 gates fail."""
