@@ -139,10 +139,10 @@ def python_sample(path: Path, guidance: float, out: Path) -> np.ndarray:
     return np.asarray(Image.open(out).convert("RGB"))
 
 
-# Quick: the guided float16 image at batch 1 (the app's case); the other files and guidance off run with --slow.
-@pytest.mark.parametrize("precision", ["float16", pytest.param("float32", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("batch", [1, pytest.param(2, marks=pytest.mark.slow)])
-@pytest.mark.parametrize("guidance", [pytest.param(0.0, marks=pytest.mark.slow), 3.0])
+@pytest.mark.slow  # an export and 40 file calls through the bridge; the loop itself is checked quick above
+@pytest.mark.parametrize("precision", ["float16", "float32"])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("guidance", [0.0, 3.0])
 def test_kotlin_image_equals_mobilegen_export_sample(jvm, request, tmp_path, precision, batch, guidance):
     """Same file, label, x_T: the Kotlin image (manifest, loop, layout, pixels all Kotlin; eps from
     the file through the bridge) equals `mobilegen-export sample`'s. Tolerance: at most 1 level

@@ -53,6 +53,7 @@ def test_an_internal_error_keeps_its_traceback_and_exits_1(tmp_path):
     assert "Traceback" in res.stderr and "RuntimeError: an internal bug" in res.stderr
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_a_domain_error_is_one_line_and_debug_shows_its_traceback(tmp_path):
     argv = [sys.executable, "-m", "mobilegen", "sample", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.png")]
     res = subprocess.run(argv, capture_output=True, text=True)

@@ -65,6 +65,7 @@ def test_whole_heads_leave_inside_the_attention_and_cost_what_silencing_them_cos
         prune_channels(heads_only, 0.25)
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_macs_count_attention_and_drop_with_pruning(v2_model):
     # Golden: convolutions, linear layers and the attention matmuls of one v2 step at batch 1.
     assert count_macs(v2_model) == 4_768_530_432

@@ -41,10 +41,10 @@ def case():
     return rng.standard_normal((1, 3, 64, 64)).astype(np.float32), np.array([640.0], np.float32), np.array([3], np.int32)
 
 
-QEMU = pytest.mark.slow  # ARM64 under qemu: 5-15 s a case; the GPU paths stay in the quick suite
+QEMU = pytest.mark.slow  # ARM64 under qemu: 5-15 s a case; the quick suite keeps the phone's default, gpu-fp16
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=QEMU) if n.startswith("arm64") else n for n in TARGETS])
+@pytest.mark.parametrize("name", [n if n == "gpu-fp16" else pytest.param(n, marks=QEMU) for n in TARGETS])
 def test_each_target_computes_what_x86_computes(tiny_files, case, name):
     needs(name)
     path = tiny_files["denoiser_float32.tflite"]

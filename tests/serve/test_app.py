@@ -158,6 +158,7 @@ def test_a_20_mb_body_gets_a_readable_413(url):
 # --- abandoned work: hang-ups and timeouts free the model --------------------------------
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_clients_that_hang_up_stop_taking_model_calls():
     """12 heavy requests, each with one denoiser call queued or running; the clients hang up.
     Only the model call already running may finish: the other queued calls are dropped,
@@ -183,6 +184,7 @@ def test_clients_that_hang_up_stop_taking_model_calls():
     assert codes["499"] == 12 and codes["5xx"] == 0
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_requests_past_the_timeout_get_504_and_free_the_model():
     """--timeout-s 2: every heavy request gets a 504; its queued calls are dropped then."""
     with running(ServeConfig(**{**ABANDON, "timeout_s": 2.0})) as base:

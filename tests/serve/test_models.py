@@ -9,6 +9,7 @@ from mobilegen.models.checkpoint import seeded_model
 from mobilegen.serve.models import TorchRunner
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_fixed_rows_runner_pads_and_splits_without_changing_a_row():
     """What serve does on CUDA (every call exactly `rows` rows), run on the CPU here:
     5 rows as chunks of 4 (the last padded) give the rows of one plain call."""

@@ -155,6 +155,7 @@ def test_more_replicas_than_cpus_is_a_clear_error(cluster):
         start(config, RayOptions(replicas=3))
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_unreachable_head_is_a_clear_error_not_a_hang():
     start_time = time.monotonic()
     with pytest.raises(MobileGenError, match="unreachable"):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mobilegen.train.bench import bench_train, render_bench_train
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_bench_train_times_real_steps_and_names_the_machine():
     result = bench_train(archs=("student_v2",), batch_size=2, warmup=1, repeats=2, device="cpu")
     row = result["archs"]["student_v2"]

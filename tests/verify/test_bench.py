@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mobilegen.contract.spec import DenoiserSpec
 from mobilegen.verify.bench import FUSED, ORIGINAL, bench_directory_files
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_pytorch_rows_are_timed_and_named_with_machine_and_settings(v2_model):
     result = bench_directory_files(v2_model, {}, DenoiserSpec(), threads=1, warmup=1, repeats=3)
     names = [t["name"] for t in result["timings"]]

@@ -24,6 +24,7 @@ def test_memory_is_measured_in_a_fresh_process_and_recorded(tiny_export):
     assert "Memory" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_pytorch_is_measured_the_same_way():
     m = measure_torch(None, 1, 1, "math", DEFAULT_TENSOR_MB)
     assert 0 < m["peak_rss_mb"] < 200 and "torch" in m["method"]

@@ -120,6 +120,7 @@ def test_float32_gate_is_never_looser_than_the_fp16_gate():
     assert not result.passed and "< 40.0 dB" in result.failures[0]
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_references_are_computed_once_per_network_and_never_stale(v2_model, monkeypatch):
     """The float64/float32 references are cached by a digest of the weights and the attention
     lowering: the same network is run once; a changed weight or lowering is run again."""
