@@ -15,6 +15,7 @@ def test_guided_sampling_calls_the_model_with_batch_2_every_step():
     assert len(rec.batches) == 10 and all(b == [3, -1] for b in rec.batches)
 
 
+@pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_sampling_is_seeded_and_deterministic(v2_model):
     def denoise(x, t, y):
         with torch.no_grad():

@@ -39,7 +39,8 @@ def test_an_export_into_the_current_export_folder_is_refused(folder, monkeypatch
     assert sorted(p.name for p in folder.parent.iterdir()) == ["tiny.pt", folder.name]  # its checkpoint, nothing new
 
 
-@pytest.mark.parametrize("layout, batch", [("NHWC", 1), pytest.param("NCHW", 2, marks=pytest.mark.slow)])  # an export each
+@pytest.mark.slow  # an export each
+@pytest.mark.parametrize("layout, batch", [("NHWC", 1), ("NCHW", 2)])
 def test_layout_and_batch_options(tmp_path, tiny_ckpt, layout, batch):
     out = tmp_path / "out"
     res = run("onnx", tiny_ckpt, "-o", out, "--layout", layout, "--batch", batch)
