@@ -13,14 +13,14 @@ from mobilegen.models.checkpoint import save_checkpoint
 
 
 @pytest.mark.slow
-def test_compare_measures_every_variant_side_by_side(tmp_path, tiny):
-    """`mobilegen-export compare`: the issue's table, every row measured in one run (the tiny network)."""
-    import copy
-
+def test_compare_measures_every_variant_side_by_side(tmp_path):
+    """`mobilegen-export compare`: the issue's table, every row measured in one run (on small networks)."""
     from mobilegen.compress import prune_channels
+    from mobilegen.models.checkpoint import seeded_model
 
-    unpruned = save_checkpoint(tmp_path / "tiny.pt", tiny)
-    ckpt = save_checkpoint(tmp_path / "pruned.pt", prune_channels(copy.deepcopy(tiny), 0.25))
+    # Small stand-ins for a checkpoint and its structurally pruned version: 204 and 49 MMAC a step (v2: 4770)
+    unpruned = save_checkpoint(tmp_path / "small.pt", prune_channels(seeded_model("student_v2").model, 0.85, 0.5))
+    ckpt = save_checkpoint(tmp_path / "pruned.pt", prune_channels(seeded_model("student_v2").model, 0.93, 0.75))
     out = tmp_path / "cmp"
     args = ["compare", str(unpruned), "--pruned", str(ckpt), "-o", str(out), "--classes", "ship", "--steps", "3",
             "--calibration-samples", "22", "--rounds", "1", "--image-rounds", "1", "--threads", "2"]  # fmt: skip
@@ -30,7 +30,9 @@ def test_compare_measures_every_variant_side_by_side(tmp_path, tiny):
     rows = result["variants"]
     assert list(rows) == ["fp32", "fp16", "int8 dynamic", "int8 full", "fp32, unbounded attention", "structured-pruned fp32"]
     assert rows["fp32"]["step_psnr_db"]["min"] > 80 and rows["fp32"]["latency"]["speedup_vs_fp32"] == 1.0
-    assert rows["int8 dynamic"]["bytes"] < 0.35 * rows["fp32"]["bytes"]
+    assert (
+        rows["int8 dynamic"]["bytes"] < 0.7 * rows["fp32"]["bytes"]
+    )  # small networks: the graph weighs much next to the weights
     assert rows["structured-pruned fp32"]["macs_per_step"] < rows["fp32"]["macs_per_step"] / 1.5
     for row in rows.values():
         assert row["latency"]["calls"] == 10 and row["latency"]["p90_ms"] >= row["latency"]["median_ms"] > 0

@@ -118,16 +118,21 @@ def test_a_float16_step_that_overflows_fails_the_step_and_the_image(tiny, tmp_pa
     assert any(f.startswith("image ") for f in gate.failures), gate.failures
 
 
-@pytest.mark.slow  # ARM64 under qemu: about a minute on the tiny network
-def test_the_arm64_paths_pass_and_report_xnnpack_coverage(tiny, tiny_files):
+@pytest.mark.slow  # ARM64 under qemu: about four minutes on the tiny network (the float16 image is 20 calls)
+def test_the_arm64_paths_are_measured_gated_and_report_xnnpack_coverage(tiny, tiny_files):
+    """float32 on ARM64 computes what x86 does; FORCE_FP16 is measured and judged by the float16
+    bars (on this random network its t = 999 step misses 40 dB: ARM's FP16 kernels round more
+    than x86's emulation; the gate says so instead of passing it)."""
     needs("arm64-fp32", "arm64-fp16")
     files = {"denoiser_float32.tflite": tiny_files["denoiser_float32.tflite"]}
     checked = check_targets(tiny, files, SPEC, linear_schedule(), parse_targets("arm64"), THREADS)
-    assert all(g.passed for g in checked.gates), [g.summary() for g in checked.gates]
     fp32, fp16 = (checked.section["results"]["denoiser_float32.tflite"][p] for p in ("arm64-fp32", "arm64-fp16"))
+    assert fp32["passed"] and fp32["step"]["min_psnr_db"] > 100, fp32
     assert fp32["coverage"]["machine"] == "arm64" and fp32["coverage"]["delegated"] > 0.9 * fp32["coverage"]["ops"]
-    assert "trajectory" in fp16 and "trajectory" not in fp32
-    assert "qemu" in checked.section["runtimes"]["arm64"]
+    step_ok = fp16["step"]["min_psnr_db"] >= 40
+    image_ok = fp16["trajectory"]["min_psnr_db"] >= FP16_IMAGE[0] and fp16["trajectory"]["min_ssim"] >= FP16_IMAGE[1]
+    assert fp16["passed"] == (step_ok and image_ok) and fp16["step"]["min_psnr_db"] < fp32["step"]["min_psnr_db"] - 20
+    assert "trajectory" not in fp32 and "qemu" in checked.section["runtimes"]["arm64"]
 
 
 def test_target_names_match_the_runtimes():
