@@ -20,6 +20,7 @@ from mobilegen.diffusion import SamplerConfig
 from mobilegen.diffusion.schedule import schedule_from_alphas_cumprod
 from mobilegen.runtime.images import png_bytes
 from mobilegen.verify.folder import REFERENCE, Trajectories
+from mobilegen.verify.report_md import target_rows
 
 SPEED_STEPS = (10, 20, 50)
 
@@ -152,25 +153,9 @@ def targets_section(m: dict, png: bytes | None) -> list[str]:
         "<table><tr><th>file</th><th>path</th><th>result</th><th>step min PSNR dB</th><th>gate dB</th>"
         "<th>image PSNR dB / SSIM</th><th>ops on the accelerator</th></tr>"
     )
-    for name, paths in t["results"].items():
-        for path, r in paths.items():
-            step, image, cov = r["step"], r.get("trajectory"), r.get("coverage") or {}
-            shown = (
-                f"{image['min_psnr_db']:.1f} / {image['min_ssim']:.4f}"
-                if image and image["min_psnr_db"] is not None
-                else ("lost" if image else "-")
-            )
-            psnr = "NaN/Inf" if step["min_psnr_db"] is None else f"{step['min_psnr_db']:.1f}"
-            ops = (
-                f"{cov['gpu_ops']}/{cov['ops']} GPU"
-                if "gpu_ops" in cov
-                else (f"{cov['delegated']}/{cov['ops']} XNNPACK" if cov else "-")
-            )
-            parts.append(
-                f"<tr><td>{esc(name)}</td><td>{esc(path)}</td><td class='{'pass' if r['passed'] else 'fail'}'>"
-                f"{'pass' if r['passed'] else 'FAIL'}</td><td>{psnr}</td><td>{step['gate_min_psnr_db']:g}</td>"
-                f"<td>{shown}</td><td>{ops}</td></tr>"
-            )
+    for row in target_rows(t):
+        result = f"<td class='{row[2].lower()}'>{row[2]}</td>"  # pass / FAIL
+        parts.append("<tr>" + "".join(result if i == 2 else f"<td>{esc(c)}</td>" for i, c in enumerate(row)) + "</tr>")
     parts.append("</table>")
     return parts
 

@@ -157,24 +157,33 @@ def targets_section(m: dict) -> list[str]:
         "| file | path | result | step min PSNR dB | gate dB | image PSNR dB / SSIM | ops on the accelerator |",
         "|---|---|---|---:|---:|---|---|",
     ]
-    for name, paths in t["results"].items():
+    lines += [f"| {' | '.join(row)} |" for row in target_rows(t)]
+    return lines
+
+
+def target_rows(targets: dict) -> list[tuple[str, ...]]:
+    """Per file and path: file, path, result, step min PSNR, gate, image PSNR / SSIM, ops on the accelerator."""
+    rows = []
+    for name, paths in targets["results"].items():
         for path, r in paths.items():
-            step, tr, cov = r["step"], r.get("trajectory"), r.get("coverage") or {}
+            step, image, cov = r["step"], r.get("trajectory"), r.get("coverage") or {}
             psnr = "NaN/Inf" if step["min_psnr_db"] is None else f"{step['min_psnr_db']:.1f}"
-            image = (
-                f"{tr['min_psnr_db']:.1f} / {tr['min_ssim']:.4f}"
-                if tr and tr["min_psnr_db"] is not None
-                else ("lost" if tr else "-")
+            shown = (
+                "-"
+                if not image
+                else "lost"
+                if image["min_psnr_db"] is None
+                else f"{image['min_psnr_db']:.1f} / {image['min_ssim']:.4f}"
             )
             ops = (
                 f"{cov['gpu_ops']}/{cov['ops']} GPU"
                 if "gpu_ops" in cov
-                else (f"{cov['delegated']}/{cov['ops']} XNNPACK" if cov else "-")
+                else f"{cov['delegated']}/{cov['ops']} XNNPACK"
+                if cov
+                else "-"
             )
-            lines.append(
-                f"| {name} | {path} | {'pass' if r['passed'] else 'FAIL'} | {psnr} | {step['gate_min_psnr_db']:g} | {image} | {ops} |"
-            )
-    return lines
+            rows.append((name, path, "pass" if r["passed"] else "FAIL", psnr, f"{step['gate_min_psnr_db']:g}", shown, ops))
+    return rows
 
 
 def write_report(directory: Path, manifest: dict) -> Path:

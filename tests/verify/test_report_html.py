@@ -21,3 +21,17 @@ def test_the_page_shows_every_backends_images_and_results(tiny_export):
     for name in traj.runs:
         assert name in page
     assert page.count("data:image/png;base64,") >= len(traj.runs) and "cat" in page
+
+
+def test_the_phone_paths_show_their_images_and_verdicts():
+    import json
+
+    from helpers import ROOT
+
+    from mobilegen.verify.report_html import targets_section
+
+    run = ROOT / "docs/measurements/targets-v2-export"
+    manifest = json.loads((run / "manifest.json").read_text())
+    page = "".join(targets_section(manifest, (run / "targets.png").read_bytes()))
+    assert page.count("<img") == 1 and "width='480'" in page and "lavapipe" in page
+    assert page.count("<td class='pass'>pass</td>") == 4 and "x86 float16, gpu-fp16 float16" in page
