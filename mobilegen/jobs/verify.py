@@ -51,7 +51,9 @@ def verify_directory(
         model = reference_model(manifest, checkpoint, directory).model
         gates += parity_gates(directory, manifest, model, threads)
         gates += recheck_memory(directory, manifest, threads)
-        if targets:
+        if targets and not any(n.endswith(".tflite") for n in artifacts(directory, manifest)):
+            problems.append("--targets: this export has no .tflite file to run on the phone's paths")
+        elif targets:
             schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
             spec = mf.spec_from_manifest(manifest)
             gates += check_targets(model, artifacts(directory, manifest), spec, schedule, targets, threads).gates

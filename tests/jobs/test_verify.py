@@ -128,3 +128,13 @@ def test_verify_passes_then_catches_a_tampered_byte(real_v2_export, tmp_path):
     res = run("verify", copy, "--classes", "")
     assert res.exit_code == 1
     assert "denoiser_float16.tflite: sha256 mismatch" in res.output
+
+
+@pytest.mark.slow  # an export of its own
+def test_targets_on_an_export_without_tflite_files_is_a_problem_named(relative_export):
+    from mobilegen.runtime.targets import TARGETS, problem
+
+    if missing := problem(TARGETS["gpu-fp16"]):
+        pytest.skip(f"gpu-fp16: needs {missing}; set it up with: bash scripts/install.sh")
+    res = run("verify", relative_export / "out", "--classes", "", "--targets", "gpu-fp16")
+    assert res.exit_code == 1 and "--targets: this export has no .tflite file" in res.output
