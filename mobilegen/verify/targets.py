@@ -51,16 +51,14 @@ GPU_FILES = ("float32", "float16")  # the float files; the accelerator has no in
 
 def parse_targets(text: str) -> tuple[str, ...]:
     """'gpu,arm64' -> the paths, in TARGET_NAMES order; a group or a path name each."""
+    allowed = ", ".join([*GROUPS, *defaults.TARGET_NAMES])
     names: list[str] = []
     for item in (s.strip() for s in text.split(",") if s.strip()):
         if item not in GROUPS and item not in defaults.TARGET_NAMES:
-            allowed = ", ".join([*GROUPS, *defaults.TARGET_NAMES])
             raise InvalidInput(f"--targets: unknown target {item!r}; expected a comma-separated list of {allowed}")
         names += GROUPS.get(item, (item,))
     if not names:
-        raise InvalidInput(
-            f"--targets: no target given; expected a comma-separated list of {', '.join([*GROUPS, *defaults.TARGET_NAMES])}"
-        )
+        raise InvalidInput(f"--targets: no target given; expected a comma-separated list of {allowed}")
     return tuple(n for n in defaults.TARGET_NAMES if n in names)
 
 
