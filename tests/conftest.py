@@ -149,12 +149,9 @@ def tiny_files(tmp_path_factory, tiny):
 def tiny_targets_export(tmp_path_factory, tiny):
     """`tflite tiny.pt --fp16 --targets gpu-fp16 --no-bench`: an export checked on the phone's
     default GPU path (about a minute), shared by the CLI and Kotlin tests."""
-    from helpers import tiny_checkpoint
+    from helpers import needs_target, tiny_checkpoint
 
-    from mobilegen.runtime.targets import TARGETS, problem
-
-    if missing := problem(TARGETS["gpu-fp16"]):
-        pytest.skip(f"gpu-fp16: needs {missing}; set it up with: bash scripts/install.sh")
+    needs_target("gpu-fp16")
     root = tmp_path_factory.mktemp("tiny_targets")
     out = root / "out"
     res = run_export("tflite", tiny_checkpoint(root / "tiny.pt"), "--fp16", "--targets", "gpu-fp16", "--no-bench", "-o", out)

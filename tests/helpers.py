@@ -102,3 +102,14 @@ def tiny_checkpoint(path: Path) -> Path:
     from mobilegen.models.checkpoint import save_checkpoint
 
     return save_checkpoint(path, tiny_model())
+
+
+def needs_target(*names: str) -> None:
+    """Skip, naming what is missing and the install command, unless every phone path can run here."""
+    import pytest
+
+    from mobilegen.runtime.targets import TARGETS, problem
+
+    for name in names:
+        if missing := problem(TARGETS[name]):
+            pytest.skip(f"{name}: needs {missing}; set it up with: bash scripts/install.sh")

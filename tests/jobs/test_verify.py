@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import assert_refused, rehash, run
+from helpers import assert_refused, needs_target, rehash, run
 
 from mobilegen.models.checkpoint import save_checkpoint, seeded_model
 
@@ -132,9 +132,6 @@ def test_verify_passes_then_catches_a_tampered_byte(real_v2_export, tmp_path):
 
 @pytest.mark.slow  # an export of its own
 def test_targets_on_an_export_without_tflite_files_is_a_problem_named(relative_export):
-    from mobilegen.runtime.targets import TARGETS, problem
-
-    if missing := problem(TARGETS["gpu-fp16"]):
-        pytest.skip(f"gpu-fp16: needs {missing}; set it up with: bash scripts/install.sh")
+    needs_target("gpu-fp16")
     res = run("verify", relative_export / "out", "--classes", "", "--targets", "gpu-fp16")
     assert res.exit_code == 1 and "--targets: this export has no .tflite file" in res.output

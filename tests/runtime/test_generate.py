@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import run_main
+from helpers import needs_target, run_main
 
 from mobilegen.diffusion import SamplerConfig
 from mobilegen.runtime.backends import TFLiteBackend
@@ -64,10 +64,7 @@ def test_guidance_batch_2_is_one_call_batch_1_is_two(tiny_export, tiny_b2, monke
 @pytest.mark.slow
 def test_a_phone_path_draws_the_x86_image(tiny_export, tmp_path):
     """`sample FILE --target gpu-fp32`: the GPU accelerator (enforce_f32) draws what x86 LiteRT draws."""
-    from mobilegen.runtime.targets import TARGETS, problem
-
-    if problem(TARGETS["gpu-fp32"]):
-        pytest.skip(f"gpu-fp32: needs {problem(TARGETS['gpu-fp32'])}; set it up with: bash scripts/install.sh")
+    needs_target("gpu-fp32")
     path = tiny_export[0] / "denoiser_float32.tflite"
     cfg = SamplerConfig(steps=2, guidance=0.0, seed=0)
     ref = generate(path, "cat", 1, cfg).images.numpy()

@@ -13,13 +13,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import needs_target
 
 from mobilegen.contract.spec import DenoiserSpec
 from mobilegen.errors import InvalidInput, MissingRuntimeError, TargetError
 from mobilegen.runtime import litert_worker
 from mobilegen.runtime.backends import TFLiteBackend
 from mobilegen.runtime.coverage import delegated_ops, gpu_coverage, parse_gpu_log, xnnpack_coverage
-from mobilegen.runtime.targets import TARGETS, open_target, problem
+from mobilegen.runtime.targets import TARGETS, open_target
 
 SPEC = DenoiserSpec(layout="NHWC")
 # Error relative to max |eps| of the x86 float32 result. Measured on this network: 6e-7 for every
@@ -27,12 +28,6 @@ SPEC = DenoiserSpec(layout="NHWC")
 FP32_TOLERANCE = 1e-5
 FP16_TOLERANCE = 3e-2
 THREADS = 1
-
-
-def needs(name: str) -> None:
-    missing = problem(TARGETS[name])
-    if missing:
-        pytest.skip(f"{name}: needs {missing}; set it up with: bash scripts/install.sh")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +41,7 @@ QEMU = pytest.mark.slow  # ARM64 under qemu: 5-15 s a case; the quick suite keep
 
 @pytest.mark.parametrize("name", [n if n == "gpu-fp16" else pytest.param(n, marks=QEMU) for n in TARGETS])
 def test_each_target_computes_what_x86_computes(tiny_files, case, name):
-    needs(name)
+    needs_target(name)
     path = tiny_files["denoiser_float32.tflite"]
     ref = TFLiteBackend(path, SPEC, THREADS)(*case)
     backend = open_target(path, SPEC, name, THREADS)
@@ -61,7 +56,7 @@ def test_each_target_computes_what_x86_computes(tiny_files, case, name):
 
 
 def test_gpu_coverage_every_shipped_float_file_runs_whole_on_the_gpu(tiny_files):
-    needs("gpu-fp16")
+    needs_target("gpu-fp16")
     for name in ("denoiser_float32.tflite", "denoiser_float16.tflite"):
         cov = gpu_coverage(tiny_files[name], "fp16", THREADS)
         assert cov.fully_accelerated and cov.cpu_ops == 0 and cov.gpu_ops == cov.ops > 100 and not cov.rejected, name
@@ -72,7 +67,7 @@ def test_gpu_coverage_names_what_a_float16_label_table_costs(tiny_files, tmp_pat
     its GATHER, and the DEQUANTIZE ops around it go to the CPU with it."""
     import mobilegen.export.tflite as tflite
 
-    needs("gpu-fp16")
+    needs_target("gpu-fp16")
     monkeypatch.setattr(tflite, "FP16_WEIGHT_OPS", (*tflite.FP16_WEIGHT_OPS, "GATHER"))
     old = tflite.to_fp16_weights(tiny_files["denoiser_float32.tflite"], tmp_path / "old_fp16.tflite")
     cov = gpu_coverage(old, "fp16", THREADS)
@@ -102,7 +97,7 @@ def loud_tiny_file(out, monkeypatch, scaled: bool):
 def test_a_group_norm_input_past_float16s_range_keeps_its_step_on_the_gpu(case, tmp_path, monkeypatch):
     """GroupNorm squares its input: without the export's scale the GPU's float16 step is lost
     (inf variance); with it the step matches x86 to the float16 tolerance."""
-    needs("gpu-fp16")
+    needs_target("gpu-fp16")
     errors = {}
     for scaled in (True, False):
         path = loud_tiny_file(tmp_path / str(scaled), monkeypatch, scaled)
@@ -115,7 +110,7 @@ def test_a_group_norm_input_past_float16s_range_keeps_its_step_on_the_gpu(case, 
 @pytest.mark.parametrize("machine", ["x86_64", pytest.param("arm64", marks=QEMU)])
 def test_xnnpack_coverage(tiny_files, machine):
     if machine == "arm64":
-        needs("arm64-fp32")
+        needs_target("arm64-fp32")
     got = xnnpack_coverage(tiny_files["denoiser_float32.tflite"], machine, THREADS)
     assert got.delegated + sum(got.not_delegated.values()) == got.ops
     assert got.delegated > 0.9 * got.ops and got.partitions >= 1
@@ -164,7 +159,7 @@ def test_a_missing_runtime_is_one_line_naming_the_install_command(tiny_files, tm
 
 
 def test_a_file_the_runtime_cannot_load_is_a_target_error(tmp_path):
-    needs("gpu-fp32")
+    needs_target("gpu-fp32")
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"not a flatbuffer" * 8)
     with pytest.raises(TargetError, match="gpu-fp32:bad.tflite"):

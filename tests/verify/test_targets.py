@@ -9,13 +9,14 @@ import copy
 import numpy as np
 import pytest
 import torch
+from helpers import needs_target
 
 from mobilegen.contract import defaults
 from mobilegen.contract.spec import DenoiserSpec
 from mobilegen.diffusion import linear_schedule
 from mobilegen.diffusion.cases import PARITY_TIMESTEPS
 from mobilegen.errors import InvalidInput, MissingRuntimeError
-from mobilegen.runtime.targets import TARGETS, problem
+from mobilegen.runtime.targets import TARGETS
 from mobilegen.verify.targets import (
     FP16_IMAGE,
     TRAJECTORY,
@@ -29,12 +30,6 @@ from mobilegen.verify.targets import (
 SPEC = DenoiserSpec(layout="NHWC")
 GPU = pytest.mark.slow  # 20-60 s each on lavapipe; the quick suite runs the runtimes in tests/runtime/test_targets.py
 THREADS = 1
-
-
-def needs(*names: str) -> None:
-    for name in names:
-        if missing := problem(TARGETS[name]):
-            pytest.skip(f"{name}: needs {missing}; set it up with: bash scripts/install.sh")
 
 
 def test_parse_targets_expands_groups_in_a_fixed_order():
@@ -63,7 +58,7 @@ def test_a_missing_runtime_is_named_before_any_work(monkeypatch, tmp_path):
 
 @GPU
 def test_both_float_files_pass_on_the_gpu_paths(tiny, tiny_files):
-    needs("gpu-fp16", "gpu-fp32")
+    needs_target("gpu-fp16", "gpu-fp32")
     checked = check_targets(tiny, tiny_files, SPEC, linear_schedule(), ("gpu-fp16", "gpu-fp32"), THREADS)
     assert [g.subject for g in checked.gates] == [
         f"{f}@{p}" for f in tiny_files if f.endswith(".tflite") for p in ("gpu-fp16", "gpu-fp32")
@@ -88,7 +83,7 @@ def test_an_op_left_to_the_cpu_fails_the_gpu_gate(tiny, tiny_files, tmp_path, mo
     GATHER, and the gate fails naming it, although every number is right."""
     from mobilegen.export import tflite
 
-    needs("gpu-fp16")
+    needs_target("gpu-fp16")
     monkeypatch.setattr(tflite, "FP16_WEIGHT_OPS", (*tflite.FP16_WEIGHT_OPS, "GATHER"))
     old = tflite.to_fp16_weights(tiny_files["denoiser_float32.tflite"], tmp_path / "denoiser_float16.tflite")
     (gate,) = check_targets(tiny, {"denoiser_float16.tflite": old}, SPEC, linear_schedule(), ("gpu-fp16",), THREADS).gates
@@ -104,7 +99,7 @@ def test_a_float16_step_that_overflows_fails_the_step_and_the_image(tiny, tmp_pa
     from mobilegen.export import fp16safe
     from mobilegen.export.build import BuildOptions, build
 
-    needs("gpu-fp16")
+    needs_target("gpu-fp16")
     loud = copy.deepcopy(tiny)
     with torch.no_grad():
         loud.inc.double_conv[0].weight.mul_(1000.0)
@@ -123,7 +118,7 @@ def test_the_arm64_paths_are_measured_gated_and_report_xnnpack_coverage(tiny, ti
     """float32 on ARM64 computes what x86 does; FORCE_FP16 is measured and judged by the float16
     bars (on this random network its t = 999 step misses 40 dB: ARM's FP16 kernels round more
     than x86's emulation; the gate says so instead of passing it)."""
-    needs("arm64-fp32", "arm64-fp16")
+    needs_target("arm64-fp32", "arm64-fp16")
     files = {"denoiser_float32.tflite": tiny_files["denoiser_float32.tflite"]}
     checked = check_targets(tiny, files, SPEC, linear_schedule(), parse_targets("arm64"), THREADS)
     fp32, fp16 = (checked.section["results"]["denoiser_float32.tflite"][p] for p in ("arm64-fp32", "arm64-fp16"))
