@@ -56,7 +56,8 @@ def verify_directory(
         elif targets:
             schedule = schedule_from_alphas_cumprod(manifest["schedule"]["alphas_cumprod"])
             spec = mf.spec_from_manifest(manifest)
-            gates += check_targets(model, artifacts(directory, manifest), spec, schedule, targets, threads).gates
+            checked = check_targets(model, artifacts(directory, manifest), spec, schedule, targets, threads, images=False)
+            gates += checked.gates
         if classes:
             try:
                 trajectories = run_trajectories(directory, manifest, model, list(classes), config, threads)

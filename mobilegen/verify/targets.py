@@ -98,17 +98,17 @@ class Reference:
     fp32: np.ndarray  # PyTorch fp32 eps on the cases
     float64: np.ndarray
     schedule: Schedule
-    run: Run  # PyTorch fp32 trajectory
+    run: Run | None  # PyTorch fp32 trajectory (None: nothing is sampled)
     labels: list[int]  # its classes
 
 
-def reference(model: torch.nn.Module, schedule: Schedule) -> Reference:
+def reference(model: torch.nn.Module, schedule: Schedule, sample: bool) -> Reference:
     from mobilegen.runtime.backends import TorchBackend
     from mobilegen.verify.parity import float32_reference, float64_outputs
 
     cases = target_cases(schedule)
     labels = [CIFAR10_LABELS.index(c) for c in TRAJECTORY_CLASSES]
-    run = record(TorchBackend(model, "cpu").torch_denoise, labels, schedule, TRAJECTORY)
+    run = record(TorchBackend(model, "cpu").torch_denoise, labels, schedule, TRAJECTORY) if sample else None
     return Reference(cases, float32_reference(model, cases), float64_outputs(model, cases), schedule, run, labels)
 
 
@@ -120,24 +120,32 @@ class TargetCheck:
 
 
 def check_targets(
-    model: torch.nn.Module, files: dict[str, Path], spec: DenoiserSpec, schedule: Schedule, paths: tuple[str, ...], threads
+    model: torch.nn.Module,
+    files: dict[str, Path],
+    spec: DenoiserSpec,
+    schedule: Schedule,
+    paths: tuple[str, ...],
+    threads,
+    images: bool = True,
 ) -> TargetCheck:
-    """Every file on every path: one GateResult each, the manifest section and the images."""
+    """Every file on every path: one GateResult each, the manifest section and the images (with
+    images=False only the float16 paths sample: verify keeps no image)."""
     from mobilegen.runtime.backends import open_artifact
+    from mobilegen.runtime.targets import target
 
-    ref = reference(model, schedule)
-    images = {"PyTorch fp32": ref.run.images}
+    ref = reference(model, schedule, images or any(target(p).precision == "fp16" for p in paths))
+    drawn = {"PyTorch fp32": ref.run.images} if images else {}
     gates, results = [], {}
     for name, path in files.items():
-        if any(name in files_on(p, files) for p in paths) and PRECISION[name] in GPU_FILES:
+        if images and any(name in files_on(p, files) for p in paths) and PRECISION[name] in GPU_FILES:
             x86 = open_artifact(path, spec, threads).torch_denoise
-            images[f"x86 {short(name)}"] = record(x86, ref.labels, schedule, TRAJECTORY).images
+            drawn[f"x86 {short(name)}"] = record(x86, ref.labels, schedule, TRAJECTORY).images
         for path_name in (p for p in paths if name in files_on(p, files)):
             gate, run = check_one(name, path, path_name, spec, ref, threads)
             gates.append(gate)
             results.setdefault(name, {})[path_name] = gate.figures
-            if run is not None:
-                images[f"{path_name} {short(name)}"] = run.images
+            if run is not None and images:
+                drawn[f"{path_name} {short(name)}"] = run.images
             log.info("%s", gate.summary())
     section = {
         "cases": [ref.cases.describe(i) for i in range(len(ref.cases))],
@@ -145,7 +153,7 @@ def check_targets(
         "runtimes": runtime_versions(paths),
         "results": results,
     }
-    return TargetCheck(tuple(gates), section, images)
+    return TargetCheck(tuple(gates), section, drawn)
 
 
 def short(file_name: str) -> str:
