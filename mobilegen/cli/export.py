@@ -1,4 +1,4 @@
-"""The commands of `mobilegen-export`: onnx, tflite, verify, report, bench, compare."""
+"""The commands of `mobilegen-export`: onnx, tflite, verify, report, bench, profile, compare."""
 
 from __future__ import annotations
 
@@ -78,7 +78,15 @@ trajectory_options = options(
 
 
 def register(cli: click.Group) -> None:
-    for command in (onnx_command, tflite_command, verify_command, report_command, bench_command, compare_command):
+    for command in (
+        onnx_command,
+        tflite_command,
+        verify_command,
+        report_command,
+        bench_command,
+        profile_command,
+        compare_command,
+    ):
         cli.add_command(command)
 
 
@@ -287,6 +295,20 @@ def bench_command(directory, checkpoint, threads, repeats) -> None:
     for name, m in latency["memory"].items():
         largest = f"{m['graph']['largest_tensor_mb']:.2f}" if "graph" in m else "-"
         click.echo(f"{name:<34} {m['peak_rss_mb']:>11.1f} {largest:>18}")
+
+
+@click.command("profile")
+@DIRECTORY
+@threads_option()
+@click.option("--repeats", type=click.IntRange(3, 10000), default=15, show_default=True, help="Timed calls per cut.")
+def profile_command(directory, threads, repeats) -> None:
+    """Where a step's time goes: every file's operators and blocks timed (LiteRT: cut out one by one;
+    onnxruntime: its profiler) against each block's floor; into DIR/profile.json and DIR/profile.md."""
+    from mobilegen.jobs.profile import profile_directory
+
+    profile, text = profile_directory(directory, threads, repeats)
+    click.echo(text)
+    click.echo(f"wrote {directory / defaults.PROFILE_JSON} and {directory / defaults.PROFILE_MD}")
 
 
 @click.command("compare")

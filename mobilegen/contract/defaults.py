@@ -11,6 +11,8 @@ REPORT_HTML = "report.html"  # written by `mobilegen-export report`
 # What the read-only commands measure goes beside the manifest, never into it.
 BENCH_JSON = "bench.json"  # `mobilegen-export bench`
 TRAJECTORY_JSON = "trajectory.json"  # `mobilegen-export report`
+PROFILE_JSON = "profile.json"  # `mobilegen-export profile`
+PROFILE_MD = "profile.md"
 TARGETS_PNG = "targets.png"  # the phone paths' images, written by an export with --targets
 
 # Export defaults.

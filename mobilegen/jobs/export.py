@@ -49,6 +49,8 @@ OWN_FILES = frozenset(
         defaults.REPORT_HTML,
         defaults.BENCH_JSON,
         defaults.TRAJECTORY_JSON,
+        defaults.PROFILE_JSON,
+        defaults.PROFILE_MD,
         defaults.TARGETS_PNG,
     }
 )

@@ -186,6 +186,14 @@ def sgemm_peak_gflops(threads: int, n: int = 2048, rounds: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def copy_bandwidth_gbs(mb: int = 256, rounds: int = 5) -> float:
+    """Bytes read plus written per second by a large numpy copy (best of rounds): a memory-bound floor's rate."""
+    a = np.ones(mb * 2**18, np.float32)
+    b = np.empty_like(a)
+    best = min(timed(lambda: np.copyto(b, a)) for _ in range(rounds))
+    return 2 * a.nbytes / best / 1e9
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
