@@ -283,12 +283,13 @@ def report_command(directory, classes, sampler, steps, guidance, seed, checkpoin
 @reference_checkpoint_option()
 @threads_option()
 @click.option("--repeats", type=click.IntRange(3, 10000), default=defaults.BENCH_REPEATS, show_default=True)
-def bench_command(directory, checkpoint, threads, repeats) -> None:
-    """Per-step latency (warm-up, median, p90) and peak RSS of PyTorch and every artifact; into DIR/bench.json
-    (the manifest is never rewritten)."""
+@foreign_options()
+def bench_command(directory, checkpoint, threads, repeats, foreign, foreign_inputs) -> None:
+    """Per-step latency (warm-up, median, p90) and peak RSS of PyTorch and every artifact (and --foreign), each
+    against onnxruntime, the foreign file and the SGEMM floor; into DIR/bench.json (the manifest is never rewritten)."""
     from mobilegen.jobs.bench import bench_directory
 
-    latency = bench_directory(directory, checkpoint, threads, repeats)
+    latency = bench_directory(directory, checkpoint, threads, repeats, foreign_file(foreign, foreign_inputs))
     click.echo(f"{latency['machine']['cpu']}, {latency['threads']} threads, batch {latency['batch']}")
     click.echo(latency["table"])
     click.echo(f"{'memory (fresh process)':<34} {'peak RSS MB':>11} {'largest tensor MB':>18}")

@@ -29,14 +29,20 @@ def bench_memory(directory: Path, manifest: dict, checkpoint: Path | None, threa
     return out
 
 
-def bench_directory(directory: Path, checkpoint: Path | None, threads: int | None, repeats: int) -> dict:
+def bench_directory(
+    directory: Path,
+    checkpoint: Path | None,
+    threads: int | None,
+    repeats: int,
+    foreign: tuple[Path, dict[str, str]] | None = None,
+) -> dict:
     """The latency table and memory of every file; written to DIR/bench.json and returned."""
     from mobilegen.verify.bench import bench_directory_files
 
     manifest = intact_folder(directory, threads)
     model = reference_model(manifest, checkpoint, directory).model
     spec = mf.spec_from_manifest(manifest)
-    latency = bench_directory_files(model, artifacts(directory, manifest), spec, threads, repeats=repeats)
+    latency = bench_directory_files(model, artifacts(directory, manifest), spec, threads, repeats=repeats, foreign=foreign)
     latency["memory"] = bench_memory(directory, manifest, checkpoint, threads)
     latency["manifest_sha256"] = sha256_file(directory / mf.MANIFEST)  # which export was measured
     write_json(directory / BENCH_JSON, latency)

@@ -29,7 +29,7 @@ import torch
 from mobilegen.compress import count_macs, count_params
 from mobilegen.contract import defaults
 from mobilegen.contract.labels import CIFAR10_LABELS
-from mobilegen.contract.spec import TFLITE_FP16, TFLITE_FP32, TFLITE_INT8, DenoiserSpec
+from mobilegen.contract.spec import ONNX_FILE, TFLITE_FP16, TFLITE_FP32, TFLITE_INT8, DenoiserSpec
 from mobilegen.diffusion import SamplerConfig, linear_schedule
 from mobilegen.diffusion.cases import forward_process_cases
 from mobilegen.export.build import BuildOptions, build
@@ -38,6 +38,7 @@ from mobilegen.models.checkpoint import LoadedModel
 from mobilegen.runtime.backends import TorchBackend, default_threads, open_artifact
 from mobilegen.runtime.images import save_image
 from mobilegen.runtime.tflite_file import check_builtin_only
+from mobilegen.verify.bench import compute_floor
 from mobilegen.verify.foreign import ForeignTFLite
 from mobilegen.verify.memory import contract_feeds, measure_file, measure_torch
 from mobilegen.verify.parity import PSNR_IDENTICAL, psnr
@@ -48,6 +49,7 @@ SPEC = DenoiserSpec(layout=defaults.LAYOUT["tflite"])
 OUTPUTS = ("compare.json", "compare.md", "samples.png")
 PYTORCH_SDPA = "PyTorch fp32 on the CPU, fused SDPA"
 UNBOUNDED = "fp32, unbounded attention"
+ONNXRUNTIME = "onnxruntime: the fp32 ONNX file"  # the same bounded graph the TFLite files come from
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ def build_variants(unpruned: LoadedModel, pruned: LoadedModel | None, work: Path
     files = build(unpruned.model, SPEC, work, opts, unpruned.sha256).files
     names = {TFLITE_FP32: "fp32", TFLITE_FP16: "fp16", TFLITE_INT8["dynamic"]: "int8 dynamic", TFLITE_INT8["full"]: "int8 full"}
     variants = [Variant(label, files[name], unpruned.model) for name, label in names.items()]
+    variants.append(Variant(ONNXRUNTIME, files[ONNX_FILE], unpruned.model))
     (work / "unbounded").mkdir()
     unbounded = build(unpruned.model, SPEC, work / "unbounded", BuildOptions(fp16=False, tensor_mb=None), unpruned.sha256)
     variants.append(Variant(UNBOUNDED, unbounded.files[TFLITE_FP32], unpruned.model))
@@ -70,7 +73,8 @@ def build_variants(unpruned: LoadedModel, pruned: LoadedModel | None, work: Path
         pruned_files = build(pruned.model, SPEC, work / "pruned", BuildOptions(fp16=False), pruned.sha256).files
         variants.append(Variant("structured-pruned fp32", pruned_files[TFLITE_FP32], pruned.model))
     for v in variants:
-        check_builtin_only(v.path)
+        if v.path.suffix == ".tflite":
+            check_builtin_only(v.path)
     return variants
 
 
@@ -140,7 +144,8 @@ def compare(
         unpruned, pruned, threads, labels, config, calibration_size, rounds, repeats, image_rounds, foreign
     )
     names = [CIFAR10_LABELS[y] for y in labels]
-    add_speed(rows, timing, memory, image)
+    floor = compute_floor(unpruned.model, 1, threads)
+    add_speed(rows, timing, memory, image, floor)
     m = machine()
     result = {
         "machine": m,
@@ -158,6 +163,7 @@ def compare(
             "classes": names,
         },
         "variants": rows,
+        "floor": floor,
         "pytorch_sdpa_latency": timing[PYTORCH_SDPA]
         | {"speedup_vs_fp32": round(timing["fp32"]["median_ms"] / timing[PYTORCH_SDPA]["median_ms"], 3)},
         "pytorch_sdpa_memory": memory[PYTORCH_SDPA],
@@ -241,17 +247,21 @@ def fidelity_row(v: Variant, backend, cases, ref_eps, ref_run, labels: tuple[int
     return row, run
 
 
-def add_speed(rows: dict[str, dict], timing: dict, memory: dict, image: dict) -> None:
-    """Each row's latency with its speed-ups (vs fp32, the unbounded file, a foreign file), memory and image time."""
-    base, unbounded = timing["fp32"]["median_ms"], timing[UNBOUNDED]["median_ms"]
+def add_speed(rows: dict[str, dict], timing: dict, memory: dict, image: dict, floor: dict) -> None:
+    """Each row's latency with its speed-ups (vs fp32, the unbounded file, onnxruntime on our ONNX, a foreign
+    file) and its time over the compute floor (the unpruned network's MACs at the SGEMM peak), memory and image time."""
+    base, unbounded, ort = (timing[n]["median_ms"] for n in ("fp32", UNBOUNDED, ONNXRUNTIME))
     original = next((timing[n]["median_ms"] for n in rows if n.startswith("foreign")), None)
     for name, row in rows.items():
+        ms = timing[name]["median_ms"]
         row["latency"] = timing[name] | {
-            "speedup_vs_fp32": round(base / timing[name]["median_ms"], 3),
-            "speedup_vs_unbounded": round(unbounded / timing[name]["median_ms"], 3),
+            "speedup_vs_fp32": round(base / ms, 3),
+            "speedup_vs_unbounded": round(unbounded / ms, 3),
+            "speedup_vs_onnxruntime": round(ort / ms, 3),
+            "vs_floor": round(ms / floor["floor_ms"], 2),
         }
         if original:
-            row["latency"]["speedup_vs_foreign"] = round(original / timing[name]["median_ms"], 3)
+            row["latency"]["speedup_vs_foreign"] = round(original / ms, 3)
         row["memory"] = memory[name]
         row["image_ms"] = image[name]
 
@@ -273,10 +283,10 @@ def render(result: dict) -> str:
         f"Reference: the unpruned PyTorch fp32 model ({result['sources']['unpruned']}). Trajectory: {s['sampler']} "
         f"{s['steps']} steps, guidance {s['guidance']:g}, seed {s['seed']}, classes {', '.join(s['classes'])}.",
         "",
-        "| variant | file MB | params | GMACs/step | median ms | p90 ms | speedup vs fp32 | vs unbounded | vs foreign "
-        "| one image s | peak RSS MB | largest tensor MB | alive at once MB | step PSNR min/mean dB | trajectory PSNR min dB "
-        "| trajectory SSIM min |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | file MB | params | GMACs/step | median ms | p90 ms | speedup vs fp32 | vs unbounded | vs onnxruntime "
+        "| vs foreign | x floor | one image s | peak RSS MB | largest tensor MB | alive at once MB | step PSNR min/mean dB "
+        "| trajectory PSNR min dB | trajectory SSIM min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in result["variants"].items():
         lat, step, traj, mem = r["latency"], r["step_psnr_db"], r["trajectory"], r["memory"]
@@ -284,13 +294,18 @@ def render(result: dict) -> str:
         vs_foreign = f"{lat['speedup_vs_foreign']:.2f}x" if "speedup_vs_foreign" in lat else "-"
         lines.append(
             f"| {name} | {r['bytes'] / 1e6:.2f} | {r['params']:,} | {r['macs_per_step'] / 1e9:.2f} | {lat['median_ms']:.1f} "
-            f"| {lat['p90_ms']:.1f} | {lat['speedup_vs_fp32']:.2f}x | {lat['speedup_vs_unbounded']:.2f}x | {vs_foreign} "
+            f"| {lat['p90_ms']:.1f} | {lat['speedup_vs_fp32']:.2f}x | {lat['speedup_vs_unbounded']:.2f}x "
+            f"| {lat['speedup_vs_onnxruntime']:.2f}x | {vs_foreign} | {lat['vs_floor']:.2f}x "
             f"| {r['image_ms']['median_ms'] / 1000:.2f} | {mem['peak_rss_mb']:.1f} | {g.get('largest_tensor_mb', float('nan')):.2f} | {g.get('peak_live_mb', float('nan')):.1f} "
             f"| {step['min']:.1f} / {step['mean']:.1f} "
             f"| {traj['min_psnr_db']:.1f} | {traj['min_ssim']:.3f} |"
         )
-    sdpa = result["pytorch_sdpa_latency"]
+    sdpa, floor, isa = result["pytorch_sdpa_latency"], result["floor"], m.get("cpu_class", {})
     lines += [
+        "",
+        f"x floor: the median over the compute floor, {floor['gmacs']:.2f} GMAC per step at this run's SGEMM peak "
+        f"{floor['sgemm_gflops']:.1f} GFLOP/s (torch.mm 2048^3, same threads) = {floor['floor_ms']:.1f} ms; CPU family "
+        f"{isa.get('family', '?')} model {isa.get('model', '?')}, widest vector ISA {isa.get('vector_isa', '?')}.",
         "",
         f"The bar: {PYTORCH_SDPA} (unpruned), timed in the same rounds: median {sdpa['median_ms']:.1f} ms, "
         f"p90 {sdpa['p90_ms']:.1f} ms ({sdpa['speedup_vs_fp32']:.2f}x the fp32 file's speed).",

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mobilegen.contract.spec import DenoiserSpec
+from mobilegen.contract.spec import ONNX_FILE, DenoiserSpec
 from mobilegen.models import UNet
 from mobilegen.runtime.backends import TorchBackend, default_threads, open_artifact
 from mobilegen.verify.timing import Timing, machine, machine_line, measure, peak_rss_mb, sgemm_peak_gflops, table
@@ -52,6 +52,19 @@ def cuda_reference(model: UNet, x, t, y, warmup: int, repeats: int) -> list[Timi
     return rows
 
 
+def foreign_name(path: Path) -> str:
+    return f"foreign: {path.name}"
+
+
+def foreign_step(foreign: tuple[Path, dict[str, str]], threads: int, x: np.ndarray, t: np.ndarray, y: np.ndarray):
+    """Load: another project's .tflite denoiser (verify/foreign.py); returns its raw call on prepared feeds."""
+    from mobilegen.verify.foreign import ForeignTFLite
+
+    backend = ForeignTFLite(foreign[0], foreign[1], threads)
+    feeds = backend.feeds(x, t, y)
+    return lambda: backend.run_feeds(feeds)
+
+
 def compute_floor(model: UNet, batch: int, threads: int) -> dict:
     """A call's MACs over the machine's SGEMM peak, measured now: what no runtime can beat."""
     from mobilegen.compress import count_macs
@@ -62,7 +75,13 @@ def compute_floor(model: UNet, batch: int, threads: int) -> dict:
 
 
 def bench_directory_files(
-    model: UNet, files: dict[str, Path], spec: DenoiserSpec, threads: int | None, warmup: int = 3, repeats: int = 20
+    model: UNet,
+    files: dict[str, Path],
+    spec: DenoiserSpec,
+    threads: int | None,
+    warmup: int = 3,
+    repeats: int = 20,
+    foreign: tuple[Path, dict[str, str]] | None = None,
 ) -> dict:
     threads = threads or default_threads()
     rng = np.random.default_rng(0)
@@ -79,6 +98,10 @@ def bench_directory_files(
             # The raw fixed-batch call in the artifact's own layout: what an app pays per step.
             load = lambda path=path: open_artifact(path, spec, threads).raw_call  # noqa: E731
             timings.append(measure(fname, load, (spec.to_layout(x), t, y), "cpu", warmup, repeats))
+        if foreign is not None:
+            timings.append(
+                measure(foreign_name(foreign[0]), lambda: foreign_step(foreign, threads, x, t, y), (), "cpu", warmup, repeats)
+            )
         cuda = cuda_reference(model, x, t, y, warmup, repeats)
     finally:
         torch.set_num_threads(previous)
@@ -90,6 +113,11 @@ def bench_directory_files(
         }
         for fname in files
     }
+    for fname in files:
+        if ONNX_FILE in by_name:
+            ratios[fname]["speedup_vs_onnxruntime"] = round(by_name[ONNX_FILE] / by_name[fname], 3)
+        if foreign is not None:
+            ratios[fname]["speedup_vs_foreign"] = round(by_name[foreign_name(foreign[0])] / by_name[fname], 3)
     m = machine()
     floor = compute_floor(model, spec.batch, threads)
     for fname in files:
@@ -100,8 +128,12 @@ def bench_directory_files(
         f"\ncompute floor: {floor['gmacs']:.2f} GMAC per call at the SGEMM peak {floor['sgemm_gflops']:.1f} GFLOP/s "
         f"(torch.mm 2048^3, same threads) = {floor['floor_ms']:.1f} ms; "
         + ", ".join(f"{n} {r['vs_floor']:.2f}x" for n, r in ratios.items())
-        + f"; {m['cpu_class'].get('vector_isa', '')}"
+        + f"; CPU family {m['cpu_class'].get('family', '?')} model {m['cpu_class'].get('model', '?')}, "
+        + f"widest vector ISA {m['cpu_class'].get('vector_isa', '?')}"
     )
+    for label, key in (("onnxruntime on our ONNX", "speedup_vs_onnxruntime"), ("the foreign file", "speedup_vs_foreign")):
+        if any(key in r for r in ratios.values()):
+            text += f"\nspeed vs {label}: " + ", ".join(f"{n} {r[key]:.2f}x" for n, r in ratios.items() if key in r)
     if cuda:
         text += "\nCUDA reference (synchronised after every call; not part of the CPU ratios):\n" + table(cuda)
     return {

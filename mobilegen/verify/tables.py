@@ -100,7 +100,9 @@ VARIANT_HEADER = [
     "median ms",
     "p90 ms",
     "vs fp32",
+    "vs onnxruntime",
     "vs foreign",
+    "x floor",
     "one image s",
     "peak RSS MB",
     "step PSNR min / mean dB",
@@ -127,7 +129,9 @@ def variants_table(data: dict) -> list[str]:
                 number(lat.get("median_ms"), ".1f"),
                 number(lat.get("p90_ms"), ".1f"),
                 number(lat.get("speedup_vs_fp32"), ".2f", "x"),
+                number(lat.get("speedup_vs_onnxruntime"), ".2f", "x"),
                 number(lat.get("speedup_vs_foreign"), ".2f", "x") if has_foreign else "-",
+                number(lat.get("vs_floor"), ".2f", "x"),
                 number(dig(v, "image_ms", "median_ms") and v["image_ms"]["median_ms"] / 1000, ".2f"),
                 number(dig(v, "memory", "peak_rss_mb"), ".1f"),
                 f"{number(step.get('min'), '.1f')} / {number(step.get('mean'), '.1f')}",
@@ -136,7 +140,7 @@ def variants_table(data: dict) -> list[str]:
             ]
         )
     lines = [f"Variants side by side ({stamp(data)}; {compare_context(data)}):", ""]
-    lines += table(VARIANT_HEADER, "lrrrrrrrrrrrr", rows)
+    lines += table(VARIANT_HEADER, "l" + "r" * (len(VARIANT_HEADER) - 1), rows)
     bar, bar_mem = data.get("pytorch_sdpa_latency"), data.get("pytorch_sdpa_memory")
     if bar:
         text = (
@@ -146,6 +150,14 @@ def variants_table(data: dict) -> list[str]:
         if bar_mem:
             text += f"; peak RSS {number(bar_mem.get('peak_rss_mb'), '.1f')} MB (torch imported before the counter reset)"
         lines += ["", text + "."]
+    floor = data.get("floor")
+    if floor:
+        lines += [
+            "",
+            f"x floor: the median over the compute floor, {number(floor.get('gmacs'), '.2f')} GMAC per step at the SGEMM "
+            f"peak measured in the same run ({number(floor.get('sgemm_gflops'), '.1f')} GFLOP/s) = "
+            f"{number(floor.get('floor_ms'), '.1f')} ms.",
+        ]
     image = data.get("image")
     if image:
         lines += [

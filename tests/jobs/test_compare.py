@@ -28,7 +28,8 @@ def test_compare_measures_every_variant_side_by_side(tmp_path):
     assert res.exit_code == 0, res.output
     result = json.loads((out / "compare.json").read_text())
     rows = result["variants"]
-    assert list(rows) == ["fp32", "fp16", "int8 dynamic", "int8 full", "fp32, unbounded attention", "structured-pruned fp32"]
+    assert list(rows) == ["fp32", "fp16", "int8 dynamic", "int8 full", "onnxruntime: the fp32 ONNX file",
+                          "fp32, unbounded attention", "structured-pruned fp32"]  # fmt: skip
     assert rows["fp32"]["step_psnr_db"]["min"] > 80 and rows["fp32"]["latency"]["speedup_vs_fp32"] == 1.0
     assert (
         rows["int8 dynamic"]["bytes"] < 0.7 * rows["fp32"]["bytes"]
@@ -36,13 +37,17 @@ def test_compare_measures_every_variant_side_by_side(tmp_path):
     assert rows["structured-pruned fp32"]["macs_per_step"] < rows["fp32"]["macs_per_step"] / 1.5
     for row in rows.values():
         assert row["latency"]["calls"] == 10 and row["latency"]["p90_ms"] >= row["latency"]["median_ms"] > 0
+        assert row["latency"]["vs_floor"] == pytest.approx(row["latency"]["median_ms"] / result["floor"]["floor_ms"], abs=0.01)
+    assert rows["onnxruntime: the fp32 ONNX file"]["latency"]["speedup_vs_onnxruntime"] == 1.0
+    assert rows["onnxruntime: the fp32 ONNX file"]["step_psnr_db"]["min"] > 80, "our ONNX computes the model"
+    assert result["floor"]["sgemm_gflops"] > 0 and "x floor" in (out / "compare.md").read_text()
     for name in ("fp32", "fp32, unbounded attention"):  # the same network, run by the same runtime
         assert rows[name]["trajectory"]["min_ssim"] > 0.999 and rows[name]["trajectory"]["min_psnr_db"] > 60, name
     assert result["pytorch_sdpa_latency"]["median_ms"] > 0 and result["threads"] == 2
     assert all(row["image_ms"]["calls"] == 1 and row["image_ms"]["median_ms"] > 0 for row in rows.values())
     assert result["commit"] and result["machine"]["flags"] is not None
     assert "| int8 full |" in (out / "compare.md").read_text()
-    assert Image.open(out / "samples.png").size[1] > 6 * 64  # a row per variant, plus the reference
+    assert Image.open(out / "samples.png").size[1] > 7 * 64  # a row per variant, plus the reference
 
 
 def test_existing_outputs_are_refused_before_any_work(tmp_path):
