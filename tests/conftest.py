@@ -113,10 +113,12 @@ def tiny_b2(tiny_export):
 
 @pytest.fixture(scope="session")
 def pruned_export(tmp_path_factory):
-    """The default model with L1 unstructured pruning: `tflite --fp16 --prune 0.3`."""
-    out = tmp_path_factory.mktemp("pruned") / "v2"
-    run_export("tflite", "--fp16", "--prune", "0.3", "--no-bench", "-o", out)
-    return out
+    """The tiny network with L1 unstructured pruning: `tflite tiny.pt --fp16 --prune 0.3`."""
+    from helpers import tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("pruned")
+    run_export("tflite", tiny_checkpoint(root / "tiny.pt"), "--fp16", "--prune", "0.3", "--no-bench", "-o", root / "v")
+    return root / "v"
 
 
 @pytest.fixture(scope="session")
