@@ -282,8 +282,9 @@ def test_16_concurrent_requests_all_succeed_and_share_model_calls(url):
     assert all(png(r.content).size == (64, 64) for r in results)
     after = metrics(url)
     v2 = (("model", "v2"),)
-    calls = after["mobilegen_batch_requests_sum"][v2] - before["mobilegen_batch_requests_sum"][v2]
-    runs = after["mobilegen_batch_requests_count"][v2] - before["mobilegen_batch_requests_count"][v2]
+    # a histogram has no sample before its first observation (this test may be the server's first user)
+    calls = after["mobilegen_batch_requests_sum"][v2] - before.get("mobilegen_batch_requests_sum", {}).get(v2, 0)
+    runs = after["mobilegen_batch_requests_count"][v2] - before.get("mobilegen_batch_requests_count", {}).get(v2, 0)
     assert calls == 16 * 2  # every request made 2 denoiser calls (2 steps)
     assert runs < calls / 2, f"{calls} denoiser calls ran as {runs} model calls: not batched"
 
@@ -311,8 +312,9 @@ def test_same_seed_same_png_bytes_batched_or_not():
         with ThreadPoolExecutor(8) as pool:
             together = list(pool.map(lambda r: httpx.post(f"{base}/v1/images", json=r, timeout=60), REQUESTS + noise))
         after = metrics(base)
-    calls = after["mobilegen_batch_requests_sum"][v2] - before["mobilegen_batch_requests_sum"][v2]
-    runs = after["mobilegen_batch_requests_count"][v2] - before["mobilegen_batch_requests_count"][v2]
+    # a histogram has no sample before its first observation (this test may be the server's first user)
+    calls = after["mobilegen_batch_requests_sum"][v2] - before.get("mobilegen_batch_requests_sum", {}).get(v2, 0)
+    runs = after["mobilegen_batch_requests_count"][v2] - before.get("mobilegen_batch_requests_count", {}).get(v2, 0)
     assert calls / runs > 2, "the requests did not share model calls"
     assert [r.status_code for r in together] == [200] * 8
     for one, batched, request in zip(alone, together, REQUESTS):
@@ -334,9 +336,10 @@ def two_models(tmp_path_factory):
 
 @pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_several_models_cors_and_timeout(two_models):
+    # timeout 6 s: a 2-step image of either model fits on a loaded 2-core machine; 200 steps x 8 rows never does
     config = ServeConfig(
         models=(parse_model_option(f"v1={two_models['student_v1']}"), ModelSource(two_models["student_v2"])),
-        steps=2, max_steps=200, timeout_s=1.5, cors_origins=("https://app.example",), log_level="warning",
+        steps=2, max_steps=200, timeout_s=6, cors_origins=("https://app.example",), log_level="warning",
     )  # fmt: skip
     with running(config) as base:
         models = httpx.get(f"{base}/v1/models").json()
@@ -355,7 +358,7 @@ def test_several_models_cors_and_timeout(two_models):
         start = time.monotonic()
         slow = httpx.post(f"{base}/v1/images", json={"label": "cat", "steps": 200, "n": 4}, timeout=30)
         assert slow.status_code == 504 and "timeout" in slow.json()["error"]
-        assert time.monotonic() - start < 5
+        assert time.monotonic() - start < 6 + 3.5
         host, port = base.removeprefix("http://").split(":")
         hung = socket.create_connection((host, int(port)), timeout=10)  # a client that never finishes its body
         hung.sendall(b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
