@@ -216,7 +216,7 @@ def test_pruning_is_reported_honestly(pruned_export):
     m = manifest_of(pruned_export)
     prune = m["compression"]["prune"]
     assert prune["amount"] == 0.3 and prune["global"] >= 0.3
-    assert all(v >= 0.3 - 1e-3 for v in prune["layers"].values())
+    assert all(v >= 0.25 for v in prune["layers"].values())  # per layer: floor(0.3 n) of n (the tiny net has 4-weight layers)
     psnr = prune["pruned_vs_unpruned_psnr_db"]  # the untrained model: pruning moves it more than trained weights
     assert 5 < psnr["min"] <= psnr["mean"] < 80
     assert prune["weights_gzip_bytes"].keys() == {"float32", "float16"}
