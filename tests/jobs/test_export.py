@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import ROOT, assert_refused, earlier_export, manifest_of, run, run_export
+from helpers import ROOT, assert_refused, earlier_export, manifest_of, run
 
 from mobilegen.cli import export_cli
 from mobilegen.contract import spec as spec_module
 from mobilegen.contract.spec import DenoiserSpec, Tolerance
 from mobilegen.files import host_tag, sha256_file
-from mobilegen.models.checkpoint import save_checkpoint, seeded_model
 
 ONNX, F32, F16 = "denoiser.onnx", "denoiser_float32.tflite", "denoiser_float16.tflite"
 
@@ -165,13 +164,14 @@ def test_killed_exports_leave_nothing_behind(tmp_path):
 
 
 @pytest.mark.slow
-def test_failed_export_manifest_is_strict_json(tmp_path):
+def test_failed_export_manifest_is_strict_json(tmp_path, tiny_ckpt):
     """NaN weights make every output NaN: the failed manifest says so with null, never Infinity."""
     from mobilegen.errors import GateError
     from mobilegen.export.build import BuildOptions
     from mobilegen.jobs.export import ExportOptions, export_artifacts
+    from mobilegen.models.checkpoint import load_checkpoint
 
-    loaded = seeded_model("student_v2")
+    loaded = load_checkpoint(tiny_ckpt)
     with torch.no_grad():
         loaded.model.inc.double_conv[0].weight[0, 0, 0, 0] = float("nan")
     options = ExportOptions(out_dir=tmp_path / "nan", build=BuildOptions(tflite=False), layout="NCHW", bench=False)

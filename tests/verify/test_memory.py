@@ -31,11 +31,11 @@ def test_pytorch_is_measured_the_same_way():
 
 
 @pytest.mark.slow
-def test_a_tiny_memory_limit_fails_like_a_parity_gate_and_keeps_the_earlier_export(tmp_path):
+def test_a_tiny_memory_limit_fails_like_a_parity_gate_and_keeps_the_earlier_export(tmp_path, tiny_ckpt):
     out = tmp_path / "v2"
-    assert run("onnx", "-o", out).exit_code == 0
+    assert run("onnx", tiny_ckpt, "-o", out).exit_code == 0
     before = (out / "manifest.json").read_bytes()
-    res = run("tflite", "-o", out, "--overwrite", "--no-bench", "--max-memory-mb", "1")
+    res = run("tflite", tiny_ckpt, "-o", out, "--overwrite", "--no-bench", "--max-memory-mb", "1")
     assert res.exit_code == 1
     assert "memory gate failed" in res.stderr and "exceeds --max-memory-mb 1" in res.stderr
     assert "largest intermediate tensor" in res.stderr  # named, with its size
