@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from helpers import run
 
 
 @pytest.mark.slow
-def test_bench_command_writes_bench_json(real_v2_export, tmp_path):
-    copy = tmp_path / "v2"
-    shutil.copytree(real_v2_export, copy)
+def test_bench_command_writes_bench_json(export_copy):
+    copy = export_copy
     before = (copy / "manifest.json").read_bytes()
     res = run("bench", copy, "--repeats", "3", "--threads", "1")
     assert res.exit_code == 0, res.output + res.stderr
