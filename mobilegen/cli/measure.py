@@ -21,6 +21,7 @@ from mobilegen.cli.core import (
     overwrite_option,
     threads_option,
 )
+from mobilegen.contract import defaults
 
 TABLE_CHOICES = click.Choice(["variants", "memory", "latency"])
 JSON_OUT = click.option(
@@ -122,6 +123,12 @@ class Budgets(click.ParamType):
     show_default=True,
     help="--max-tensor-mb of each fp32 file, comma-separated (inf: unbounded); the first is the 'vs first' reference.",
 )
+@click.option(
+    "--splits",
+    default=defaults.ATTENTION_SPLIT,
+    show_default=True,
+    help=f"Attention splits to build at each bounded budget, comma-separated ({', '.join(defaults.ATTENTION_SPLITS)}).",
+)
 @foreign_options()
 @click.option("--rounds", type=click.IntRange(1, 1000), default=10, show_default=True, help="Latency rounds (files take turns).")
 @click.option("--repeats", type=click.IntRange(1, 1000), default=10, show_default=True, help="Calls per file per round.")
@@ -129,7 +136,7 @@ class Budgets(click.ParamType):
 @JSON_OUT
 @overwrite_option("Replace an existing --json file.")
 def compare_budgets_command(
-    checkpoint, arch, budgets, foreign, foreign_inputs, rounds, repeats, threads, json_out, overwrite
+    checkpoint, arch, budgets, splits, foreign, foreign_inputs, rounds, repeats, threads, json_out, overwrite
 ) -> None:
     """Step time and memory of the fp32 TFLite file of CHECKPOINT (default: untrained v2) at each attention budget."""
     from mobilegen.jobs.budgets import compare_budgets, render_budgets
@@ -137,7 +144,8 @@ def compare_budgets_command(
     check_json_out(json_out, overwrite)
     loaded = load_model(checkpoint, arch)
     foreign_arg = foreign_file(foreign, foreign_inputs)
-    result = compare_budgets(loaded, budgets, threads, rounds, repeats, foreign_arg)
+    split_list = tuple(s.strip() for s in splits.split(",") if s.strip())
+    result = compare_budgets(loaded, budgets, threads, rounds, repeats, foreign_arg, split_list)
     click.echo(render_budgets(result), nl=False)
     write_results(json_out, overwrite, result)
 

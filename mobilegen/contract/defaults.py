@@ -22,6 +22,12 @@ LAYOUT = {"onnx": "NCHW", "tflite": "NHWC"}  # the layout each command's files t
 # 4 MB per image: the sa6 scores in chunks of 64 query rows; measured on the real v2 the
 # fastest budget that meets the memory targets (docs/performance.md "Memory").
 TENSOR_MB = 4.0
+# How a bounded attention block is split (models/budget.py): "per-head" takes one head (or the
+# largest group of heads whose every row fits) at a time, "all-heads" all heads and fewer rows.
+# per-head: 1.15x the step speed of all-heads on the real v2 (docs/performance.md, measured
+# on an AVX-512 Xeon only), the same numbers per query row.
+ATTENTION_SPLITS = ("per-head", "all-heads")
+ATTENTION_SPLIT = "per-head"
 CALIBRATION_SAMPLES = 320
 PRUNE = 0.0
 BENCH_REPEATS = 20

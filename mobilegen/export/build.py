@@ -31,6 +31,7 @@ class BuildOptions:
     int8: tuple[str, ...] = ()  # "dynamic", "full"
     calibration_size: int = defaults.CALIBRATION_SAMPLES
     tensor_mb: float | None = defaults.TENSOR_MB  # the attention's tensor budget; None: unbounded
+    attention_split: str = defaults.ATTENTION_SPLIT  # how a bounded block is split (models/budget.py)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def tensor_budget(max_tensor_mb: float | None, batch: int) -> float | None:
 def build(model, spec: DenoiserSpec, stage: Path, options: BuildOptions, source_sha256: str | None) -> Artifacts:
     """Write every file into stage. Every .tflite file gets its metadata (with source_sha256,
     the checkpoint's) before anything measures or hashes it."""
-    files = {ONNX_FILE: export_onnx(model, spec, stage / ONNX_FILE, options.tensor_mb)}
+    files = {ONNX_FILE: export_onnx(model, spec, stage / ONNX_FILE, options.tensor_mb, options.attention_split)}
     int8: dict[str, dict] = {}
     if options.tflite:
         files[TFLITE_FP32] = convert_onnx_to_tflite(files[ONNX_FILE], spec, stage)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from mobilegen.contract.defaults import ATTENTION_SPLIT
 from mobilegen.contract.spec import DenoiserSpec
 from mobilegen.errors import ExportError, MissingDependencyError
 from mobilegen.export.wrapper import ExportedDenoiser
@@ -33,8 +34,11 @@ def onnx_op_types(path: str | Path) -> list[str]:
     return sorted({node.op_type for node in onnx.load(str(path)).graph.node})
 
 
-def export_onnx(unet: UNet, spec: DenoiserSpec, path: Path, max_tensor_mb: float | None = None) -> Path:
-    """Write a simplified, static-shape ONNX of (x, t, y) -> eps to path (attention bounded to max_tensor_mb)."""
+def export_onnx(
+    unet: UNet, spec: DenoiserSpec, path: Path, max_tensor_mb: float | None = None, split: str = ATTENTION_SPLIT
+) -> Path:
+    """Write a simplified, static-shape ONNX of (x, t, y) -> eps to path (attention bounded to max_tensor_mb,
+    split per head or across all heads: models/budget.py)."""
     try:
         import onnx
         import onnxsim
@@ -44,7 +48,7 @@ def export_onnx(unet: UNet, spec: DenoiserSpec, path: Path, max_tensor_mb: float
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
-            ExportedDenoiser(unet, spec, max_tensor_mb),
+            ExportedDenoiser(unet, spec, max_tensor_mb, split),
             example_inputs(spec),
             str(raw),
             dynamo=False,

@@ -17,19 +17,41 @@ from pathlib import Path
 
 import torch
 
+from mobilegen.contract.defaults import ATTENTION_SPLIT, ATTENTION_SPLITS
 from mobilegen.contract.spec import TFLITE_FP32
 from mobilegen.errors import InvalidInput
 from mobilegen.export.build import BuildOptions, build, tensor_budget
+from mobilegen.jobs.compare import PYTORCH_SDPA, SPEC, latency, step_feeds
 from mobilegen.models.checkpoint import LoadedModel
 from mobilegen.runtime.backends import TorchBackend, default_threads, open_artifact
-from mobilegen.jobs.compare import PYTORCH_SDPA, SPEC, latency, step_feeds
 from mobilegen.verify.foreign import ForeignTFLite
 from mobilegen.verify.memory import measure_file
 from mobilegen.verify.timing import machine
 
 
-def budget_name(budget: float) -> str:
-    return f"fp32, max tensor {budget:g} MB"
+def budget_name(budget: float, split: str | None = None) -> str:
+    return f"fp32, max tensor {budget:g} MB" + (f", {split}" if split and math.isfinite(budget) else "")
+
+
+def variants(budgets: Sequence[float], splits: Sequence[str]) -> list[tuple[float, str]]:
+    """(budget, split) of every file: each budget once per split (an unbounded file is never split)."""
+    out = []
+    for budget in budgets:
+        for split in splits if math.isfinite(budget) else splits[:1]:
+            out.append((budget, split))
+    return out
+
+
+def build_files(loaded: LoadedModel, budgets: Sequence[float], splits: Sequence[str], work: Path) -> dict[str, Path]:
+    """The fp32 file of every (budget, split), built in its own folder under work, by name."""
+    files = {}
+    for budget, split in variants(budgets, splits):
+        folder = work / f"{budget:g}-{split}"
+        folder.mkdir()
+        options = BuildOptions(fp16=False, tensor_mb=tensor_budget(budget, SPEC.batch), attention_split=split)
+        built = build(loaded.model, SPEC, folder, options, loaded.sha256)
+        files[budget_name(budget, split if len(splits) > 1 else None)] = built.files[TFLITE_FP32]
+    return files
 
 
 def compare_budgets(
@@ -39,26 +61,23 @@ def compare_budgets(
     rounds: int = 10,
     repeats: int = 10,
     foreign: tuple[Path, dict[str, str]] | None = None,
+    splits: Sequence[str] = (ATTENTION_SPLIT,),
 ) -> dict:
-    """Build the fp32 file at every budget (MB per tensor; inf: unbounded) and measure them all.
-    Returns the machine, the settings, and per file its latency and memory (the first budget is
-    the reference of `speedup_vs_first`)."""
+    """Build the fp32 file at every budget (MB per tensor; inf: unbounded), once per attention split,
+    and measure them all. Returns the machine, the settings, and per file its latency and memory
+    (the first file is the reference of `speedup_vs_first`)."""
     if not budgets:
         raise InvalidInput("give at least one budget, e.g. inf,16,4")
     if len(set(budgets)) != len(budgets):
         raise InvalidInput(f"each budget once: {', '.join(f'{b:g}' for b in budgets)}")
+    if not splits or len(set(splits)) != len(splits) or not set(splits) <= set(ATTENTION_SPLITS):
+        raise InvalidInput(f"--splits: each of {', '.join(ATTENTION_SPLITS)} at most once; got {', '.join(splits)}")
     threads = threads or default_threads()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory(prefix="mobilegen-budgets-") as tmp:
-            files = {}
-            for budget in budgets:
-                folder = Path(tmp) / f"{budget:g}"
-                folder.mkdir()
-                options = BuildOptions(fp16=False, tensor_mb=tensor_budget(budget, SPEC.batch))
-                built = build(loaded.model, SPEC, folder, options, loaded.sha256)
-                files[budget_name(budget)] = built.files[TFLITE_FP32]
+            files = build_files(loaded, budgets, splits, Path(tmp))
             backends = {name: open_artifact(path, SPEC, threads) for name, path in files.items()}
             if foreign is not None:
                 name = f"foreign: {foreign[0].name}"
@@ -89,6 +108,7 @@ def compare_budgets(
         "rounds": rounds,
         "repeats_per_round": repeats,
         "budgets_mb": [b if math.isfinite(b) else "inf" for b in budgets],
+        "attention_splits": list(splits),
         "files": rows,
         "pytorch_sdpa_latency": timing[PYTORCH_SDPA],
     }

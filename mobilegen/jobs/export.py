@@ -148,6 +148,7 @@ def build_options(opts: ExportOptions) -> BuildOptions:
         opts.build.int8,
         opts.build.calibration_size,
         tensor_budget(opts.max_tensor_mb, opts.batch),
+        opts.build.attention_split,
     )
 
 
@@ -240,7 +241,7 @@ def check_tensor_budget(model, opts: ExportOptions) -> None:
     from mobilegen.models.budget import plan_attention
 
     if (budget := tensor_budget(opts.max_tensor_mb, opts.batch)) is not None:
-        plan_attention(model, opts.batch, budget)  # ValueError naming the smallest feasible budget
+        plan_attention(model, opts.batch, budget, opts.build.attention_split)  # names the smallest feasible budget
 
 
 def gate_memory(
@@ -257,6 +258,7 @@ def gate_memory(
         entries[name]["memory"] = measured | {
             "limit_mb": result.figures["limit_mb"],
             "max_tensor_mb": budget,
+            "attention_split": opts.build.attention_split if budget is not None else None,
             "passed": result.passed,
         }
         results.append(result)

@@ -6,10 +6,17 @@ twenty times everything else. Computed for a chunk of query rows and a group of 
 at a time, the scores are [N, group, chunk, L], and each query row gets exactly the
 numbers it got before (softmax runs over keys, which are never split).
 
-The plan keeps all heads together and takes the largest chunk of query rows that fits
-(a divisor of L, so every chunk has the same shape); only when one row of all heads is
-too large are the heads split as well. A budget smaller than the smallest plan (one
-row of one head) or than the largest tensor outside attention is refused.
+A block that fits whole stays whole. Otherwise the split decides (every chunk the same
+shape: the row chunk is a divisor of L):
+- "per-head" (the default): the largest group of heads whose every row fits, else one head
+  and the largest chunk of its rows. Each chunk then multiplies against one head's K^T and
+  V, which XNNPACK repacks for every BATCH_MATMUL: with 4 MB chunks of the 64x64 block that
+  is 16 repacks per head instead of 64, measured 1.15x the speed of a whole step of the real
+  v2 (docs/performance.md "The attention split").
+- "all-heads": all heads together and the largest chunk of rows; the heads are split only
+  when one row of all heads is too large.
+A budget smaller than the smallest plan (one row of one head) or than the largest tensor
+outside attention is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mobilegen.contract.defaults import ATTENTION_SPLIT, ATTENTION_SPLITS
 from mobilegen.errors import InvalidInput
 from mobilegen.models.blocks import SelfAttention
 
@@ -43,13 +51,19 @@ def attention_blocks(unet) -> dict[str, SelfAttention]:
     return {name: m for name, m in unet.named_modules() if isinstance(m, SelfAttention)}
 
 
-def plan_block(name: str, block: SelfAttention, batch: int, budget: int) -> BlockPlan | None:
+def plan_block(name: str, block: SelfAttention, batch: int, budget: int, split: str = ATTENTION_SPLIT) -> BlockPlan | None:
     heads, seq = block.mha.num_heads, block.size * block.size
-    for group in sorted(divisors(heads), reverse=True):
-        for chunk in sorted(divisors(seq), reverse=True):
-            size = batch * group * chunk * seq * FLOAT_BYTES
-            if size <= budget:
-                return BlockPlan(name, heads, seq, group, chunk, size)
+    if split not in ATTENTION_SPLITS:
+        raise InvalidInput(f"attention split {split!r}: use one of {', '.join(ATTENTION_SPLITS)}")
+    groups = sorted(divisors(heads), reverse=True)
+    if split == "per-head":  # whole rows for the most heads that fit, else one head in row chunks
+        order = [(g, seq) for g in groups] + [(1, c) for c in sorted(divisors(seq), reverse=True)]
+    else:
+        order = [(g, c) for g in groups for c in sorted(divisors(seq), reverse=True)]
+    for group, chunk in order:
+        size = batch * group * chunk * seq * FLOAT_BYTES
+        if size <= budget:
+            return BlockPlan(name, heads, seq, group, chunk, size)
     return None
 
 
@@ -88,7 +102,7 @@ def min_budget(unet, batch: int) -> int:
     return max(rows + [largest_other_tensor(unet, batch)])
 
 
-def plan_attention(unet, batch: int, max_tensor_mb: float) -> list[BlockPlan]:
+def plan_attention(unet, batch: int, max_tensor_mb: float, split: str = ATTENTION_SPLIT) -> list[BlockPlan]:
     """The plan for every attention block; raises ValueError (with the smallest feasible value) if none fits."""
     budget = int(max_tensor_mb * MB)
     smallest = min_budget(unet, batch)
@@ -98,16 +112,16 @@ def plan_attention(unet, batch: int, max_tensor_mb: float) -> list[BlockPlan]:
             f"budget is {smallest / MB:.3f} MB (one row of attention scores, or the largest tensor "
             "outside attention); pass at least that"
         )
-    return [plan_block(name, block, batch, budget) for name, block in attention_blocks(unet).items()]
+    return [plan_block(name, block, batch, budget, split) for name, block in attention_blocks(unet).items()]
 
 
-def set_bounded_attention(unet, batch: int, max_tensor_mb: float | None) -> list[BlockPlan]:
+def set_bounded_attention(unet, batch: int, max_tensor_mb: float | None, split: str = ATTENTION_SPLIT) -> list[BlockPlan]:
     """Apply the plan to unet in place (None: unbounded, every block at once)."""
     if max_tensor_mb is None:
         for block in attention_blocks(unet).values():
             block.head_group = block.query_chunk = 0
         return []
-    plans = plan_attention(unet, batch, max_tensor_mb)
+    plans = plan_attention(unet, batch, max_tensor_mb, split)
     for p in plans:
         block = unet.get_submodule(p.name)
         block.head_group, block.query_chunk = p.head_group, p.query_chunk

@@ -74,6 +74,37 @@ def compute_floor(model: UNet, batch: int, threads: int) -> dict:
     return {"gmacs": round(gmacs, 3), "sgemm_gflops": round(gflops, 1), "floor_ms": round(2 * gmacs / gflops * 1e3, 2)}
 
 
+def speed_ratios(by_name: dict[str, float], files: list[str], foreign: str | None, floor: dict) -> dict[str, dict]:
+    """Each file's speed-ups over both PyTorch rows, onnxruntime on our ONNX and a foreign file, and its time
+    over the compute floor."""
+    ratios = {}
+    for fname in files:
+        r = {
+            "speedup_vs_original_attention": round(by_name[ORIGINAL] / by_name[fname], 3),
+            "speedup_vs_fused_sdpa": round(by_name[FUSED] / by_name[fname], 3),
+        }
+        if ONNX_FILE in by_name:
+            r["speedup_vs_onnxruntime"] = round(by_name[ONNX_FILE] / by_name[fname], 3)
+        if foreign is not None:
+            r["speedup_vs_foreign"] = round(by_name[foreign] / by_name[fname], 3)
+        ratios[fname] = r | {"vs_floor": round(by_name[fname] / floor["floor_ms"], 2)}
+    return ratios
+
+
+def ratio_lines(ratios: dict[str, dict], floor: dict, m: dict) -> str:
+    isa = m["cpu_class"]
+    text = (
+        f"\ncompute floor: {floor['gmacs']:.2f} GMAC per call at the SGEMM peak {floor['sgemm_gflops']:.1f} GFLOP/s "
+        f"(torch.mm 2048^3, same threads) = {floor['floor_ms']:.1f} ms; "
+        + ", ".join(f"{n} {r['vs_floor']:.2f}x" for n, r in ratios.items())
+        + f"; CPU family {isa.get('family', '?')} model {isa.get('model', '?')}, widest vector ISA {isa.get('vector_isa', '?')}"
+    )
+    for label, key in (("onnxruntime on our ONNX", "speedup_vs_onnxruntime"), ("the foreign file", "speedup_vs_foreign")):
+        if any(key in r for r in ratios.values()):
+            text += f"\nspeed vs {label}: " + ", ".join(f"{n} {r[key]:.2f}x" for n, r in ratios.items() if key in r)
+    return text
+
+
 def bench_directory_files(
     model: UNet,
     files: dict[str, Path],
@@ -106,34 +137,10 @@ def bench_directory_files(
     finally:
         torch.set_num_threads(previous)
     by_name = {tm.name: tm.median_ms for tm in timings}
-    ratios = {
-        fname: {
-            "speedup_vs_original_attention": round(by_name[ORIGINAL] / by_name[fname], 3),
-            "speedup_vs_fused_sdpa": round(by_name[FUSED] / by_name[fname], 3),
-        }
-        for fname in files
-    }
-    for fname in files:
-        if ONNX_FILE in by_name:
-            ratios[fname]["speedup_vs_onnxruntime"] = round(by_name[ONNX_FILE] / by_name[fname], 3)
-        if foreign is not None:
-            ratios[fname]["speedup_vs_foreign"] = round(by_name[foreign_name(foreign[0])] / by_name[fname], 3)
-    m = machine()
-    floor = compute_floor(model, spec.batch, threads)
-    for fname in files:
-        ratios[fname]["vs_floor"] = round(by_name[fname] / floor["floor_ms"], 2)
+    m, floor = machine(), compute_floor(model, spec.batch, threads)
+    ratios = speed_ratios(by_name, list(files), foreign_name(foreign[0]) if foreign else None, floor)
     text = f"{machine_line(m)}; {threads} threads, batch {spec.batch}, warm-up {warmup}, {repeats} calls\n"
-    text += table(timings, reference=ORIGINAL)
-    text += (
-        f"\ncompute floor: {floor['gmacs']:.2f} GMAC per call at the SGEMM peak {floor['sgemm_gflops']:.1f} GFLOP/s "
-        f"(torch.mm 2048^3, same threads) = {floor['floor_ms']:.1f} ms; "
-        + ", ".join(f"{n} {r['vs_floor']:.2f}x" for n, r in ratios.items())
-        + f"; CPU family {m['cpu_class'].get('family', '?')} model {m['cpu_class'].get('model', '?')}, "
-        + f"widest vector ISA {m['cpu_class'].get('vector_isa', '?')}"
-    )
-    for label, key in (("onnxruntime on our ONNX", "speedup_vs_onnxruntime"), ("the foreign file", "speedup_vs_foreign")):
-        if any(key in r for r in ratios.values()):
-            text += f"\nspeed vs {label}: " + ", ".join(f"{n} {r[key]:.2f}x" for n, r in ratios.items() if key in r)
+    text += table(timings, reference=ORIGINAL) + ratio_lines(ratios, floor, m)
     if cuda:
         text += "\nCUDA reference (synchronised after every call; not part of the CPU ratios):\n" + table(cuda)
     return {

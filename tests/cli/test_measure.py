@@ -66,17 +66,20 @@ def test_perf_tables_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 @pytest.mark.slow
 def test_compare_budgets_builds_and_measures_each_budget(tmp_path):
     out = tmp_path / "budgets.json"
-    res = run("compare-budgets", "--budgets", "inf,8", "--rounds", "1", "--repeats", "2", "--threads", "2", "--json", out)
+    res = run("compare-budgets", "--budgets", "inf,8", "--splits", "per-head,all-heads", "--rounds", "1", "--repeats", "2",
+              "--threads", "2", "--json", out)  # fmt: skip
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     rows = [x for x in lines if x.startswith("| fp32, max tensor")]
-    assert [r.split(" | ")[0] for r in rows] == ["| fp32, max tensor inf MB", "| fp32, max tensor 8 MB"], res.output
+    names = ["| fp32, max tensor inf MB", "| fp32, max tensor 8 MB, per-head", "| fp32, max tensor 8 MB, all-heads"]
+    assert [r.split(" | ")[0] for r in rows] == names, res.output
     assert " 1.000x | - |" in rows[0] and lines[-2].startswith("PyTorch fp32 on the CPU, fused SDPA: ")
     data = json.loads(out.read_text())
     files = data["files"]
-    assert data["budgets_mb"] == ["inf", 8.0] and data["rounds"] == 1 and data["commit"]
+    assert data["budgets_mb"] == ["inf", 8.0] and data["attention_splits"] == ["per-head", "all-heads"] and data["commit"]
     assert files["fp32, max tensor inf MB"]["memory"]["graph"]["largest_tensor_mb"] > 8
-    assert files["fp32, max tensor 8 MB"]["memory"]["graph"]["largest_tensor_mb"] <= 8
+    for split in ("per-head", "all-heads"):
+        assert files[f"fp32, max tensor 8 MB, {split}"]["memory"]["graph"]["largest_tensor_mb"] <= 8
     assert all(f["median_ms"] > 0 and f["memory"]["peak_rss_mb"] > 0 for f in files.values())
     again = run("compare-budgets", "--budgets", "inf", "--json", out)
     assert again.exit_code == 2 and "--overwrite" in again.output  # refused before any conversion

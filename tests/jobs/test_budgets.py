@@ -26,3 +26,16 @@ def test_the_table_has_one_row_per_file_and_says_when_there_is_no_foreign_file()
     assert text.startswith("Test CPU, 2 threads, batch 1, 3 rounds x 4 calls, alternating (commit abc)")
     assert "| fp32, max tensor inf MB | 40.0 | 42.0 | 1.000x | - | 55.0 | 4.00 | 9.5 |" in text
     assert "| fp32, max tensor 4 MB | 40.0 | 42.0 | 1.250x | - |" in text
+
+
+@pytest.mark.parametrize("splits", [(), ("diagonal",), ("per-head", "per-head")])
+def test_an_unknown_or_repeated_split_is_refused_before_any_build(splits):
+    with pytest.raises(InvalidInput, match="--splits: each of per-head, all-heads at most once"):
+        compare_budgets(None, (4.0,), splits=splits)
+
+
+def test_every_bounded_budget_is_built_once_per_split_and_an_unbounded_file_once():
+    from mobilegen.jobs.budgets import variants
+
+    assert variants((math.inf, 4.0), ("per-head", "all-heads")) == [(math.inf, "per-head"), (4.0, "per-head"), (4.0, "all-heads")]
+    assert budget_name(4.0, "all-heads") == "fp32, max tensor 4 MB, all-heads" and budget_name(math.inf, "per-head").endswith("inf MB")

@@ -11,15 +11,15 @@ from helpers import run
 from mobilegen.models.budget import MB, min_budget, plan_attention, set_bounded_attention
 
 
-@pytest.mark.parametrize("budget", [16.0, 4.0, 3.0])
-def test_bounded_attention_computes_the_same_rows(v2_model, budget):
+@pytest.mark.parametrize("budget,split", [(16.0, "per-head"), (4.0, "per-head"), (3.0, "per-head"), (4.0, "all-heads")])
+def test_bounded_attention_computes_the_same_rows(v2_model, budget, split):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     t, y = torch.tensor([10.0, 900.0]), torch.tensor([3, -1], dtype=torch.int32)
     model = v2_model.eval().set_attention("math")
     with torch.inference_mode():
         set_bounded_attention(model, 2, None)
         ref = model(x, t, y)
-        plans = set_bounded_attention(model, 2, budget * 2)
+        plans = set_bounded_attention(model, 2, budget * 2, split)
         bounded = model(x, t, y)
         model.set_attention("sdpa")
         fused = model(x, t, y)
@@ -30,10 +30,18 @@ def test_bounded_attention_computes_the_same_rows(v2_model, budget):
     assert (fused - ref).abs().max() < 1e-5
 
 
-def test_plan_splits_heads_only_when_one_row_of_all_heads_is_too_large(v2_model):
-    plans = {p.name: p for p in plan_attention(v2_model, 1, 3.0)}
+def test_all_heads_splits_heads_only_when_one_row_of_all_heads_is_too_large(v2_model):
+    plans = {p.name: p for p in plan_attention(v2_model, 1, 3.0, "all-heads")}
     assert (plans["sa6"].head_group, plans["sa6"].query_chunk) == (4, 32)
     assert min_budget(v2_model, 1) == 3 * MB  # up3's concatenation, [1, 192, 64, 64]
+
+
+def test_per_head_keeps_whole_rows_for_the_most_heads_that_fit_else_one_head_in_row_chunks(v2_model):
+    plan = {p.name: (p.head_group, p.query_chunk) for p in plan_attention(v2_model, 1, 4.0, "per-head")}
+    assert plan["sa6"] == (1, 256), "4096 keys x 256 rows x 4 bytes = 4 MB, one head at a time"
+    assert plan["sa1"] == (1, 1024), "one head's whole 1024 x 1024 scores are 4 MB"
+    assert plan["sa2"] == (4, 256), "a block that fits whole stays whole"
+    assert {p.name: (p.head_group, p.query_chunk) for p in plan_attention(v2_model, 1, 8.0)}["sa1"] == (2, 1024)
 
 
 def test_a_budget_below_one_row_is_refused_before_anything_is_written(tmp_path):
