@@ -31,7 +31,8 @@ class TFLiteGraph:
 
     def __init__(self, path: Path):
         self.fb, self.tfl = schema()
-        self.model = self.tfl.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+        self.raw = path.read_bytes()
+        self.model = self.tfl.ModelT.InitFromPackedBuf(self.raw, 0)
         self.graph = self.model.subgraphs[0]
         self.kinds = op_kinds(self.model, self.tfl)
         self.types = {v: k for k, v in vars(self.tfl.TensorType).items() if not k.startswith("_")}
@@ -68,10 +69,20 @@ class TFLiteGraph:
                 return blocks
         return blocks
 
+    def buffer_data(self, index: int):
+        """A buffer's bytes, inline or (ai-edge-quantizer's files) stored past the flatbuffer at offset/size."""
+        buffer = self.model.buffers[index]
+        if buffer.data is not None and len(buffer.data) > 0:
+            return buffer.data
+        if getattr(buffer, "offset", 0) > 1 and getattr(buffer, "size", 0) > 0:
+            return np.frombuffer(self.raw, np.uint8, buffer.size, buffer.offset)
+        return None
+
     def stored(self, t: int) -> bool:
         """A tensor whose value is in the file (or that nothing computes)."""
-        data = self.model.buffers[self.graph.tensors[t].buffer].data
-        return (data is not None and len(data) > 0) or (t not in self.producer and t not in self.graph_inputs)
+        return self.buffer_data(self.graph.tensors[t].buffer) is not None or (
+            t not in self.producer and t not in self.graph_inputs
+        )
 
     def is_constant(self, t: int) -> bool:
         return self.stored(t) or self.producer.get(t) in self.weight_ops
@@ -141,7 +152,7 @@ class TFLiteGraph:
         graph.tensors = []
         for t in used:
             tensor = _copy_tensor(tfl, src.tensors[t])
-            data = self.model.buffers[tensor.buffer].data
+            data = self.buffer_data(tensor.buffer)
             if data is not None and len(data) > 0:
                 buffer = tfl.BufferT()
                 buffer.data = data

@@ -66,3 +66,17 @@ def test_every_operator_has_a_block_and_the_blocks_macs_are_the_networks(graph_a
     sa6 = floors["sa6"]
     assert sa6["floor_ms"] == max(sa6["compute_floor_ms"], sa6["bytes_floor_ms"]) > 0
     assert sa6["traffic_mbytes"] > sa6["mbytes"], "the chunked scores are traffic, not the block's boundary"
+
+
+def test_weights_stored_past_the_flatbuffer_are_cut_with_their_bytes(tiny_files):
+    """ai-edge-quantizer's files keep large buffers at offset/size past the flatbuffer (the real v2's
+    int8 files do): the tiny file's conv weights moved there must give the same cut."""
+    path = tiny_files["denoiser_float32.tflite"]
+    g, values = TFLiteGraph(path), tflite_values(path, threads=1)
+    j = g.kinds.index("CONV_2D")
+    weights = g.model.buffers[g.graph.tensors[g.graph.operators[j].inputs[1]].buffer]
+    data = bytes(weights.data)
+    weights.data, weights.offset, weights.size = None, len(g.raw), len(data)
+    g.raw += data
+    (out,) = run_cut(*g.cut([j]), values)
+    np.testing.assert_allclose(out, values[int(g.graph.operators[j].outputs[0])], rtol=1e-5, atol=1e-6)
