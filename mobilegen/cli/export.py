@@ -319,7 +319,7 @@ def profile_command(directory, threads, repeats) -> None:
     onnxruntime: its profiler) against each block's floor; into DIR/profile.json and DIR/profile.md."""
     from mobilegen.jobs.profile import profile_directory
 
-    profile, text = profile_directory(directory, threads, repeats)
+    _, text = profile_directory(directory, threads, repeats)
     click.echo(text)
     click.echo(f"wrote {directory / defaults.PROFILE_JSON} and {directory / defaults.PROFILE_MD}")
 

@@ -12,7 +12,7 @@ shape: the row chunk is a divisor of L):
   and the largest chunk of its rows. Each chunk then multiplies against one head's K^T and
   V, which XNNPACK repacks for every BATCH_MATMUL: with 4 MB chunks of the 64x64 block that
   is 16 repacks per head instead of 64, measured 1.15x the speed of a whole step of the real
-  v2 (docs/performance.md "The attention split").
+  v2 (docs/performance.md "Where a step's time goes: `profile`, and the attention split").
 - "all-heads": all heads together and the largest chunk of rows; the heads are split only
   when one row of all heads is too large.
 A budget smaller than the smallest plan (one row of one head) or than the largest tensor

@@ -124,14 +124,14 @@ class TFLiteGraph:
         graph_outputs = set(int(t) for t in self.graph.outputs)
         inputs, outputs = [], []
         for j in ops:
+            if j in self.weight_ops:  # a weight's DEQUANTIZE: constant in, read only by its consumer
+                continue
             for t in self.graph.operators[j].inputs:
                 t = int(t)
                 if t >= 0 and t not in produced and not self.is_constant(t) and t not in inputs:
                     inputs.append(t)
             for t in self.graph.operators[j].outputs:
                 t = int(t)
-                if j in self.weight_ops:
-                    continue
                 if t in graph_outputs or self.consumers[t] - inside or not self.consumers[t]:
                     outputs.append(t)
         return inputs, outputs
@@ -151,7 +151,7 @@ class TFLiteGraph:
         model.buffers = [tfl.BufferT()]
         graph.tensors = []
         for t in used:
-            tensor = _copy_tensor(tfl, src.tensors[t])
+            tensor = _copy(src.tensors[t])
             data = self.buffer_data(tensor.buffer)
             if data is not None and len(data) > 0:
                 buffer = tfl.BufferT()
@@ -163,7 +163,7 @@ class TFLiteGraph:
             graph.tensors.append(tensor)
         graph.operators = []
         for j in ops:
-            op = _copy_op(tfl, src.operators[j])
+            op = _copy(src.operators[j])
             op.inputs = [remap[int(t)] if t >= 0 else -1 for t in op.inputs]
             op.outputs = [remap[int(t)] for t in op.outputs]
             graph.operators.append(op)
@@ -175,17 +175,10 @@ class TFLiteGraph:
         return bytes(builder.Output()), inputs
 
 
-def _copy_tensor(tfl, tensor):
-    out = tfl.TensorT()
-    for key, value in vars(tensor).items():
-        setattr(out, key, value)
-    return out
-
-
-def _copy_op(tfl, op):
-    out = tfl.OperatorT()
-    for key, value in vars(op).items():
-        setattr(out, key, value)
+def _copy(obj):
+    """A shallow copy of an object-API table (TensorT, OperatorT): its fields are rebound, never mutated."""
+    out = type(obj)()
+    vars(out).update(vars(obj))
     return out
 
 

@@ -51,17 +51,23 @@ def feeds_for(details: list[dict]) -> dict[str, np.ndarray]:
     return out
 
 
-def tflite_values(path: Path, threads: int) -> dict[int, np.ndarray]:
-    """Every tensor's value in one step of the profiling case (the cut models' inputs)."""
+def fed_interpreter(path: Path, threads: int, **options):
+    """A LiteRT interpreter of the file with the profiling case set as its inputs."""
     from ai_edge_litert.interpreter import Interpreter
 
-    with warnings.catch_warnings():  # "for debugging purposes only": this is one
+    with warnings.catch_warnings():  # preserve_all_tensors warns "for debugging purposes only": this is one
         warnings.simplefilter("ignore")
-        it = Interpreter(model_path=str(path), num_threads=threads, experimental_preserve_all_tensors=True)
+        it = Interpreter(model_path=str(path), num_threads=threads, **options)
     it.allocate_tensors()
     details = it.get_input_details()
     for d, value in zip(details, feeds_for(details).values()):
         it.set_tensor(d["index"], value)
+    return it
+
+
+def tflite_values(path: Path, threads: int) -> dict[int, np.ndarray]:
+    """Every tensor's value in one step of the profiling case (the cut models' inputs)."""
+    it = fed_interpreter(path, threads, experimental_preserve_all_tensors=True)
     it.invoke()
     values = {}
     for d in it.get_tensor_details():
@@ -88,15 +94,8 @@ def time_cut(content: bytes, inputs: list[int], values: dict, threads: int, warm
 
 def profile_tflite(path: Path, threads: int, warmup: int = 3, repeats: int = 15) -> dict:
     """Whole-step time, then every operator and every block cut out and timed alone."""
-    from ai_edge_litert.interpreter import Interpreter
-
     g = TFLiteGraph(path)
-    whole = Interpreter(model_path=str(path), num_threads=threads)
-    whole.allocate_tensors()
-    details = whole.get_input_details()
-    for d, value in zip(details, feeds_for(details).values()):
-        whole.set_tensor(d["index"], value)
-    step_ms = median_ms(whole.invoke, warmup, repeats)
+    step_ms = median_ms(fed_interpreter(path, threads).invoke, warmup, repeats)
     values = tflite_values(path, threads)
     ops = []
     for j, kind in enumerate(g.kinds):
@@ -191,8 +190,31 @@ def profile_files(files: dict[str, Path], threads: int, warmup: int = 3, repeats
     return out
 
 
+BLOCK_HEADER = ["block", "ops", "ops ms", "block ms", "GMACs", "MB in+out+weights", "traffic MB", "floor ms", "bound", "vs floor"]
+
+
+def block_row(block: str, row: dict) -> list[str]:
+    """A block's cells; block ms and traffic only where the block was cut out (TFLite: its lowering's bytes)."""
+    from mobilegen.verify.tables import number
+
+    timed_alone = "block_ms" in row
+    return [
+        block,
+        str(row["ops"]),
+        number(row["ms"], ".2f"),
+        number(row.get("block_ms"), ".2f"),
+        number(row.get("gmacs", 0), ".3f"),
+        number(row.get("mbytes", 0), ".1f"),
+        number(row["traffic_mbytes"] if timed_alone else None, ".1f"),
+        number(row.get("floor_ms"), ".2f"),
+        row.get("bound", "-"),
+        number(row.get("vs_floor"), ".1f", "x"),
+    ]
+
+
 def render(profile: dict) -> str:
     """profile.md: per file the step, per operator type and per block against its floor."""
+    from mobilegen.verify.tables import number, table
     from mobilegen.verify.timing import machine_line
 
     m = profile["machine"]
@@ -206,28 +228,19 @@ def render(profile: dict) -> str:
         f"{profile['copy_bandwidth_gbs']:.1f} GB/s (numpy, read + write), both measured in this run. "
         f"Times: median of {profile['repeats']} calls after {profile['warmup']} warm-up calls.",
         "",
-        "| file | runtime | step ms | sum of operators ms | operators |",
-        "| --- | --- | ---: | ---: | ---: |",
     ]
-    for name, f in profile["files"].items():
-        lines.append(f"| {name} | {f['runtime']} | {f['step_ms']:.2f} | {f['sum_of_ops_ms']:.2f} | {len(f['operators'])} |")
-    for name, f in profile["files"].items():
-        lines += ["", f"## {name} ({f['runtime']})", "", "| operator type | count | ms | share |", "| --- | ---: | ---: | ---: |"]
+    files = profile["files"]
+    rows = [
+        [n, f["runtime"], number(f["step_ms"], ".2f"), number(f["sum_of_ops_ms"], ".2f"), str(len(f["operators"]))]
+        for n, f in files.items()
+    ]
+    lines += table(["file", "runtime", "step ms", "sum of operators ms", "operators"], "llrrr", rows)
+    for name, f in files.items():
         total = f["sum_of_ops_ms"] or 1.0
-        for kind, row in f["per_type"].items():
-            lines.append(f"| {kind} | {row['count']} | {row['ms']:.2f} | {100 * row['ms'] / total:.1f}% |")
-        lines += [
-            "",
-            "| block | ops | ops ms | block ms | GMACs | MB in+out+weights | traffic MB | floor ms | bound | vs floor |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        rows = [
+            [kind, str(r["count"]), number(r["ms"], ".2f"), number(100 * r["ms"] / total, ".1f", "%")]
+            for kind, r in f["per_type"].items()
         ]
-        for block, row in f["per_block"].items():
-            block_ms = f"{row['block_ms']:.2f}" if "block_ms" in row else "-"
-            floor = f"{row['floor_ms']:.2f}" if "floor_ms" in row else "-"
-            vs = f"{row['vs_floor']:.1f}x" if "vs_floor" in row else "-"
-            traffic = f"{row['traffic_mbytes']:.1f}" if "block_ms" in row else "-"  # the TFLite lowering's
-            lines.append(
-                f"| {block} | {row['ops']} | {row['ms']:.2f} | {block_ms} | {row.get('gmacs', 0):.3f} | "
-                f"{row.get('mbytes', 0):.1f} | {traffic} | {floor} | {row.get('bound', '-')} | {vs} |"
-            )
+        lines += ["", f"## {name} ({f['runtime']})", "", *table(["operator type", "count", "ms", "share"], "lrrr", rows), ""]
+        lines += table(BLOCK_HEADER, "lrrrrrrrlr", [block_row(block, r) for block, r in f["per_block"].items()])
     return "\n".join(lines) + "\n"
