@@ -4,11 +4,19 @@ Real weights only where real activations are the point (parity margins, int8 ran
 images that must look like images); the untrained default v2 everywhere else (a
 conversion costs the same either way, and the default model needs no shared data).
 Tests marked `slow` (heavy conversions and clusters) run with --slow, as CI does.
+
+Under pytest-xdist (`-n 2`, as CI runs) the two workers run side by side, except the tests marked
+`alone` (the server's: they measure timeouts and latency), which wait until the other worker's
+test ends and hold it off until they end. Each file goes to one worker, and so do the tests of a
+shared session export (`xdist_group`, `--dist loadgroup`): every export is built once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,20 +24,56 @@ from helpers import REAL_V2, run_export
 
 from mobilegen.models.checkpoint import seeded_model
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# PyTorch's threads: 2, or this worker's share of the cores when pytest-xdist runs several workers.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="also run the tests marked slow (CI runs them)")
 
 
+# Session exports of a minute or more: the tests reading one run on one worker.
+SHARED_EXPORTS = ("real_v2_export", "default_export", "tiny_targets_export")
+
+
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--slow"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with --slow (CI does)")
+    slow = config.getoption("--slow")
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        if "slow" in item.keywords and not slow:
+            item.add_marker(pytest.mark.skip(reason="slow: run with --slow (CI does)"))
+        shared = [name for name in SHARED_EXPORTS if name in item.fixturenames]
+        # module fixtures (a file's int8 or probe exports) are built once as well: a file is one unit
+        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
+
+
+@contextmanager
+def flocked(path: Path, mode: int):
+    with open(path, "a") as f:
+        fcntl.flock(f, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Between xdist workers: a shared lock per test, an exclusive one for an `alone` test; a
+    turnstile keeps new shared holders out while an exclusive one waits. The locks live in
+    the run's base folder (each worker's basetemp is a folder in it)."""
+    if getattr(item.config, "workerinput", None) is None:
+        yield
+        return
+    run_dir = Path(item.config.option.basetemp).parent
+    alone = item.get_closest_marker("alone") is not None
+    with ExitStack() as held:
+        with flocked(run_dir / "turnstile.lock", fcntl.LOCK_EX):
+            if alone:
+                held.enter_context(flocked(run_dir / "tests.lock", fcntl.LOCK_EX))
+        if not alone:
+            held.enter_context(flocked(run_dir / "tests.lock", fcntl.LOCK_SH))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -31,14 +31,15 @@ def test_exported_files_carry_metadata(tiny_export, name):
     check_metadata(out / name, json.loads((out / "manifest.json").read_text()))
 
 
-@pytest.mark.slow
-def test_metadata_changes_no_output_bit_and_the_export_is_plain_plus_metadata(real_v2_export, tmp_path):
+@pytest.mark.slow  # four conversions and two quantizations of the tiny network: ~10 s
+def test_metadata_changes_no_output_bit_and_the_export_is_plain_plus_metadata(tiny_export, tmp_path):
     """The stages without metadata, from the export's own ONNX file (with the depth-first
     operator order); then add_metadata. The
     exported fp32/fp16 files are exactly those bytes, and every file (int8 included) gives
     bit-identical eps with and without the block, through the signature runner."""
-    manifest = json.loads((real_v2_export / "manifest.json").read_text())
-    plain = {"float32": convert_onnx_to_tflite(real_v2_export / "denoiser.onnx", SPEC, tmp_path)}
+    export = tiny_export[0]
+    manifest = json.loads((export / "manifest.json").read_text())
+    plain = {"float32": convert_onnx_to_tflite(export / "denoiser.onnx", SPEC, tmp_path)}
     plain["float16"] = to_fp16_weights(plain["float32"], tmp_path / "denoiser_float16.tflite")
     cases = forward_process_cases(linear_schedule())
     few = Cases(cases.x[::7], cases.t[::7], cases.y[::7])  # 11 cases: t 1..999, y -1..9
@@ -48,9 +49,11 @@ def test_metadata_changes_no_output_bit_and_the_export_is_plain_plus_metadata(re
     for precision, path in plain.items():
         schedule_depth_first(path)  # as the pipeline does, before the metadata
         with_meta = shutil.copy(path, tmp_path / f"meta_{precision}.tflite")
-        add_metadata(with_meta, SPEC, About(manifest["model"]["arch"], precision, manifest["source"]["sha256"], 1000, CIFAR10_LABELS))
+        add_metadata(
+            with_meta, SPEC, About(manifest["model"]["arch"], precision, manifest["source"]["sha256"], 1000, CIFAR10_LABELS)
+        )
         if precision in ("float32", "float16"):
-            assert with_meta.read_bytes() == (real_v2_export / f"denoiser_{precision}.tflite").read_bytes()
+            assert with_meta.read_bytes() == (export / f"denoiser_{precision}.tflite").read_bytes()
         else:
             check_metadata(with_meta, manifest)
         before, after = (TFLiteBackend(p, SPEC)(few.x, few.t, few.y) for p in (path, with_meta))

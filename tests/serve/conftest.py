@@ -1,4 +1,5 @@
-"""One server for the tests that only send requests: the untrained default v2, 2 steps."""
+"""One server for the tests that only send requests: the untrained default v2, 2 steps.
+Every server test runs alone under pytest-xdist: they measure timeouts and latency."""
 
 from __future__ import annotations
 
@@ -6,6 +7,12 @@ import pytest
 from serving import FAST, running
 
 from mobilegen.serve import ServeConfig
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/serve/" in item.nodeid:
+            item.add_marker(pytest.mark.alone)
 
 
 @pytest.fixture(scope="session")
