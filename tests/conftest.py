@@ -13,16 +13,15 @@ shared session export (`xdist_group`, `--dist loadgroup`): every export is built
 
 from __future__ import annotations
 
-import fcntl
 import os
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
 
 import pytest
 import torch
 from helpers import REAL_V2, run_export
 
 from mobilegen.models.checkpoint import seeded_model
+
+pytest_plugins = ["xdist_alone", "pytester"]
 
 # PyTorch's threads: 2, or this worker's share of the cores when pytest-xdist runs several workers.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -45,35 +44,6 @@ def pytest_collection_modifyitems(config, items):
         shared = [name for name in SHARED_EXPORTS if name in item.fixturenames]
         # module fixtures (a file's int8 or probe exports) are built once as well: a file is one unit
         item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
-
-
-@contextmanager
-def flocked(path: Path, mode: int):
-    with open(path, "a") as f:
-        fcntl.flock(f, mode)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    """Between xdist workers: a shared lock per test, an exclusive one for an `alone` test; a
-    turnstile keeps new shared holders out while an exclusive one waits. The locks live in
-    the run's base folder (each worker's basetemp is a folder in it)."""
-    if getattr(item.config, "workerinput", None) is None:
-        yield
-        return
-    run_dir = Path(item.config.option.basetemp).parent
-    alone = item.get_closest_marker("alone") is not None
-    with ExitStack() as held:
-        with flocked(run_dir / "turnstile.lock", fcntl.LOCK_EX):
-            if alone:
-                held.enter_context(flocked(run_dir / "tests.lock", fcntl.LOCK_EX))
-        if not alone:
-            held.enter_context(flocked(run_dir / "tests.lock", fcntl.LOCK_SH))
-        yield
 
 
 @pytest.fixture(scope="session")
