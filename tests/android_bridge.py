@@ -20,7 +20,7 @@ def main(path: str) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
     # As mobilegen.runtime.backends.TFLiteBackend opens it (without importing torch, to start fast).
-    runner = Interpreter(model_path=path, num_threads=os.cpu_count() or 1).get_signature_runner("serving_default")
+    runner = Interpreter(model_path=path, num_threads=len(os.sched_getaffinity(0))).get_signature_runner("serving_default")
     shape = tuple(runner.get_input_details()["x"]["shape"])
     batch, n = shape[0], int(np.prod(shape))
     size = 4 * (n + 2 * batch)

@@ -5,9 +5,9 @@ images that must look like images); the untrained default v2 everywhere else (a
 conversion costs the same either way, and the default model needs no shared data).
 Tests marked `slow` (heavy conversions and clusters) run with --slow, as CI does.
 
-Under pytest-xdist (`-n 2`, as CI runs) the two workers run side by side, except the tests marked
-`alone` (the server's: they measure timeouts and latency), which wait until the other worker's
-test ends and hold it off until they end. Each file goes to one worker, and so do the tests of a
+Under pytest-xdist (`-n 2`, as CI runs) the two workers run side by side, each on a core of its
+own, except the tests marked `alone` (the server's: they measure timeouts and latency), which wait
+until the other worker's test ends and hold it off until they end (xdist_cores.py). Each file goes to one worker, and so do the tests of a
 shared session export (`xdist_group`, `--dist loadgroup`): every export is built once.
 """
 
@@ -21,11 +21,10 @@ from helpers import REAL_V2, run_export
 
 from mobilegen.models.checkpoint import seeded_model
 
-pytest_plugins = ["xdist_alone", "pytester"]
+pytest_plugins = ["xdist_cores", "pytester"]
 
-# PyTorch's threads: 2, or this worker's share of the cores when pytest-xdist runs several workers.
-WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
+# PyTorch's threads: 2 at most (under pytest-xdist, xdist_cores.py gives each worker one core).
+torch.set_num_threads(min(2, len(os.sched_getaffinity(0))))
 
 
 def pytest_addoption(parser):

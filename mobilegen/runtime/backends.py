@@ -23,7 +23,8 @@ NumpyDenoiser = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def default_threads() -> int:
-    return os.cpu_count() or 1
+    """The CPUs this process may run on (taskset, cpusets), not every core of the machine."""
+    return len(os.sched_getaffinity(0))
 
 
 def resolve_device(device: str) -> torch.device:

@@ -77,7 +77,7 @@ def test_float32_files_pass_the_float64_gate(probe_export):
 def test_float32_files_reproduce_the_golden_outputs(probe_export, name):
     arch, out, _ = probe_export
     data = golden(arch)
-    backend = open_artifact(out / name, spec_from_manifest(read_manifest(out)), threads=2)
+    backend = open_artifact(out / name, spec_from_manifest(read_manifest(out)))
     err = golden_error(arch, backend(data["x"], data["t"].astype(np.float32), data["y"].astype(np.int32)))
     reference = golden_error(arch, torch_eps(arch, probe_state_dict(arch)))
     print(f"{arch} {name}: max abs vs golden {err:.2e} (pytorch fp32: {reference:.2e})")
@@ -97,7 +97,7 @@ def test_fp16_gate_refuses_what_float16_weights_change(probe_export):
     assert not entry["passed"] and entry["min_psnr_db"] < entry["gate"]["min_psnr"]
     rounded = {k: v.half().float() if v.ndim >= 2 else v for k, v in probe_state_dict(arch).items()}
     data = golden(arch)
-    fp16 = open_artifact(out / FP16, spec_from_manifest(read_manifest(out)), threads=2)
+    fp16 = open_artifact(out / FP16, spec_from_manifest(read_manifest(out)))
     file_err = golden_error(arch, fp16(data["x"], data["t"].astype(np.float32), data["y"].astype(np.int32)))
     rounding_err = golden_error(arch, torch_eps(arch, rounded))
     print(f"{arch} fp16: file vs golden {file_err:.2e}, pytorch with float16-rounded weights vs golden {rounding_err:.2e}")

@@ -13,7 +13,7 @@ from mobilegen.verify.report_html import render
 def test_the_page_shows_every_backends_images_and_results(tiny_export):
     out = tiny_export[0]
     manifest = manifest_of(out)
-    traj = run_trajectories(out, manifest, default_model().model, [3], SamplerConfig(steps=2, seed=1), threads=2)
+    traj = run_trajectories(out, manifest, default_model().model, [3], SamplerConfig(steps=2, seed=1))
     assert list(traj.runs) == [REFERENCE, *(n for n in manifest["files"] if not n.endswith(".txt"))]
     ips = {name: {10: 1.0, 20: 0.5, 50: 0.25} for name in traj.runs}
     page = render(manifest, traj, ips)
