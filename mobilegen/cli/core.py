@@ -116,7 +116,7 @@ def options(*decorators):
 
 
 # Options declared once, used by several commands.
-def threads_option(help_text: str = "CPU threads for every backend [all cores]."):
+def threads_option(help_text: str = "CPU threads for every backend [every CPU this process may use]."):
     return click.option("--threads", type=click.IntRange(1, 256), default=None, help=help_text)
 
 
