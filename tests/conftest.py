@@ -7,8 +7,9 @@ Tests marked `slow` (heavy conversions and clusters) run with --slow, as CI does
 
 Under pytest-xdist (`-n 2`, as CI runs) the two workers run side by side, each on a core of its
 own, except the tests marked `alone` (the server's: they measure timeouts and latency), which wait
-until the other worker's test ends and hold it off until they end (xdist_cores.py). Each file goes to one worker, and so do the tests of a
-shared session export (`xdist_group`, `--dist loadgroup`): every export is built once.
+until the other worker's test ends and hold it off until they end. Each file goes to one worker, and
+so do the tests of a shared session export (`xdist_shared_fixtures` in pyproject.toml): every
+export is built once (xdist_cores.py).
 """
 
 from __future__ import annotations
@@ -31,18 +32,11 @@ def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="also run the tests marked slow (CI runs them)")
 
 
-# Session exports of a minute or more: the tests reading one run on one worker.
-SHARED_EXPORTS = ("real_v2_export", "default_export", "tiny_targets_export")
-
-
 def pytest_collection_modifyitems(config, items):
-    slow = config.getoption("--slow")
-    for item in items:
-        if "slow" in item.keywords and not slow:
-            item.add_marker(pytest.mark.skip(reason="slow: run with --slow (CI does)"))
-        shared = [name for name in SHARED_EXPORTS if name in item.fixturenames]
-        # module fixtures (a file's int8 or probe exports) are built once as well: a file is one unit
-        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
+    if not config.getoption("--slow"):
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason="slow: run with --slow (CI does)"))
 
 
 @pytest.fixture(scope="session")

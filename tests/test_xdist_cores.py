@@ -1,21 +1,27 @@
-"""tests/xdist_cores.py, run for real: two pytest-xdist workers, a test marked `alone` among others."""
+"""tests/xdist_cores.py, run for real: two pytest-xdist workers on a small suite."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from pathlib import Path
 
-TESTS = """
-import json, os, time, pytest
+RECORD = """
+import json, os, time
 
-def record(name):
+def record(name, seconds=0.4):
     from mobilegen.runtime.backends import default_threads
     start = time.monotonic()
-    time.sleep(0.4)
+    time.sleep(seconds)
     cpus = sorted(os.sched_getaffinity(0))
     with open(os.environ["SPANS"], "a") as f:
-        f.write(json.dumps([name, start, time.monotonic(), cpus, default_threads()]) + "\\n")
+        f.write(json.dumps([name, start, time.monotonic(), cpus, default_threads(), os.environ["PYTEST_XDIST_WORKER"]]) + "\\n")
+"""
+
+SPANS = """
+import pytest
+from record import record
 
 @pytest.mark.parametrize("i", range(6))
 def test_side_by_side(i):
@@ -26,16 +32,38 @@ def test_alone():
     record("alone")
 """
 
+GROUPS = """
+import pytest
+from record import record
 
-def test_workers_own_a_core_and_an_alone_test_owns_the_machine(pytester, monkeypatch, tmp_path):
+@pytest.fixture(scope="session")
+def shared():
+    return 1
+
+@pytest.mark.parametrize("i", range(4))
+def test_file(i):
+    record(f"{__name__}-file{i}", 0.05)
+
+@pytest.mark.parametrize("i", range(2))
+def test_shared(shared, i):
+    record(f"{__name__}-shared{i}", 0.05)
+"""
+
+
+def run_suite(pytester, monkeypatch, tmp_path) -> list[list]:
     spans_file = tmp_path / "spans.jsonl"
     monkeypatch.setenv("SPANS", str(spans_file))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    pytester.makepyfile(test_spans=TESTS)
-    result = pytester.runpytest_subprocess("-n", "2", "-p", "xdist_cores", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=7)
-    records = [json.loads(line) for line in spans_file.read_text().splitlines()]
-    spans = {name: (start, end) for name, start, end, _, _ in records}
+    pytester.makepyfile(record=RECORD, test_spans=SPANS, test_groups_a=GROUPS, test_groups_b=GROUPS)
+    pytester.makeini("[pytest]\nxdist_shared_fixtures = shared\n")
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadgroup", "-p", "xdist_cores", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=19)
+    return [json.loads(line) for line in spans_file.read_text().splitlines()]
+
+
+def test_workers_own_a_core_an_alone_test_owns_the_machine_and_groups_stay_on_one_worker(pytester, monkeypatch, tmp_path):
+    records = run_suite(pytester, monkeypatch, tmp_path)
+    spans = {name: (start, end) for name, start, end, *_ in records}
 
     def overlap(a, b):
         return spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
@@ -44,8 +72,15 @@ def test_workers_own_a_core_and_an_alone_test_owns_the_machine(pytester, monkeyp
     assert not any(overlap("alone", name) for name in others)
     assert any(overlap(a, b) for a in others for b in others if a < b), "the other tests ran side by side"
     cpus = sorted(os.sched_getaffinity(0))
-    for name, _, _, used, threads in records:
+    for name, _, _, used, threads, _ in records:
         if name == "alone":
             assert used == cpus and threads == len(cpus), "an alone test runs on every CPU"
         elif len(cpus) >= 2 and any(overlap(name, other) for other in others if other != name):
             assert len(used) == 1 and threads == 1, f"{name}: a worker beside another owns one core, {used}"
+
+    workers = defaultdict(set)  # each file's own tests, and the tests of the shared fixture across files
+    for name, *_, worker in records:
+        if name.startswith("test_groups"):
+            workers[name.split("-")[0] if "-file" in name else "shared"].add(worker)
+    assert dict(workers).keys() == {"test_groups_a", "test_groups_b", "shared"}
+    assert all(len(w) == 1 for w in workers.values()), dict(workers)

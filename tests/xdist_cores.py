@@ -1,5 +1,9 @@
-"""A pytest plugin for pytest-xdist runs: each worker owns a core, and a test marked `alone` owns
-the machine.
+"""A pytest plugin for pytest-xdist runs (`-n 2 --dist loadgroup`): each file runs on one worker,
+each worker owns a core, and a test marked `alone` owns the machine.
+
+A file's tests go to one worker (its module fixtures are built once), and so do all the tests
+that read a session fixture named in the ini list `xdist_shared_fixtures` (an export of a minute
+is built once, not once per worker).
 
 Each worker is pinned to one CPU of those the run may use (os.sched_setaffinity, inherited by
 what it starts), so the runtimes' default thread count (`default_threads()`: the CPUs this
@@ -23,6 +27,18 @@ from pathlib import Path
 
 import pytest
 import torch
+
+
+def pytest_addoption(parser):
+    parser.addini("xdist_shared_fixtures", "session fixtures whose tests all run on one worker", type="linelist")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    shared = config.getini("xdist_shared_fixtures")
+    for item in items:
+        used = [name for name in shared if name in item.fixturenames]
+        item.add_marker(pytest.mark.xdist_group(used[0] if used else item.nodeid.split("::")[0]))
 
 
 def pytest_configure(config):
