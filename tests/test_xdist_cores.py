@@ -28,8 +28,9 @@ def test_side_by_side(i):
     record(f"side{i}")
 
 @pytest.mark.alone
-def test_alone():
-    record("alone")
+@pytest.mark.parametrize("i", range(2))
+def test_alone(i):
+    record(f"alone{i}")
 """
 
 GROUPS = """
@@ -57,7 +58,7 @@ def run_suite(pytester, monkeypatch, tmp_path) -> list[list]:
     pytester.makepyfile(record=RECORD, test_spans=SPANS, test_groups_a=GROUPS, test_groups_b=GROUPS)
     pytester.makeini("[pytest]\nxdist_shared_fixtures = shared\n")
     result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadgroup", "-p", "xdist_cores", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=19)
+    result.assert_outcomes(passed=20)
     return [json.loads(line) for line in spans_file.read_text().splitlines()]
 
 
@@ -68,12 +69,13 @@ def test_workers_own_a_core_an_alone_test_owns_the_machine_and_groups_stay_on_on
     def overlap(a, b):
         return spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
 
-    others = [name for name in spans if name != "alone"]
-    assert not any(overlap("alone", name) for name in others)
+    others = [name for name in spans if not name.startswith("alone")]
+    assert not any(overlap(alone, name) for alone in ("alone0", "alone1") for name in others)
+    assert not any(spans["alone0"][0] < spans[name][0] < spans["alone1"][1] for name in others), "held between them"
     assert any(overlap(a, b) for a in others for b in others if a < b), "the other tests ran side by side"
     cpus = sorted(os.sched_getaffinity(0))
     for name, _, _, used, threads, _ in records:
-        if name == "alone":
+        if name.startswith("alone"):
             assert used == cpus and threads == len(cpus), "an alone test runs on every CPU"
         elif len(cpus) >= 2 and any(overlap(name, other) for other in others if other != name):
             assert len(used) == 1 and threads == 1, f"{name}: a worker beside another owns one core, {used}"

@@ -13,7 +13,8 @@ every other worker has finished, the last one takes all the CPUs back.
 
 A test marked `alone` (the server's: they measure timeouts and latency) runs on all the CPUs with
 no test beside it: every test holds a shared file lock while it runs (setup, call, teardown), an
-`alone` test an exclusive one, and a turnstile keeps new shared holders out while it waits. The
+`alone` test an exclusive one (kept through the worker's next test while that is `alone` too), and
+a turnstile keeps new shared holders out while it waits. The
 locks live in the run's base folder (each worker's basetemp is a folder in it). Without xdist
 this plugin does nothing.
 """
@@ -91,6 +92,10 @@ def flocked(path: Path, mode: int):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def is_alone(item) -> bool:
+    return item is not None and item.get_closest_marker("alone") is not None
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     config = item.config
@@ -98,21 +103,25 @@ def pytest_runtest_protocol(item, nextitem):
         yield
         return
     run_dir = Path(config.option.basetemp).parent
-    alone = item.get_closest_marker("alone") is not None
-    pinned = os.sched_getaffinity(0)
-    if len(pinned) < len(config._all_cpus) and others_finished(config):
+    if len(os.sched_getaffinity(0)) < len(config._all_cpus) and others_finished(config):
         use_cpus(config._all_cpus)
-        pinned = os.sched_getaffinity(0)
-    with ExitStack() as held:
+    if not is_alone(item):
         with flocked(run_dir / "turnstile.lock", fcntl.LOCK_EX):
-            if alone:
-                held.enter_context(flocked(run_dir / "tests.lock", fcntl.LOCK_EX))
-        if not alone:
-            held.enter_context(flocked(run_dir / "tests.lock", fcntl.LOCK_SH))
-        if alone:
-            use_cpus(config._all_cpus)
-        try:
+            pass
+        with flocked(run_dir / "tests.lock", fcntl.LOCK_SH):
             yield
-        finally:
-            if alone:
-                use_cpus(pinned)
+        return
+    # the machine is held from the first of a run of alone tests to the last: waiting for the
+    # other worker's test before each one would idle a core for as long as that test takes
+    if getattr(config, "_machine", None) is None:
+        config._machine, config._pinned = ExitStack(), os.sched_getaffinity(0)
+        with flocked(run_dir / "turnstile.lock", fcntl.LOCK_EX):
+            config._machine.enter_context(flocked(run_dir / "tests.lock", fcntl.LOCK_EX))
+        use_cpus(config._all_cpus)
+    try:
+        yield
+    finally:
+        if not is_alone(nextitem):
+            config._machine.close()
+            config._machine = None
+            use_cpus(config._pinned)
