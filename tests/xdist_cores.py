@@ -14,7 +14,8 @@ every other worker has finished, the last one takes all the CPUs back.
 A test marked `alone` (the server's: they measure timeouts and latency) runs on all the CPUs with
 no test beside it: every test holds a shared file lock while it runs (setup, call, teardown), an
 `alone` test an exclusive one (kept through the worker's next test while that is `alone` too), and
-a turnstile keeps new shared holders out while it waits. The
+a turnstile keeps new shared holders out while it waits. The `alone` tests are handed out first, so
+they wait for the other worker's first tests, not for an export of minutes. The
 locks live in the run's base folder (each worker's basetemp is a folder in it). Without xdist
 this plugin does nothing.
 """
@@ -37,6 +38,8 @@ def pytest_addoption(parser):
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     shared = config.getini("xdist_shared_fixtures")
+    if getattr(config, "workerinput", None) is not None:
+        items.sort(key=lambda item: not is_alone(item))  # first: waits for short tests, not a long export
     for item in items:
         used = [name for name in shared if name in item.fixturenames]
         item.add_marker(pytest.mark.xdist_group(used[0] if used else item.nodeid.split("::")[0]))
