@@ -5,11 +5,11 @@ images that must look like images); the untrained default v2 everywhere else (a
 conversion costs the same either way, and the default model needs no shared data).
 Tests marked `slow` (heavy conversions and clusters) run with --slow, as CI does.
 
-Under pytest-xdist (`-n 2`, as CI runs) the two workers run side by side, each on a core of its
-own, except the tests marked `alone` (the server's: they measure timeouts and latency), which wait
+Under pytest-xdist (`-n 2`, as CI runs) the two workers run side by side, except the tests marked
+`alone` (the server's: they measure timeouts and latency), which wait
 until the other worker's test ends and hold it off until they end. Each file goes to one worker, and
 so do the tests of a shared session export (`xdist_shared_fixtures` in pyproject.toml): every
-export is built once (xdist_cores.py).
+export is built once (xdist_alone.py).
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from helpers import REAL_V2, run_export
 
 from mobilegen.models.checkpoint import seeded_model
 
-pytest_plugins = ["xdist_cores", "pytester"]
+pytest_plugins = ["xdist_alone", "pytester"]
 
-# PyTorch's threads: 2 at most (under pytest-xdist, xdist_cores.py gives each worker one core).
-torch.set_num_threads(min(2, len(os.sched_getaffinity(0))))
+# PyTorch's threads: 2, or this worker's share of the cores when pytest-xdist runs several workers.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, len(os.sched_getaffinity(0)) // WORKERS)))
 
 
 def pytest_addoption(parser):

@@ -1,0 +1,80 @@
+"""A pytest plugin for pytest-xdist runs (`-n 2 --dist loadgroup`): each file runs on one worker,
+and a test marked `alone` runs with no other test beside it.
+
+A file's tests go to one worker (its module fixtures are built once), and so do all the tests
+that read a session fixture named in the ini list `xdist_shared_fixtures` (an export of a minute
+is built once, not once per worker).
+
+A test marked `alone` (the server's: they measure timeouts and latency) waits until the other
+workers' tests end and holds them off until it ends: every test holds a shared file lock while it
+runs (setup, call, teardown), an `alone` test an exclusive one (kept through the worker's next
+test while that is `alone` too), and a turnstile keeps new shared holders out while it waits.
+The `alone` tests are handed out first, so they wait for the other worker's first tests, not for
+an export of minutes. The locks live in the run's base folder (each worker's basetemp is a folder
+in it). Without xdist only the groups are set, and they mean nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addini("xdist_shared_fixtures", "session fixtures whose tests all run on one worker", type="linelist")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "alone: under pytest-xdist, no other test runs beside this one")
+
+
+def is_alone(item) -> bool:
+    return item is not None and item.get_closest_marker("alone") is not None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    shared = config.getini("xdist_shared_fixtures")
+    if getattr(config, "workerinput", None) is not None:
+        items.sort(key=lambda item: not is_alone(item))
+    for item in items:
+        used = [name for name in shared if name in item.fixturenames]
+        item.add_marker(pytest.mark.xdist_group(used[0] if used else item.nodeid.split("::")[0]))
+
+
+@contextmanager
+def flocked(path: Path, mode: int):
+    with open(path, "a") as f:
+        fcntl.flock(f, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    config = item.config
+    if getattr(config, "workerinput", None) is None:
+        yield
+        return
+    run_dir = Path(config.option.basetemp).parent
+    if not is_alone(item):
+        with flocked(run_dir / "turnstile.lock", fcntl.LOCK_EX):
+            pass
+        with flocked(run_dir / "tests.lock", fcntl.LOCK_SH):
+            yield
+        return
+    if getattr(config, "_machine", None) is None:  # held from the first of a run of alone tests to the last
+        config._machine = ExitStack()
+        with flocked(run_dir / "turnstile.lock", fcntl.LOCK_EX):
+            config._machine.enter_context(flocked(run_dir / "tests.lock", fcntl.LOCK_EX))
+    try:
+        yield
+    finally:
+        if not is_alone(nextitem):
+            config._machine.close()
+            config._machine = None
