@@ -8,7 +8,8 @@ is built once, not once per worker).
 A test marked `alone` (the server's: they measure timeouts and latency) waits until the other
 workers' tests end and holds them off until it ends: every test holds a shared file lock while it
 runs (setup, call, teardown), an `alone` test an exclusive one (kept through the worker's next
-test while that is `alone` too), and a turnstile keeps new shared holders out while it waits.
+test while that is `alone` too, and with PyTorch on every core), and a turnstile keeps new shared
+holders out while it waits.
 The `alone` tests are handed out first, so they wait for the other worker's first tests, not for
 an export of minutes. The locks live in the run's base folder (each worker's basetemp is a folder
 in it). Without xdist only the groups are set, and they mean nothing.
@@ -17,10 +18,12 @@ in it). Without xdist only the groups are set, and they mean nothing.
 from __future__ import annotations
 
 import fcntl
+import os
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 
 def pytest_addoption(parser):
@@ -72,6 +75,8 @@ def pytest_runtest_protocol(item, nextitem):
         config._machine = ExitStack()
         with flocked(run_dir / "turnstile.lock", fcntl.LOCK_EX):
             config._machine.enter_context(flocked(run_dir / "tests.lock", fcntl.LOCK_EX))
+        config._machine.callback(torch.set_num_threads, torch.get_num_threads())
+        torch.set_num_threads(len(os.sched_getaffinity(0)))  # the machine is this test's: PyTorch on every core
     try:
         yield
     finally:

@@ -394,9 +394,9 @@ def test_serve_entry_point_in_its_own_process():
                 pass
             assert time.monotonic() < deadline, "server process did not come up"
             time.sleep(0.1)
-        cat = httpx.post(f"{base}/generate_image", files={"text": (None, "cat"), "version": (None, "2")})
+        cat = httpx.post(f"{base}/generate_image", files={"text": (None, "cat"), "version": (None, "2")}, timeout=60)
         assert cat.status_code == 200 and png(cat.content).size == (64, 64)
-        ships = httpx.post(f"{base}/v1/images", json={"label": "ship", "seed": 3, "steps": 2, "guidance": 3, "n": 4})
+        ships = httpx.post(f"{base}/v1/images", json={"label": "ship", "seed": 3, "steps": 2, "guidance": 3, "n": 4}, timeout=60)
         assert ships.status_code == 200 and png(ships.content).size == (134, 134)
         assert json.loads(httpx.get(f"{base}/v1/models").text)["default"] == "v2"
     finally:
