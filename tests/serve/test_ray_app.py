@@ -272,8 +272,15 @@ def test_serve_batch_same_png_as_single_process_on_any_replica(serve_batching):
     assert len({r.headers["X-Replica"] for r in responses}) == 2
     from fastapi.testclient import TestClient
 
-    with TestClient(create_app(config)) as client:
-        single = [client.post("/v1/images", json=body).content for body in SERVE_BATCH]
+    # A replica holds one CPU (Ray sets its OMP_NUM_THREADS=1): the single process runs PyTorch on one
+    # thread too, since float sums may differ in the last bit between thread counts.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with TestClient(create_app(config)) as client:
+            single = [client.post("/v1/images", json=body).content for body in SERVE_BATCH]
+    finally:
+        torch.set_num_threads(threads)
     for body, one, batched in zip(SERVE_BATCH, single, responses):
         assert one == batched.content, f"{body}: the @serve.batch PNG differs from the single-process one"
 
