@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,8 @@ def int8_export(tmp_path_factory, real_v2) -> Path:
     real ranges). int8 full misses the 30 dB gate there (docs/int8.md: measured), so the export
     fails honestly: nothing is published and the folder lands in <out>.failed."""
     out = tmp_path_factory.mktemp("int8") / "v2"
-    args = ["tflite", str(real_v2), "--int8", "dynamic", "--int8", "full", "--calibration-samples", "66", "--no-bench", "-o", str(out)]
+    args = ["tflite", str(real_v2), "--int8", "dynamic", "--int8", "full", "--calibration-samples", "66", "--no-bench",
+            "-o", str(out)]  # fmt: skip
     res = CliRunner().invoke(export_cli, args, catch_exceptions=False)
     assert res.exit_code == 1 and not out.exists(), res.output
     assert "PASS denoiser_int8_dynamic.tflite" in res.output and "FAIL denoiser_int8_full.tflite" in res.output
@@ -77,14 +77,20 @@ def test_full_int8_quantizes_activations_and_says_what_stays_float(int8_export):
 
 @pytest.mark.slow
 def test_int8_trajectories_dynamic_holds_full_diverges(int8_export):
-    """verify runs the guided sampling loop on every file against PyTorch: dynamic holds
-    its trajectory gate; full, with ~4x the per-step error, drifts away (docs/int8.md)."""
-    res = CliRunner().invoke(export_cli, ["verify", str(int8_export), "--json", "--classes", "ship", "--steps", "20"])
-    result = json.loads(res.stdout)
-    assert res.exit_code == 1 and not result["passed"]
-    traj = result["trajectory"]
-    assert traj["denoiser_int8_dynamic.tflite"]["passed"], traj["denoiser_int8_dynamic.tflite"]["per_class"]
-    assert not traj["denoiser_int8_full.tflite"]["passed"]
+    """verify's trajectory check (the guided sampling loop, 20 DDIM steps, "ship", on every file
+    against PyTorch; the parity recheck around it is tested on the tiny export): dynamic holds
+    its trajectory gate; full, with ~4x the per-step error, drifts away (docs/int8.md). At 10
+    steps dynamic drifts too (measured), so the step count is the point."""
+    from mobilegen.diffusion import SamplerConfig
+    from mobilegen.verify.folder import reference_model, run_trajectories
+
+    manifest = manifest_of(int8_export)
+    model = reference_model(manifest, None, int8_export).model
+    ship = manifest["labels"].index("ship")
+    traj = run_trajectories(int8_export, manifest, model, [ship], SamplerConfig(steps=20))
+    assert traj.results["denoiser_int8_dynamic.tflite"].passed, traj.results["denoiser_int8_dynamic.tflite"].per_class
+    assert not traj.results["denoiser_int8_full.tflite"].passed
+    assert traj.results["denoiser_float32.tflite"].passed and traj.results["denoiser.onnx"].passed
 
 
 @pytest.mark.slow  # the untrained v2's graph is the point
