@@ -18,7 +18,7 @@ import os
 
 import pytest
 import torch
-from helpers import REAL_V2, run_export
+from helpers import REAL_V2, run, run_export
 
 from mobilegen.models.checkpoint import seeded_model
 
@@ -61,10 +61,19 @@ def v2_checkpoint(tmp_path, v2_model):
 
 @pytest.fixture(scope="session")
 def real_v2_export(tmp_path_factory, real_v2):
-    """The real v2 weights, batch 1, fp32 + fp16: the one real-weights export of the session."""
+    """The one real-weights export of the session: the real v2, batch 1, ONNX, fp32, fp16, int8
+    dynamic and int8 full (quantization error depends on real ranges; the calibration set is the
+    issue's measurement setting). int8 full misses its 30 dB gate on these weights (docs/int8.md:
+    measured), so the export fails honestly: nothing is published, the folder lands in
+    <out>.failed, and the tests read it there (every other file in it passed its gates)."""
     out = tmp_path_factory.mktemp("real") / "v2"
-    run_export("tflite", real_v2, "--fp16", "--no-bench", "-o", out)
-    return out
+    res = run("tflite", real_v2, "--fp16", "--int8", "dynamic", "--int8", "full", "--calibration-samples", "66",
+              "--no-bench", "-o", out)  # fmt: skip
+    assert res.exit_code == 1 and not out.exists(), res.output + res.stderr
+    for name in ("denoiser.onnx", "denoiser_float32.tflite", "denoiser_float16.tflite", "denoiser_int8_dynamic.tflite"):
+        assert f"PASS {name}" in res.output, res.output
+    assert "FAIL denoiser_int8_full.tflite" in res.output, res.output
+    return out.with_name("v2.failed")
 
 
 @pytest.fixture(scope="session")

@@ -21,18 +21,11 @@ from mobilegen.runtime.tflite_file import check_builtin_only, tensor_name, tflit
 INT8 = ("denoiser_int8_dynamic.tflite", "denoiser_int8_full.tflite")
 
 
-@pytest.fixture(scope="module")
-def int8_export(tmp_path_factory, real_v2) -> Path:
-    """The issue's measurement setting: the real v2 weights (quantization error depends on
-    real ranges). int8 full misses the 30 dB gate there (docs/int8.md: measured), so the export
-    fails honestly: nothing is published and the folder lands in <out>.failed."""
-    out = tmp_path_factory.mktemp("int8") / "v2"
-    args = ["tflite", str(real_v2), "--int8", "dynamic", "--int8", "full", "--calibration-samples", "66", "--no-bench",
-            "-o", str(out)]  # fmt: skip
-    res = CliRunner().invoke(export_cli, args, catch_exceptions=False)
-    assert res.exit_code == 1 and not out.exists(), res.output
-    assert "PASS denoiser_int8_dynamic.tflite" in res.output and "FAIL denoiser_int8_full.tflite" in res.output
-    return out.with_name("v2.failed")
+@pytest.fixture()
+def int8_export(real_v2_export) -> Path:
+    """The session's real-weights export (conftest.real_v2_export): int8 dynamic passes, int8
+    full fails its gate, so the folder is <out>.failed."""
+    return real_v2_export
 
 
 @pytest.mark.slow
