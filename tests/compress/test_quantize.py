@@ -108,7 +108,7 @@ def test_bias_overflow_is_found_from_the_calibrated_ranges(tiny_export):
     ops = [(out, tensor_name(g.graph.tensors[op.inputs[0]]), bias) for op, out, _, bias in weight_ops(g) if bias is not None]
     ordinary = {inp: {"min": np.array(-3.0), "max": np.array(3.0)} for _, inp, _ in ops}
     assert bias_overflow_ops(path, ordinary) == []
-    out, inp, bias = next(o for o in ops if np.abs(o[2]).max() > 1e-3)
+    out, inp, _ = next(o for o in ops if np.abs(o[2]).max() > 1e-3)
     narrow = dict(ordinary, **{inp: {"min": np.array(-1e-12), "max": np.array(1e-12)}})
     assert out in bias_overflow_ops(path, narrow)
 
