@@ -7,6 +7,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 RECORD = """
 import json, os, time
 
@@ -60,6 +62,7 @@ def run_suite(pytester, monkeypatch, tmp_path) -> list[list]:
     return [json.loads(line) for line in spans_file.read_text().splitlines()]
 
 
+@pytest.mark.slow  # two pytest-xdist sessions (~15 s): the harness CI runs on, checked where CI runs
 def test_an_alone_test_runs_by_itself_and_groups_stay_on_one_worker(pytester, monkeypatch, tmp_path):
     records = run_suite(pytester, monkeypatch, tmp_path)
     spans = {name: (start, end) for name, start, end, *_ in records}

@@ -10,8 +10,9 @@ workers' tests end and holds them off until it ends: every test holds a shared f
 runs (setup, call, teardown), an `alone` test an exclusive one (kept through the worker's next
 test while that is `alone` too, and with PyTorch on every core), and a turnstile keeps new shared
 holders out while it waits.
-The `alone` tests are handed out first, so they wait for the other worker's first tests, not for
-an export of minutes. The locks live in the run's base folder (each worker's basetemp is a folder
+The groups are handed out in the order of their first test: the tests that build a session fixture
+of the suite (the exports of minutes) first, then the quick ones, then the `alone` tests, which
+so wait for the other worker's last quick test, not for an export. The locks live in the run's base folder (each worker's basetemp is a folder
 in it). Without xdist only the groups are set, and they mean nothing.
 """
 
@@ -32,20 +33,30 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "alone: under pytest-xdist, no other test runs beside this one")
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # hand the groups out in the order sorted below
 
 
 def is_alone(item) -> bool:
     return item is not None and item.get_closest_marker("alone") is not None
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def builds_a_session_fixture(item) -> bool:
+    """Whether the test reads a session fixture of the suite's own (an export, a compiled program)."""
+    defs = item._fixtureinfo.name2fixturedefs.values()
+    return any(d.scope == "session" and d.baseid.startswith("tests") for ds in defs for d in ds)
+
+
+@pytest.hookimpl(trylast=True)  # after every conftest has marked its `alone` tests
 def pytest_collection_modifyitems(config, items):
-    shared = config.getini("xdist_shared_fixtures")
     if getattr(config, "workerinput", None) is not None:
-        items.sort(key=lambda item: not is_alone(item))
-    for item in items:
-        used = [name for name in shared if name in item.fixturenames]
-        item.add_marker(pytest.mark.xdist_group(used[0] if used else item.nodeid.split("::")[0]))
+        items.sort(key=lambda item: (is_alone(item), not builds_a_session_fixture(item)))
+
+
+def pytest_itemcollected(item):
+    """The test's group (as it is collected, before xdist's hooks read the groups)."""
+    used = [name for name in item.config.getini("xdist_shared_fixtures") if name in item.fixturenames]
+    item.add_marker(pytest.mark.xdist_group(used[0] if used else item.nodeid.split("::")[0]))
 
 
 @contextmanager
