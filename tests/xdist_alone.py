@@ -10,10 +10,11 @@ workers' tests end and holds them off until it ends: every test holds a shared f
 runs (setup, call, teardown), an `alone` test an exclusive one (kept through the worker's next
 test while that is `alone` too, and with PyTorch on every core), and a turnstile keeps new shared
 holders out while it waits.
-The groups are handed out in the order of their first test: the tests that build a session fixture
-of the suite (the exports of minutes) first, then the quick ones, then the `alone` tests, which
-so wait for the other worker's last quick test, not for an export. The locks live in the run's base folder (each worker's basetemp is a folder
-in it). Without xdist only the groups are set, and they mean nothing.
+The groups are handed out in the order of their first test (xdist's reordering by test count is
+off): the heavy tests first (slow ones that run, and those that read a session fixture of the
+suite: the exports of minutes), then the quick ones, then the `alone` tests, which so wait for the
+other worker's last quick test, not for an export. The locks live in the run's base folder (each
+worker's basetemp is a folder in it). Without xdist only the groups are set, and they mean nothing.
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ def is_alone(item) -> bool:
     return item is not None and item.get_closest_marker("alone") is not None
 
 
-def builds_a_session_fixture(item) -> bool:
-    """Whether the test reads a session fixture of the suite's own (an export, a compiled program)."""
+def is_heavy(item) -> bool:
+    """A test that runs marked `slow` (a conversion, a training run, a cluster) or reads a session
+    fixture of the suite's own (an export, a compiled program)."""
+    if item.get_closest_marker("slow") is not None and item.get_closest_marker("skip") is None:
+        return True
     defs = item._fixtureinfo.name2fixturedefs.values()
     return any(d.scope == "session" and d.baseid.startswith("tests") for ds in defs for d in ds)
 
@@ -50,7 +54,7 @@ def builds_a_session_fixture(item) -> bool:
 @pytest.hookimpl(trylast=True)  # after every conftest has marked its `alone` tests
 def pytest_collection_modifyitems(config, items):
     if getattr(config, "workerinput", None) is not None:
-        items.sort(key=lambda item: (is_alone(item), not builds_a_session_fixture(item)))
+        items.sort(key=lambda item: (is_alone(item), not is_heavy(item)))
 
 
 def pytest_itemcollected(item):
