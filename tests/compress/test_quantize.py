@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -21,22 +19,15 @@ from mobilegen.runtime.tflite_file import check_builtin_only, tensor_name, tflit
 INT8 = ("denoiser_int8_dynamic.tflite", "denoiser_int8_full.tflite")
 
 
-@pytest.fixture()
-def int8_export(real_v2_export) -> Path:
-    """The session's real-weights export (conftest.real_v2_export): int8 dynamic passes, int8
-    full fails its gate, so the folder is <out>.failed."""
-    return real_v2_export
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", INT8)
-def test_int8_files_carry_metadata(int8_export, name):
-    check_metadata(int8_export / name, manifest_of(int8_export))
+def test_int8_files_carry_metadata(real_v2_export, name):
+    check_metadata(real_v2_export / name, manifest_of(real_v2_export))
 
 
 @pytest.mark.slow
-def test_dynamic_passes_full_is_gated_both_builtin_with_float_io(int8_export):
-    m = manifest_of(int8_export)
+def test_dynamic_passes_full_is_gated_both_builtin_with_float_io(real_v2_export):
+    m = manifest_of(real_v2_export)
     assert m["status"] == "failed"
     dynamic, full = (m["parity"][name] for name in INT8)
     assert dynamic["passed"] and dynamic["min_psnr_db"] >= 30
@@ -45,31 +36,31 @@ def test_dynamic_passes_full_is_gated_both_builtin_with_float_io(int8_export):
     fp32 = m["files"]["denoiser_float32.tflite"]["bytes"]
     for name, share in zip(INT8, (0.3, 0.4)):  # full keeps a few more layers float
         assert m["files"][name]["bytes"] < share * fp32
-        assert check_builtin_only(int8_export / name) == m["files"][name]["op_types"]
-        backend = TFLiteBackend(int8_export / name, spec_from_manifest(m))
+        assert check_builtin_only(real_v2_export / name) == m["files"][name]["op_types"]
+        backend = TFLiteBackend(real_v2_export / name, spec_from_manifest(m))
         assert [d["dtype"] for d in backend.interpreter.get_input_details()] == [np.float32, np.float32, np.int32]
         assert backend.interpreter.get_output_details()[0]["dtype"] == np.float32
 
 
 @pytest.mark.slow
-def test_full_int8_quantizes_activations_and_says_what_stays_float(int8_export):
-    q = manifest_of(int8_export)["compression"]["int8"]
+def test_full_int8_quantizes_activations_and_says_what_stays_float(real_v2_export):
+    q = manifest_of(real_v2_export)["compression"]["int8"]
     assert q["full"]["calibration_samples"] == 66 and "calibrated" in q["full"]["activations"]
     roles = sorted(k["role"] for k in q["full"]["kept_float"])
     # sa2's qkv and first feed-forward layer hold all-zero output rows in these weights; its
     # second feed-forward layer reads a near-zero input with near-zero weights, so its biases
     # would not fit int32 (the library would wrap them to -2^31).
     assert roles == ["attention_output"] * 4 + ["bias_overflow"] + ["embedding"] * 4 + ["image_input_conv"] + ["zero_channel"] * 2
-    assert wrapped_biases(int8_export / INT8[1]) == [] and wrapped_biases(int8_export / INT8[0]) == []
+    assert wrapped_biases(real_v2_export / INT8[1]) == [] and wrapped_biases(real_v2_export / INT8[0]) == []
     assert [k["role"] for k in q["dynamic"]["kept_float"]] == ["image_input_conv"]
-    report = (int8_export / "report.md").read_text()
+    report = (real_v2_export / "report.md").read_text()
     assert "int8 full" in report and "image_input_conv" in report
     # Full int8 carries int8 activations between ops; dynamic keeps float activations.
-    assert tflite_tensor_types(int8_export / INT8[1])["INT8"] > 2 * tflite_tensor_types(int8_export / INT8[0])["INT8"]
+    assert tflite_tensor_types(real_v2_export / INT8[1])["INT8"] > 2 * tflite_tensor_types(real_v2_export / INT8[0])["INT8"]
 
 
 @pytest.mark.slow
-def test_int8_trajectories_dynamic_holds_full_diverges(int8_export):
+def test_int8_trajectories_dynamic_holds_full_diverges(real_v2_export):
     """verify's trajectory check (the guided sampling loop, 20 DDIM steps, "ship", on every file
     against PyTorch; the parity recheck around it is tested on the tiny export): dynamic holds
     its trajectory gate; full, with ~4x the per-step error, drifts away (docs/int8.md). At 10
@@ -77,10 +68,10 @@ def test_int8_trajectories_dynamic_holds_full_diverges(int8_export):
     from mobilegen.diffusion import SamplerConfig
     from mobilegen.verify.folder import reference_model, run_trajectories
 
-    manifest = manifest_of(int8_export)
-    model = reference_model(manifest, None, int8_export).model
+    manifest = manifest_of(real_v2_export)
+    model = reference_model(manifest, None, real_v2_export).model
     ship = manifest["labels"].index("ship")
-    traj = run_trajectories(int8_export, manifest, model, [ship], SamplerConfig(steps=20))
+    traj = run_trajectories(real_v2_export, manifest, model, [ship], SamplerConfig(steps=20))
     assert traj.results["denoiser_int8_dynamic.tflite"].passed, traj.results["denoiser_int8_dynamic.tflite"].per_class
     assert not traj.results["denoiser_int8_full.tflite"].passed
     assert traj.results["denoiser_float32.tflite"].passed and traj.results["denoiser.onnx"].passed
