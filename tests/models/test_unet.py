@@ -9,6 +9,9 @@ from probe import expected_shapes, golden, probe_state_dict
 
 from mobilegen.models.unet import ARCHS, build_unet
 
+# v2 in the quick suite; the teacher and v1 (the same code, larger and slower) with --slow, as CI runs
+V2_QUICK_OTHERS_SLOW = [a if a == "student_v2" else pytest.param(a, marks=pytest.mark.slow) for a in ARCHS]
+
 
 def probe_model(arch: str):
     model = build_unet(arch)
@@ -33,7 +36,7 @@ def run_cases(model, data, dtype=torch.float32) -> np.ndarray:
     return np.concatenate(outs)
 
 
-@pytest.mark.parametrize("arch", [a if a == "student_v2" else pytest.param(a, marks=pytest.mark.slow) for a in ARCHS])
+@pytest.mark.parametrize("arch", V2_QUICK_OTHERS_SLOW)
 def test_probe_outputs_match_the_original_network(arch):
     """Golden eps of the original implementation, conditional and unconditional (y = -1).
 
@@ -71,7 +74,7 @@ def test_a_structural_change_is_caught_by_the_conformance_gate():
     assert np.abs(wrong - data["eps"][:1]).max() > 100 * np.abs(good[:1] - data["eps"][:1]).max()
 
 
-@pytest.mark.parametrize("arch", [a if a == "student_v2" else pytest.param(a, marks=pytest.mark.slow) for a in ARCHS])
+@pytest.mark.parametrize("arch", V2_QUICK_OTHERS_SLOW)
 def test_attention_formulations_agree(arch):
     model = build_unet(arch).eval()
     x, t, y = torch.randn(2, 3, 64, 64), torch.tensor([3.0, 700.0]), torch.tensor([4, -1])
