@@ -3,9 +3,9 @@ and a test marked `alone` runs with no other test beside it.
 
 A file's tests go to one worker (its module fixtures are built once), and so do all the tests
 that read a session fixture named in the ini list `xdist_shared_fixtures` (an export of a minute
-is built once, not once per worker).
+is built once, not once per worker), and so do the tests marked `alone` (one group, handed out last).
 
-A test marked `alone` (the server's: they measure timeouts and latency) waits until the other
+A test marked `alone` (the server's that measure timeouts and latency) waits until the other
 workers' tests end and holds them off until it ends: every test holds a shared file lock while it
 runs (setup, call, teardown), an `alone` test an exclusive one (kept through the worker's next
 test while that is `alone` too, and with PyTorch on every core), and a turnstile keeps new shared
@@ -58,9 +58,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_itemcollected(item):
-    """The test's group (as it is collected, before xdist's hooks read the groups)."""
+    """The test's group (as it is collected, before xdist's hooks read the groups): a marker set
+    later (a conftest's pytest_collection_modifyitems) comes too late for it."""
     used = [name for name in item.config.getini("xdist_shared_fixtures") if name in item.fixturenames]
-    item.add_marker(pytest.mark.xdist_group(used[0] if used else item.nodeid.split("::")[0]))
+    group = "alone" if is_alone(item) else used[0] if used else item.nodeid.split("::")[0]
+    item.add_marker(pytest.mark.xdist_group(group))
 
 
 @contextmanager

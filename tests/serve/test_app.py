@@ -160,6 +160,7 @@ def test_a_20_mb_body_gets_a_readable_413(url):
 # --- abandoned work: hang-ups and timeouts free the model --------------------------------
 
 
+@pytest.mark.alone  # timed against a model call or a deadline
 @pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_clients_that_hang_up_stop_taking_model_calls():
     """12 heavy requests, each with one denoiser call queued or running; the clients hang up.
@@ -201,6 +202,7 @@ def call_seconds(rows: int) -> float:
     return time.monotonic() - start
 
 
+@pytest.mark.alone  # timed against a model call or a deadline
 @pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_requests_past_the_timeout_get_504_and_free_the_model():
     """--timeout-s 2 (longer on a slow machine: 4 model calls): every heavy request gets a 504; its
@@ -226,6 +228,7 @@ def test_requests_past_the_timeout_get_504_and_free_the_model():
     assert codes["504"] == 12 and codes["200"] == 1
 
 
+@pytest.mark.alone  # timed against a model call or a deadline
 @pytest.mark.slow
 def test_burst_of_100_with_half_hanging_up_then_a_new_request_within_10_s():
     """Issue 12's acceptance line, with the default max batch (32 rows): 50 light requests
@@ -334,6 +337,7 @@ def two_models(tmp_path_factory):
     return paths
 
 
+@pytest.mark.alone  # timed against a model call or a deadline
 @pytest.mark.slow  # seconds: the quick suite stays under 3 minutes; CI runs it
 def test_several_models_cors_and_timeout(two_models):
     # timeout 6 s: a 2-step image of either model fits on a loaded 2-core machine; 200 steps x 8 rows never does
