@@ -48,6 +48,10 @@ def test_file(i):
 @pytest.mark.parametrize("i", range(2))
 def test_shared(shared, i):
     record(f"{__name__}-shared{i}", 0.05)
+
+@pytest.mark.alone
+def test_alone_here():
+    record(f"alone-{__name__}", 0.05)
 """
 
 
@@ -58,7 +62,7 @@ def run_suite(pytester, monkeypatch, tmp_path) -> list[list]:
     pytester.makepyfile(record=RECORD, test_spans=SPANS, test_groups_a=GROUPS, test_groups_b=GROUPS)
     pytester.makeini("[pytest]\nxdist_shared_fixtures = shared\n")
     result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadgroup", "-p", "xdist_alone", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=20)
+    result.assert_outcomes(passed=22)
     return [json.loads(line) for line in spans_file.read_text().splitlines()]
 
 
@@ -70,9 +74,11 @@ def test_an_alone_test_runs_by_itself_and_groups_stay_on_one_worker(pytester, mo
     def overlap(a, b):
         return spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
 
+    alones = [name for name in spans if name.startswith("alone")]  # two in test_spans, one in each groups file
     others = [name for name in spans if not name.startswith("alone")]
-    assert not any(overlap(alone, name) for alone in ("alone0", "alone1") for name in others)
+    assert len(alones) == 4 and not any(overlap(alone, name) for alone in alones for name in others)
     assert not any(spans["alone0"][0] < spans[name][0] < spans["alone1"][1] for name in others), "held between them"
+    assert len({worker for name, *_, worker in records if name.startswith("alone")}) == 1, "the alone tests are one group"
     assert any(overlap(a, b) for a in others for b in others if a < b), "the other tests ran side by side"
 
     workers = defaultdict(set)  # each file's own tests, and the tests of the shared fixture across files
