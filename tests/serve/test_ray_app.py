@@ -60,6 +60,18 @@ def generate(url: str, body: dict = REQUEST, timeout: float = 120) -> httpx.Resp
     return httpx.post(f"{url}/v1/images", json=body, timeout=timeout)
 
 
+def from_both_replicas(send, rounds: int = 6) -> list[httpx.Response]:
+    """Responses of `send()` rounds until both replicas have answered. Ray's router picks a replica per
+    request from cached queue lengths, so a burst may land on one replica when probes are slow (a busy
+    machine): more rounds, not a looser check. Every response is returned, so each one is checked."""
+    responses: list[httpx.Response] = []
+    for _ in range(rounds):
+        responses += send()
+        if len({r.headers.get("X-Replica") for r in responses} - {None}) == 2:
+            break
+    return responses
+
+
 def replica_values(url: str, sample: str = 'mobilegen_images_generated_total{model="v2"}') -> dict[str, float]:
     """One sample's value per replica, read from /metrics (each scrape answers from one replica)."""
     seen: dict[str, float] = {}
@@ -77,13 +89,13 @@ def replica_values(url: str, sample: str = 'mobilegen_images_generated_total{mod
 def test_requests_spread_over_both_replicas_and_metrics_show_it(cluster):
     _, url = cluster
     with ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(lambda i: generate(url, {**REQUEST, "seed": i}), range(12)))
+        responses = from_both_replicas(lambda: list(pool.map(lambda i: generate(url, {**REQUEST, "seed": i}), range(12))))
     assert all(r.status_code == 200 and r.headers["content-type"] == "image/png" for r in responses)
     replicas = {r.headers["X-Replica"] for r in responses}
     assert len(replicas) == 2, replicas
     per_replica = replica_values(url)
     assert set(per_replica) == replicas and all(v > 0 for v in per_replica.values()), per_replica
-    assert sum(per_replica.values()) >= 12
+    assert sum(per_replica.values()) >= len(responses)
 
 
 @pytest.mark.slow  # a Ray cluster on 127.0.0.1
@@ -144,7 +156,7 @@ def test_killing_a_replica_loses_only_its_in_flight_requests(cluster):
         time.sleep(1)
     assert running == 2, serve.status()
     assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
-    replicas = {generate(url, {**REQUEST, "seed": s}).headers["X-Replica"] for s in range(10)}
+    replicas = {r.headers["X-Replica"] for r in from_both_replicas(lambda: [generate(url, REQUEST) for _ in range(5)])}
     assert victim not in replicas and len(replicas) == 2, (victim, replicas)
 
 
@@ -267,8 +279,8 @@ def burst(url: str, requests: list[dict]) -> list[httpx.Response]:
 @pytest.mark.slow  # a Ray cluster on 127.0.0.1
 def test_serve_batch_same_png_as_single_process_on_any_replica(serve_batching):
     config, url = serve_batching
-    responses = burst(url, SERVE_BATCH)
-    assert [r.status_code for r in responses] == [200] * len(SERVE_BATCH), [r.text[:200] for r in responses]
+    responses = from_both_replicas(lambda: burst(url, SERVE_BATCH), rounds=4)
+    assert all(r.status_code == 200 for r in responses), [r.text[:200] for r in responses]
     assert len({r.headers["X-Replica"] for r in responses}) == 2
     from fastapi.testclient import TestClient
 
@@ -281,17 +293,18 @@ def test_serve_batch_same_png_as_single_process_on_any_replica(serve_batching):
             single = [client.post("/v1/images", json=body).content for body in SERVE_BATCH]
     finally:
         torch.set_num_threads(threads)
-    for body, one, batched in zip(SERVE_BATCH, single, responses):
+    for i, batched in enumerate(responses):  # every round sent SERVE_BATCH in order
+        body, one = SERVE_BATCH[i % len(SERVE_BATCH)], single[i % len(SERVE_BATCH)]
         assert one == batched.content, f"{body}: the @serve.batch PNG differs from the single-process one"
 
 
 @pytest.mark.slow  # a Ray cluster on 127.0.0.1
 def test_serve_batch_merges_concurrent_requests(serve_batching):
     _, url = serve_batching
-    merged, runs = (replica_values(url, f"mobilegen_batch_requests_{k}{{model=\"v2\"}}") for k in ("sum", "count"))
+    merged, runs = (replica_values(url, f'mobilegen_batch_requests_{k}{{model="v2"}}') for k in ("sum", "count"))
     responses = burst(url, [{**REQUEST, "seed": 300 + i} for i in range(8)])
     assert [r.status_code for r in responses] == [200] * 8
-    after = [replica_values(url, f"mobilegen_batch_requests_{k}{{model=\"v2\"}}") for k in ("sum", "count")]
+    after = [replica_values(url, f'mobilegen_batch_requests_{k}{{model="v2"}}') for k in ("sum", "count")]
     calls = sum(after[0].values()) - sum(merged.values())
     model_calls = sum(after[1].values()) - sum(runs.values())
     assert calls == 8 * 2 and model_calls < calls / 2, f"{calls} request-steps ran as {model_calls} model calls: not batched"
