@@ -7,7 +7,8 @@ Tests marked `slow` (heavy conversions and clusters) run with --slow, as CI does
 
 Under pytest-xdist (`-n 2`, as CI runs) the two workers run side by side, except the tests marked
 `alone` (the server tests that time it against a model call or a deadline), which wait
-until the other worker's test ends and hold it off until they end. Each file goes to one worker, and
+until the other worker's test ends and hold it off until they end. Each worker runs on its own
+share of the cores; an `alone` test on all of them. Each file goes to one worker, and
 so do the tests of a shared session export (`xdist_shared_fixtures` in pyproject.toml): every
 export is built once (xdist_alone.py).
 """

@@ -16,7 +16,8 @@ def record(name, seconds=0.4):
     start = time.monotonic()
     time.sleep(seconds)
     with open(os.environ["SPANS"], "a") as f:
-        f.write(json.dumps([name, start, time.monotonic(), os.environ["PYTEST_XDIST_WORKER"]]) + "\\n")
+        row = [name, start, time.monotonic(), os.environ["PYTEST_XDIST_WORKER"], sorted(os.sched_getaffinity(0))]
+        f.write(json.dumps(row) + "\\n")
 """
 
 SPANS = """
@@ -67,9 +68,9 @@ def run_suite(pytester, monkeypatch, tmp_path) -> list[list]:
 
 
 @pytest.mark.slow  # two pytest-xdist sessions (~15 s): the harness CI runs on, checked where CI runs
-def test_an_alone_test_runs_by_itself_and_groups_stay_on_one_worker(pytester, monkeypatch, tmp_path):
+def test_an_alone_test_runs_by_itself_on_every_core_and_groups_stay_on_one_worker(pytester, monkeypatch, tmp_path):
     records = run_suite(pytester, monkeypatch, tmp_path)
-    spans = {name: (start, end) for name, start, end, *_ in records}
+    spans = {name: (start, end) for name, start, end, _, _ in records}
 
     def overlap(a, b):
         return spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
@@ -78,12 +79,19 @@ def test_an_alone_test_runs_by_itself_and_groups_stay_on_one_worker(pytester, mo
     others = [name for name in spans if not name.startswith("alone")]
     assert len(alones) == 4 and not any(overlap(alone, name) for alone in alones for name in others)
     assert not any(spans["alone0"][0] < spans[name][0] < spans["alone1"][1] for name in others), "held between them"
-    assert len({worker for name, *_, worker in records if name in alones}) == 1, "the alone tests are one group"
+    assert len({worker for name, _, _, worker, _ in records if name in alones}) == 1, "the alone tests are one group"
     assert any(overlap(a, b) for a in others for b in others if a < b), "the other tests ran side by side"
 
     workers = defaultdict(set)  # each file's own tests, and the tests of the shared fixture across files
-    for name, *_, worker in records:
+    for name, _, _, worker, _ in records:
         if name.startswith("test_groups"):
             workers[name.split("-")[0] if "-file" in name else "shared"].add(worker)
     assert dict(workers).keys() == {"test_groups_a", "test_groups_b", "shared"}
     assert all(len(w) == 1 for w in workers.values()), dict(workers)
+
+    cpus = defaultdict(set)  # each worker on its own share of the cores; an alone test on all of them
+    for name, _, _, worker, cpu in records:
+        cpus["alone" if name.startswith("alone") else worker] |= set(cpu)
+    everything = os.sched_getaffinity(0)
+    assert cpus.pop("alone") == everything
+    assert len(everything) < 2 or (not set.intersection(*cpus.values()) and set.union(*cpus.values()) == everything), cpus

@@ -15,13 +15,18 @@ off): the heavy tests first (slow ones that run, and those that read a session f
 suite: the exports of minutes), then the quick ones, then the `alone` tests, which so wait for the
 other worker's last quick test, not for an export. The locks live in the run's base folder (each
 worker's basetemp is a folder in it). Without xdist only the groups are set, and they mean nothing.
+
+Each worker runs on its own share of the cores (CPU affinity, inherited by what it starts: export
+subprocesses, servers, torchrun ranks), so that the backends, which size their threads to the
+cores they may use, do not spin against the other worker's threads (the quick suite: 175 s -> 147 s,
+4m59 -> 4m17 of CPU time, on 2 cores). An `alone` test gets every core back while it runs.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -32,8 +37,21 @@ def pytest_addoption(parser):
     parser.addini("xdist_shared_fixtures", "session fixtures whose tests all run on one worker", type="linelist")
 
 
+def pin(cpus: set[int]) -> None:
+    """Every thread of this process (and what it starts later) on these CPUs."""
+    for tid in os.listdir("/proc/self/task"):
+        with suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), cpus)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "alone: under pytest-xdist, no other test runs beside this one")
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:  # each worker on its own share of the cores: its exports, servers and children
+        config._all_cpus = os.sched_getaffinity(0)  # size their threads to that share, none spins on another's
+        cpus, count = sorted(config._all_cpus), worker["workercount"]
+        if len(cpus) >= count:
+            pin(set(cpus[int(worker["workerid"].removeprefix("gw")) :: count]))
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False  # hand the groups out in the order sorted below
 
@@ -93,7 +111,9 @@ def pytest_runtest_protocol(item, nextitem):
         with flocked(run_dir / "turnstile.lock", fcntl.LOCK_EX):
             config._machine.enter_context(flocked(run_dir / "tests.lock", fcntl.LOCK_EX))
         config._machine.callback(torch.set_num_threads, torch.get_num_threads())
-        torch.set_num_threads(len(os.sched_getaffinity(0)))  # the machine is this test's: PyTorch on every core
+        config._machine.callback(pin, os.sched_getaffinity(0))
+        pin(config._all_cpus)  # the machine is this test's: every core, PyTorch on each
+        torch.set_num_threads(len(config._all_cpus))
     try:
         yield
     finally:
