@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,22 @@ def run_export(*args):
     res = run(*args)
     assert res.exit_code == 0, res.output + res.stderr
     return res
+
+
+def demo_data(root: Path, per_class: int = 2, test_per_class: int = 0) -> Path:
+    """The demo folder (write_demo_folder) with `test_per_class` held-out images per class, or no
+    test/ split at all (0): a run validates every held-out image at 5 timesteps at its end, which on
+    the full split (20 images) was most of a 2-step training run. Only the tests that check
+    validation keep a split."""
+    from mobilegen.train import write_demo_folder
+
+    write_demo_folder(root, per_class=per_class)
+    for image in sorted((root / "test").glob("*/*.png")):
+        if test_per_class == 0 or int(image.stem) >= test_per_class:
+            image.unlink()
+    if test_per_class == 0:
+        shutil.rmtree(root / "test")
+    return root
 
 
 def manifest_of(directory: Path) -> dict:

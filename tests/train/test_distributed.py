@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, demo_data
 
 from mobilegen.errors import MobileGenError
-from mobilegen.train import TrainConfig, train, write_demo_folder
+from mobilegen.train import TrainConfig, train
 from mobilegen.train.data import StepSampler
 from mobilegen.train.distributed import DistributedStepSampler, World
 
@@ -21,7 +21,7 @@ COMMON = ["--epochs", "1", "--device", "cpu", "--ema-start", "1", "--lr", "1e-3"
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return write_demo_folder(tmp_path_factory.mktemp("ddp") / "cifar", per_class=2)  # 20 training images
+    return demo_data(tmp_path_factory.mktemp("ddp") / "cifar", per_class=2)  # 20 training images, no test/ split
 
 
 def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:

@@ -10,20 +10,21 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import demo_data
 from PIL import Image
 
 from mobilegen.cli import export_cli, main_cli
 from mobilegen.contract.labels import CIFAR10_LABELS
 from mobilegen.errors import MobileGenError, OutputError
 from mobilegen.models.checkpoint import load_checkpoint
-from mobilegen.train import write_demo_folder
 from mobilegen.train.loop import TrainConfig, Trainer, train
 from mobilegen.train.trainer import diffusion_batch, step_generator
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return write_demo_folder(tmp_path_factory.mktemp("data") / "cifar", per_class=2)
+    """20 training images, no test/ split: the runs here check losses and weights, not validation."""
+    return demo_data(tmp_path_factory.mktemp("data") / "cifar", per_class=2)
 
 
 def config(data: Path, out: Path, **kw) -> TrainConfig:
@@ -93,8 +94,9 @@ def test_distillation_uses_the_teacher_once_in_eval_mode(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_distill_export_end_to_end(data, tmp_path):
+def test_train_distill_export_end_to_end(tmp_path):
     """The issue's three commands on a generated folder; the export passes the TFLite gates."""
+    data = demo_data(tmp_path / "cifar", per_class=2, test_per_class=1)  # validation on 10 held-out images
     runner = CliRunner()
     res = runner.invoke(main_cli, ["train", "--data", str(data), "--arch", "teacher", "--epochs", "1", "--batch-size", "2",
                                    "--max-steps", "1", "-o", str(tmp_path / "teacher"), "--device", "cpu"])  # fmt: skip
@@ -106,7 +108,9 @@ def test_train_distill_export_end_to_end(data, tmp_path):
     assert res.exit_code == 0, res.output + res.stderr
     loaded = load_checkpoint(tmp_path / "v2" / "ema.pt")
     assert loaded.arch == "student_v2" and loaded.meta["step"] == 2
-    res = runner.invoke(export_cli, ["tflite", str(tmp_path / "v2" / "ema.pt"), "--fp16", "--no-bench", "-o", str(tmp_path / "art")])
+    res = runner.invoke(
+        export_cli, ["tflite", str(tmp_path / "v2" / "ema.pt"), "--fp16", "--no-bench", "-o", str(tmp_path / "art")]
+    )
     assert res.exit_code == 0, res.output + res.stderr
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert manifest["status"] == "passed" and manifest["source"]["sha256"] == loaded.sha256
