@@ -43,11 +43,11 @@ def demo_data(root: Path, per_class: int = 2, test_per_class: int = 0) -> Path:
     from mobilegen.train import write_demo_folder
 
     write_demo_folder(root, per_class=per_class)
-    for image in sorted((root / "test").glob("*/*.png")):
-        if test_per_class == 0 or int(image.stem) >= test_per_class:
-            image.unlink()
     if test_per_class == 0:
         shutil.rmtree(root / "test")
+    for image in (root / "test").glob("*/*.png"):
+        if int(image.stem) >= test_per_class:
+            image.unlink()
     return root
 
 
