@@ -25,9 +25,8 @@ from mobilegen.models.checkpoint import seeded_model
 
 pytest_plugins = ["xdist_alone", "pytester"]
 
-# PyTorch's threads: 2, or this worker's share of the cores when pytest-xdist runs several workers.
-WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, len(os.sched_getaffinity(0)) // WORKERS)))
+# PyTorch's threads: 2 at most (under pytest-xdist, xdist_alone.py sets them to the worker's share of the cores).
+torch.set_num_threads(min(2, len(os.sched_getaffinity(0))))
 
 
 def pytest_addoption(parser):

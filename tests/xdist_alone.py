@@ -52,6 +52,7 @@ def pytest_configure(config):
         cpus, count = sorted(config._all_cpus), worker["workercount"]
         if len(cpus) >= count:
             pin(set(cpus[int(worker["workerid"].removeprefix("gw")) :: count]))
+        torch.set_num_threads(min(2, len(os.sched_getaffinity(0))))  # PyTorch on that share too
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False  # hand the groups out in the order sorted below
 
