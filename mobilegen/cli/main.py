@@ -98,6 +98,12 @@ train_options = options(
         help=f"{DATA_HELP}. distill without it learns from the teacher's own sampling trajectories.",
     ),
     RUN_FOLDER,
+    click.option(
+        "--init",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help="Start from this checkpoint's weights and widths (one of --arch; a structurally pruned one included: "
+        "`mobilegen prune --steps 0`) instead of a seeded init.",
+    ),
     click.option("--epochs", type=click.IntRange(1), default=100, show_default=True),
     click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True),
     click.option("--lr", type=FiniteFloat(0, min_open=True), default=3e-4, show_default=True, help="One-cycle peak LR (AdamW)."),

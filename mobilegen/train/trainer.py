@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mobilegen.diffusion import SamplerConfig, linear_schedule, run_sampler, to_uint8
-from mobilegen.errors import MobileGenError
+from mobilegen.errors import InvalidInput, MobileGenError
 from mobilegen.models import UNet
 from mobilegen.models.checkpoint import check_zip_sizes, load_checkpoint, save_checkpoint, seeded_model
 from mobilegen.runtime.images import save_image
@@ -109,7 +109,9 @@ class Trainer:
         cfg = self.config
         start = load_checkpoint(cfg.init).model if cfg.init is not None else seeded_model(cfg.arch, cfg.seed).model
         if start.arch != cfg.arch:
-            raise MobileGenError(f"{cfg.init} holds a {start.arch}, but the run is for {cfg.arch}")
+            raise InvalidInput(
+                f"--init {cfg.init} holds a {start.arch}, but the run is for {cfg.arch} (--arch): pass --arch {start.arch} or a {cfg.arch} checkpoint"
+            )
         self.model = start.to(self.device).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.net = wrap_ddp(self.model, self.world, self.device)  # DDP averages the ranks' gradients in backward()

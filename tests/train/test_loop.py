@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import demo_data
+from helpers import demo_data, tiny_checkpoint
 from PIL import Image
 
 from mobilegen.cli import export_cli, main_cli
@@ -95,19 +95,22 @@ def test_distillation_uses_the_teacher_once_in_eval_mode(data, tmp_path):
 
 @pytest.mark.slow
 def test_train_distill_export_end_to_end(tmp_path):
-    """The issue's three commands on a generated folder; the export passes the TFLite gates."""
+    """The issue's three commands on a generated folder; the export passes the TFLite gates. The
+    student starts from the tiny v2 (--init: its widths and weights), so its export takes seconds."""
     data = demo_data(tmp_path / "cifar", per_class=2, test_per_class=1)  # validation on 10 held-out images
     runner = CliRunner()
     res = runner.invoke(main_cli, ["train", "--data", str(data), "--arch", "teacher", "--epochs", "1", "--batch-size", "2",
                                    "--max-steps", "1", "-o", str(tmp_path / "teacher"), "--device", "cpu"])  # fmt: skip
     assert res.exit_code == 0, res.output + res.stderr
     assert "images/s" in res.output and "validation eps-MSE" in res.output
+    init = tiny_checkpoint(tmp_path / "tiny.pt")
     res = runner.invoke(main_cli, ["distill", "--teacher", str(tmp_path / "teacher" / "ema.pt"), "--arch", "student_v2",
-                                   "--data", str(data), "--epochs", "1", "--batch-size", "2", "--max-steps", "2",
-                                   "-o", str(tmp_path / "v2"), "--device", "cpu", "--qat-every", "1"])  # fmt: skip
+                                   "--init", str(init), "--data", str(data), "--epochs", "1", "--batch-size", "2",
+                                   "--max-steps", "2", "-o", str(tmp_path / "v2"), "--device", "cpu", "--qat-every", "1"])  # fmt: skip
     assert res.exit_code == 0, res.output + res.stderr
     loaded = load_checkpoint(tmp_path / "v2" / "ema.pt")
     assert loaded.arch == "student_v2" and loaded.meta["step"] == 2
+    assert loaded.model.config.widths == load_checkpoint(init).model.config.widths != ()
     res = runner.invoke(
         export_cli, ["tflite", str(tmp_path / "v2" / "ema.pt"), "--fp16", "--no-bench", "-o", str(tmp_path / "art")]
     )
@@ -115,3 +118,12 @@ def test_train_distill_export_end_to_end(tmp_path):
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert manifest["status"] == "passed" and manifest["source"]["sha256"] == loaded.sha256
     assert set(CIFAR10_LABELS) == set(manifest["labels"])
+
+
+def test_init_of_another_architecture_is_refused_before_anything_is_written(tmp_path):
+    data = demo_data(tmp_path / "cifar", per_class=1)
+    init = tiny_checkpoint(tmp_path / "tiny.pt")  # a student_v2
+    res = CliRunner().invoke(main_cli, ["train", "--data", str(data), "--arch", "teacher", "--init", str(init),
+                                        "-o", str(tmp_path / "run"), "--device", "cpu"])  # fmt: skip
+    assert res.exit_code == 2 and "holds a student_v2, but the run is for teacher" in res.stderr, res.output + res.stderr
+    assert not (tmp_path / "run").exists()
