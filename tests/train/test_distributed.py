@@ -1,4 +1,4 @@
-"""torchrun data-parallel training on the CPU (gloo), against the single-process run."""
+"""torchrun data-parallel training on the CPU (gloo), against the single-process run, on the tiny v2."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, demo_data
+from helpers import ROOT, demo_data, tiny_checkpoint
 
 from mobilegen.errors import MobileGenError
 from mobilegen.train import TrainConfig, train
@@ -51,11 +51,11 @@ def test_rank_shares_make_up_the_single_process_batch():
 
 @pytest.mark.slow
 def test_two_ranks_match_one_process_with_twice_the_batch(data, tmp_path):
-    steps = 3
+    steps, init = 3, tiny_checkpoint(tmp_path / "tiny.pt")
     single = train(TrainConfig(data=data, out=tmp_path / "one", arch="student_v2", epochs=1, batch_size=4, device="cpu",
-                               checkpoint_every=0, ema_start=1, lr=1e-3, seed=3, max_steps=steps))  # fmt: skip
-    res = torchrun("train", "--arch", "student_v2", "--data", str(data), "-o", str(tmp_path / "two"), "--batch-size", "2",
-                   "--max-steps", str(steps), *COMMON)  # fmt: skip
+                               checkpoint_every=0, ema_start=1, lr=1e-3, seed=3, max_steps=steps, init=init))  # fmt: skip
+    res = torchrun("train", "--arch", "student_v2", "--init", str(init), "--data", str(data), "-o", str(tmp_path / "two"),
+                   "--batch-size", "2", "--max-steps", str(steps), *COMMON)  # fmt: skip
     assert res.stdout.count("wrote ") == 1, "only rank 0 reports"
     one, two = last(tmp_path / "one"), last(tmp_path / "two")
     assert two["step"] == steps
@@ -69,7 +69,8 @@ def test_two_ranks_match_one_process_with_twice_the_batch(data, tmp_path):
 
 @pytest.mark.slow
 def test_resume_under_torchrun_continues_exactly(data, tmp_path):
-    args = ["distill", "--teacher", str(_teacher(data, tmp_path)), "--arch", "student_v2", "--data", str(data),
+    teacher = tiny_checkpoint(tmp_path / "tiny.pt")  # the teacher, and the student's start
+    args = ["distill", "--teacher", str(teacher), "--arch", "student_v2", "--init", str(teacher), "--data", str(data),
             "--batch-size", "2", *COMMON]  # fmt: skip
     torchrun(*args, "-o", str(tmp_path / "full"), "--max-steps", "2")
     torchrun(*args, "-o", str(tmp_path / "cut"), "--max-steps", "1")
@@ -81,15 +82,13 @@ def test_resume_under_torchrun_continues_exactly(data, tmp_path):
         assert all(torch.equal(full[key][k], cut[key][k]) for k in full[key]), key
 
 
-def _teacher(data: Path, tmp_path: Path) -> Path:
-    train(TrainConfig(data=data, out=tmp_path / "teacher", arch="student_v1", epochs=1, batch_size=2, device="cpu",
-                      checkpoint_every=0, max_steps=1))  # fmt: skip
-    return tmp_path / "teacher" / "ema.pt"
-
-
 @pytest.mark.slow
 def test_prune_under_torchrun_writes_once_and_fine_tunes_data_parallel(data, tmp_path):
-    teacher = _teacher(data, tmp_path)
+    from mobilegen.compress.structured import prune_channels
+    from mobilegen.models.checkpoint import save_checkpoint, seeded_model
+
+    # The v2 at a tenth of its channels, every head kept (a pruned model's heads are not pruned again)
+    teacher = save_checkpoint(tmp_path / "narrow.pt", prune_channels(seeded_model("student_v2").model, 0.9, 0.0))
     res = torchrun("prune", str(teacher), "--ratio", "0.25", "--data", str(data), "--steps", "2", "--batch-size", "2",
                    "--device", "cpu", "-o", str(tmp_path / "pruned"))  # fmt: skip
     assert res.stdout.count("params ") == 1, res.stdout
