@@ -56,14 +56,28 @@ def test_alone_here():
 """
 
 
+LONG = """
+from record import record
+
+def test_long0():
+    record("long0", 6.0)  # handed out first (xdist_first), it outlasts every other group
+
+def test_long1():
+    record("long1", 0.5)
+
+def test_long2():
+    record("long2", 0.5)  # the other worker is done by now: every core
+"""
+
+
 def run_suite(pytester, monkeypatch, tmp_path) -> list[list]:
     spans_file = tmp_path / "spans.jsonl"
     monkeypatch.setenv("SPANS", str(spans_file))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    pytester.makepyfile(record=RECORD, test_spans=SPANS, test_groups_a=GROUPS, test_groups_b=GROUPS)
-    pytester.makeini("[pytest]\nxdist_shared_fixtures = shared\n")
+    pytester.makepyfile(record=RECORD, test_spans=SPANS, test_groups_a=GROUPS, test_groups_b=GROUPS, test_long=LONG)
+    pytester.makeini("[pytest]\nxdist_shared_fixtures = shared\nxdist_first = test_long.py\n")
     result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadgroup", "-p", "xdist_alone", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=22)
+    result.assert_outcomes(passed=25)
     return [json.loads(line) for line in spans_file.read_text().splitlines()]
 
 
@@ -77,6 +91,8 @@ def test_an_alone_test_runs_by_itself_on_every_core_and_groups_stay_on_one_worke
 
     alones = [name for name in spans if name.startswith("alone")]  # two in test_spans, one in each groups file
     others = [name for name in spans if not name.startswith("alone")]
+    first_worker = next(worker for name, *_, worker, _ in records if name == "long0")
+    assert spans["long0"][0] == min(start for _, start, _, worker, _ in records if worker == first_worker), "xdist_first"
     assert len(alones) == 4 and not any(overlap(alone, name) for alone in alones for name in others)
     assert not any(spans["alone0"][0] < spans[name][0] < spans["alone1"][1] for name in others), "held between them"
     assert len({worker for name, _, _, worker, _ in records if name in alones}) == 1, "the alone tests are one group"
@@ -89,9 +105,15 @@ def test_an_alone_test_runs_by_itself_on_every_core_and_groups_stay_on_one_worke
     assert dict(workers).keys() == {"test_groups_a", "test_groups_b", "shared"}
     assert all(len(w) == 1 for w in workers.values()), dict(workers)
 
-    cpus = defaultdict(set)  # each worker on its own share of the cores; an alone test on all of them
-    for name, _, _, worker, cpu in records:
-        cpus["alone" if name.startswith("alone") else worker] |= set(cpu)
-    everything = os.sched_getaffinity(0)
-    assert cpus.pop("alone") == everything
+    # Each worker on its own share of the cores while the other works; an alone test on all of them,
+    # and so the tests of the last worker left.
+    everything, ends = os.sched_getaffinity(0), defaultdict(float)
+    for name, _, end, worker, _ in records:
+        ends[worker] = max(ends[worker], end)
+    cpus = defaultdict(set)
+    for name, start, _, worker, cpu in records:
+        other_busy = any(start < end for w, end in ends.items() if w != worker)
+        cpus["alone" if name.startswith("alone") else worker if other_busy else "last"] |= set(cpu)
+    assert cpus.pop("alone") == everything and cpus.pop("last") == everything
     assert len(everything) < 2 or (not set.intersection(*cpus.values()) and set.union(*cpus.values()) == everything), cpus
+    assert set(next(cpu for name, *_, cpu in records if name == "long2")) == everything

@@ -19,7 +19,10 @@ worker's basetemp is a folder in it). Without xdist only the groups are set, and
 Each worker runs on its own share of the cores (CPU affinity, inherited by what it starts: export
 subprocesses, servers, torchrun ranks), so that the backends, which size their threads to the
 cores they may use, do not spin against the other worker's threads (the quick suite: 175 s -> 147 s,
-4m59 -> 4m17 of CPU time, on 2 cores). An `alone` test gets every core back while it runs.
+4m59 -> 4m17 of CPU time, on 2 cores). An `alone` test gets every core back while it runs, and so
+do the tests of the last worker left (each worker says when it is done: done-<worker> in the base
+folder). The longest groups are handed out first, longest first (the ini list `xdist_first`), so
+that the run does not end with one worker alone on a long group.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 
 def pytest_addoption(parser):
     parser.addini("xdist_shared_fixtures", "session fixtures whose tests all run on one worker", type="linelist")
+    parser.addini("xdist_first", "groups handed out first, longest first (a file, or a shared fixture)", type="linelist")
 
 
 def pin(cpus: set[int]) -> None:
@@ -70,10 +74,16 @@ def is_heavy(item) -> bool:
     return any(d.scope == "session" and d.baseid.startswith("tests") for ds in defs for d in ds)
 
 
+def group_of(item) -> str:
+    return next(m.args[0] for m in item.iter_markers("xdist_group"))
+
+
 @pytest.hookimpl(trylast=True)  # after every conftest has marked its `alone` tests
 def pytest_collection_modifyitems(config, items):
     if getattr(config, "workerinput", None) is not None:
-        items.sort(key=lambda item: (is_alone(item), not is_heavy(item)))
+        first = config.getini("xdist_first")
+        rank = lambda item: first.index(group_of(item)) if group_of(item) in first else len(first)
+        items.sort(key=lambda item: (is_alone(item), not is_heavy(item), rank(item)))
 
 
 def pytest_itemcollected(item):
@@ -101,6 +111,10 @@ def pytest_runtest_protocol(item, nextitem):
         yield
         return
     run_dir = Path(config.option.basetemp).parent
+    if not getattr(config, "_last_one", False) and len(list(run_dir.glob("done-*"))) == config.workerinput["workercount"] - 1:
+        config._last_one = True  # every other worker is done: this one's tests get every core
+        pin(config._all_cpus)
+        torch.set_num_threads(len(config._all_cpus))
     if not is_alone(item):
         with flocked(run_dir / "turnstile.lock", fcntl.LOCK_EX):
             pass
@@ -121,3 +135,10 @@ def pytest_runtest_protocol(item, nextitem):
         if not is_alone(nextitem):
             config._machine.close()
             config._machine = None
+
+
+def pytest_sessionfinish(session):
+    """A worker whose tests are done says so: the last one left takes every core for the rest."""
+    worker = getattr(session.config, "workerinput", None)
+    if worker is not None:
+        (Path(session.config.option.basetemp).parent / f"done-{worker['workerid']}").touch()
