@@ -10,6 +10,7 @@ through tests/android_bridge.py, from the real .tflite files.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -44,15 +45,23 @@ def compiled_sources() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def jvm(tmp_path_factory):
-    """Compile once per run; returns a function that runs the test program."""
+    """Compile once per run (not once per worker); returns a function that runs the test program."""
     kotlinc = shutil.which("kotlinc")
     if kotlinc is None or not JSON_JAR.is_file() or shutil.which("java") is None:
         pytest.skip("kotlinc or Android's org.json is not installed (scripts/install.sh installs them as root: "
                     "apt-get install kotlin libandroid-json-java)")  # fmt: skip
-    jar = tmp_path_factory.mktemp("kotlin") / "mobilegen-jvmtest.jar"
-    res = subprocess.run([kotlinc, "-Werror", *map(str, compiled_sources()), "-cp", str(JSON_JAR), "-include-runtime",
-                          "-d", str(jar)], capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert res.returncode == 0, res.stdout + res.stderr
+    # Under pytest-xdist the workers share the run's base folder: the first compiles, the others wait and reuse it.
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    jar = shared / "mobilegen-jvmtest.jar"
+    with open(shared / "kotlin.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not jar.is_file():
+            part = jar.with_suffix(".part.jar")
+            res = subprocess.run([kotlinc, "-Werror", *map(str, compiled_sources()), "-cp", str(JSON_JAR), "-include-runtime",
+                                  "-d", str(part)], capture_output=True, text=True, timeout=600)  # fmt: skip
+            assert res.returncode == 0, res.stdout + res.stderr
+            part.rename(jar)
 
     def run(*args, check: bool = True) -> subprocess.CompletedProcess:
         cmd = ["java", "-cp", f"{jar}:{JSON_JAR}", "ai.mobilegen.jvmtest.MainKt", *map(str, args)]
