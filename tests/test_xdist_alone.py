@@ -117,3 +117,16 @@ def test_an_alone_test_runs_by_itself_on_every_core_and_groups_stay_on_one_worke
     assert cpus.pop("alone") == everything and cpus.pop("last") == everything
     assert len(everything) < 2 or (not set.intersection(*cpus.values()) and set.union(*cpus.values()) == everything), cpus
     assert set(next(cpu for name, *_, cpu in records if name == "long2")) == everything
+
+
+def test_every_group_handed_out_first_exists():
+    """xdist_first (pyproject.toml) names test files and shared fixtures that exist: a stale name would
+    silently stop ordering anything."""
+    import tomllib
+
+    from helpers import ROOT
+
+    ini = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    shared = set(ini["xdist_shared_fixtures"])
+    stale = [g for g in ini["xdist_first"] if g not in shared and not (ROOT / g).is_file()]
+    assert ini["xdist_first"] and not stale and len(set(ini["xdist_first"])) == len(ini["xdist_first"]), stale

@@ -110,7 +110,8 @@ class Trainer:
         start = load_checkpoint(cfg.init).model if cfg.init is not None else seeded_model(cfg.arch, cfg.seed).model
         if start.arch != cfg.arch:
             raise InvalidInput(
-                f"--init {cfg.init} holds a {start.arch}, but the run is for {cfg.arch} (--arch): pass --arch {start.arch} or a {cfg.arch} checkpoint"
+                f"--init {cfg.init} holds a {start.arch}, but the run is for {cfg.arch} (--arch): "
+                f"pass --arch {start.arch} or a {cfg.arch} checkpoint"
             )
         self.model = start.to(self.device).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
