@@ -121,6 +121,15 @@ def tiny_checkpoint(path: Path) -> Path:
     return save_checkpoint(path, tiny_model())
 
 
+def narrow_checkpoint(path: Path) -> Path:
+    """The untrained default v2 (seed 0) at a tenth of its channels, every head kept (a model whose
+    heads were pruned is not pruned again): a network to prune, in seconds."""
+    from mobilegen.compress.structured import prune_channels
+    from mobilegen.models.checkpoint import save_checkpoint, seeded_model
+
+    return save_checkpoint(path, prune_channels(seeded_model("student_v2").model, 0.9, 0.0))
+
+
 def needs_target(*names: str) -> None:
     """Skip, naming what is missing and the install command, unless every phone path can run here."""
     import pytest

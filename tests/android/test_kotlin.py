@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import ROOT, run_export
+from xdist_alone import flocked
 
 from mobilegen.contract import manifest as mf
 from mobilegen.contract.labels import CIFAR10_LABELS
@@ -54,8 +55,7 @@ def jvm(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     jar = shared / "mobilegen-jvmtest.jar"
-    with open(shared / "kotlin.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with flocked(shared / "kotlin.lock", fcntl.LOCK_EX):
         if not jar.is_file():
             part = jar.with_suffix(".part.jar")
             res = subprocess.run([kotlinc, "-Werror", *map(str, compiled_sources()), "-cp", str(JSON_JAR), "-include-runtime",

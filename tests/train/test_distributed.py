@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, demo_data, tiny_checkpoint
+from helpers import ROOT, demo_data, narrow_checkpoint, tiny_checkpoint
 
 from mobilegen.errors import MobileGenError
 from mobilegen.train import TrainConfig, train
@@ -84,11 +84,7 @@ def test_resume_under_torchrun_continues_exactly(data, tmp_path):
 
 @pytest.mark.slow
 def test_prune_under_torchrun_writes_once_and_fine_tunes_data_parallel(data, tmp_path):
-    from mobilegen.compress.structured import prune_channels
-    from mobilegen.models.checkpoint import save_checkpoint, seeded_model
-
-    # The v2 at a tenth of its channels, every head kept (a pruned model's heads are not pruned again)
-    teacher = save_checkpoint(tmp_path / "narrow.pt", prune_channels(seeded_model("student_v2").model, 0.9, 0.0))
+    teacher = narrow_checkpoint(tmp_path / "narrow.pt")
     res = torchrun("prune", str(teacher), "--ratio", "0.25", "--data", str(data), "--steps", "2", "--batch-size", "2",
                    "--device", "cpu", "-o", str(tmp_path / "pruned"))  # fmt: skip
     assert res.stdout.count("params ") == 1, res.stdout

@@ -20,6 +20,8 @@ from mobilegen.models.checkpoint import load_checkpoint
 from mobilegen.train.loop import TrainConfig, Trainer, train
 from mobilegen.train.trainer import diffusion_batch, step_generator
 
+TINY = "tiny.pt"
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
@@ -28,9 +30,6 @@ def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     tiny_checkpoint(root / TINY)
     return demo_data(root / "cifar", per_class=2)
-
-
-TINY = "tiny.pt"
 
 
 def config(data: Path, out: Path, **kw) -> TrainConfig:

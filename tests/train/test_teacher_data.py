@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from helpers import tiny_checkpoint
+from helpers import narrow_checkpoint, tiny_checkpoint
 
 from mobilegen.cli import main_cli
-from mobilegen.compress import prune_channels, weakest_heads
+from mobilegen.compress import weakest_heads
 from mobilegen.diffusion import linear_schedule
 from mobilegen.errors import MobileGenError
 from mobilegen.models.checkpoint import load_checkpoint, save_checkpoint, seeded_model
@@ -29,9 +29,8 @@ RUNS = ["ddim2-g0-seed0", "ddim2-g3-seed0"]
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
-    """The untrained default v2 (seed 0) at a tenth of its channels, every head kept (the prune
-    test removes half of them), as a checkpoint file."""
-    return save_checkpoint(tmp_path_factory.mktemp("teacher") / "teacher.pt", prune_channels(seeded_model().model, 0.9, 0.0))
+    """helpers.narrow_checkpoint: every head kept, so the prune test removes half of them."""
+    return narrow_checkpoint(tmp_path_factory.mktemp("teacher") / "teacher.pt")
 
 
 @pytest.fixture(scope="module")
